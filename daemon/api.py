@@ -1,0 +1,153 @@
+"""The read-only HTTP API. It sees the folded state and the log's read side, never the runner.
+
+Every answer is JSON; every error is `{"error": {"code", "message"}}` with its status; any method but
+GET and HEAD is 405, whatever the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .events import Recorded
+from .projector import load_state_at_path
+from .state import State
+from .store import EventStore
+
+__all__ = ["ReadSide", "make_app"]
+
+MAX_PAGE = 1000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ReadSide:
+    """What the API may look at: the live state, the log (read only) and the daemon's health."""
+
+    state: Callable[[], State]
+    store: EventStore
+    db_path: Path
+    started_monotonic: float
+    token: str = ""
+
+    def health(self) -> tuple[bool, str]:
+        if not self.store.healthy:
+            return False, self.store.last_error
+        return True, ""
+
+
+READ_SIDE = web.AppKey("read_side", ReadSide)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be an integer, got {raw[:40]!r}") from None
+    if not lo <= value <= hi:
+        raise web.HTTPBadRequest(reason=f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def recorded_json(rec: Recorded) -> dict[str, Any]:
+    return {
+        "seq": rec.seq,
+        "stream": rec.stream,
+        "version": rec.version,
+        "ts": rec.ts,
+        "type": rec.event.type,
+        "data": rec.event.model_dump(mode="json", exclude={"type"}),
+    }
+
+
+@web.middleware
+async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD"):
+        return _error(405, "method_not_allowed", f"{request.method} is not allowed: this API is read-only")
+    side = request.app[READ_SIDE]
+    if side.token and request.path != "/healthz":
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {side.token}".encode()):
+            return _error(401, "unauthorized", "send 'Authorization: Bearer <token>' ([api] token)")
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _error(404, "not_found", f"no such resource: {request.path}")
+    except web.HTTPMethodNotAllowed:
+        return _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+    except web.HTTPBadRequest as e:
+        return _error(400, "bad_request", e.reason)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ok, why = request.app[READ_SIDE].health()
+    body = {"ok": ok, "reason": why}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    side = request.app[READ_SIDE]
+    state = side.state()
+    ok, why = side.health()
+    daemon = state.daemon
+    return web.json_response(
+        {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - side.started_monotonic, 3),
+            "last_seq": state.last_seq,
+            "healthy": ok,
+            "health_reason": why,
+            "pid": daemon.pid if daemon else None,
+            "boot_id": daemon.boot_id if daemon else None,
+            "daemon_starts": state.daemon_starts,
+            "unclean_stops": state.unclean_stops,
+            "gpus": {
+                "count": len(daemon.gpus) if daemon else 0,
+                "memory_total_mib": sum(g.memory_total_mib for g in daemon.gpus) if daemon else 0,
+            },
+        }
+    )
+
+
+async def events(request: web.Request) -> web.Response:
+    side = request.app[READ_SIDE]
+    after = _int_param(request, "after", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    page = await side.store.read(after, limit)
+    next_after = page[-1].seq if page else after
+    return web.json_response({"events": [recorded_json(r) for r in page], "next_after": next_after})
+
+
+async def state_at(request: web.Request) -> web.Response:
+    side = request.app[READ_SIDE]
+    live = side.state()
+    at = _int_param(request, "at", live.last_seq, 0, 2**62)
+    if at >= live.last_seq:
+        return web.json_response(text=live.model_dump_json())
+    folded = await asyncio.to_thread(load_state_at_path, side.db_path, at)
+    return web.json_response(text=folded.model_dump_json())
+
+
+def make_app(side: ReadSide) -> web.Application:
+    app = web.Application(middlewares=[_errors_and_auth])
+    app[READ_SIDE] = side
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/state", state_at)
+    return app

@@ -1,0 +1,206 @@
+"""The composition root: takes the state directory's lock, opens the log, wires the parts, serves,
+and shuts down in order when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from . import __version__
+from .api import ReadSide, make_app
+from .config import Config, config_digest
+from .events import DaemonStarted, DaemonStopped, GpuSeen, NewEvent
+from .gpus import make_probe
+from .projector import Projector
+from .store import EventStore, LogDamaged, StoreError
+
+__all__ = ["AlreadyRunning", "StateLock", "boot_id", "serve"]
+
+log = logging.getLogger("llmtraind")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class StateLock:
+    """One daemon per state directory: an flock that the kernel drops when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> StateLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another llmtraind (pid {holder}) is already serving {self.path.parent}; "
+                "stop it first, or give this one another [paths] state"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _check_bind(cfg: Config) -> None:
+    try:
+        loopback = cfg.api.host == "localhost" or ipaddress.ip_address(cfg.api.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not cfg.api.token:
+        raise ValueError(
+            f"[api] host = {cfg.api.host!r} is not a loopback address and [api] token is empty: "
+            "set a token before exposing the API"
+        )
+
+
+async def _health_loop(store: EventStore, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        was = store.healthy
+        ok = await store.probe_writable()
+        if ok != was:
+            (log.info if ok else log.error)(
+                "event log %s%s", "writable again" if ok else "not writable: ", store.last_error
+            )
+
+
+def _write_endpoint(cfg: Config, url: str) -> Path:
+    """state/daemon.json tells clients where this daemon listens (useful with port 0)."""
+    path = cfg.paths.state / "daemon.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "version": __version__}))
+    tmp.replace(path)
+    return path
+
+
+async def _open(cfg: Config) -> tuple[EventStore, Projector]:
+    store = await EventStore.open(cfg.db_path, cfg.store.busy_timeout_ms)
+    try:
+        projector = await Projector.start(store, cfg.store.snapshot_every)
+    except BaseException:
+        await store.close()
+        raise
+    return store, projector
+
+
+async def _start_api(cfg: Config, side: ReadSide) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(make_app(side), handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.api.host, cfg.api.port, reuse_address=True)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else cfg.api.port
+    return runner, f"http://{cfg.api.host}:{port}"
+
+
+async def _run(cfg: Config, stop: asyncio.Event) -> None:
+    store, projector = await _open(cfg)
+    try:
+        gpus = await make_probe(cfg.gpus.devices).snapshot()
+        started = DaemonStarted(
+            version=__version__,
+            config_digest=config_digest(cfg),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            boot_id=boot_id(),
+            gpus=[
+                GpuSeen(index=g.index, uuid=g.uuid, name=g.name, memory_total_mib=g.memory_total_mib)
+                for g in gpus
+            ],
+        )
+        await store.append("daemon", [NewEvent(started)])
+        side = ReadSide(lambda: projector.state, store, cfg.db_path, time.monotonic(), cfg.api.token)
+        runner, url = await _start_api(cfg, side)
+        endpoint = _write_endpoint(cfg, url)
+        health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
+        log.info(
+            "llmtraind %s serving on %s (state %s, last seq %d)",
+            __version__,
+            url,
+            cfg.paths.state,
+            projector.state.last_seq,
+        )
+        await stop.wait()
+        log.info("stopping")
+        health.cancel()
+        endpoint.unlink(missing_ok=True)
+        await runner.cleanup()
+        await store.append("daemon", [NewEvent(DaemonStopped(pid=os.getpid(), reason="signal"))])
+        await projector.flush()
+    finally:
+        await store.close()
+
+
+async def serve(cfg: Config) -> int:
+    """Run until SIGTERM or SIGINT; the exit code says how it ended."""
+    _check_bind(cfg)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with StateLock(cfg.lock_path):
+            main = asyncio.create_task(_run(cfg, stop))
+            await stop_within(main, stop, cfg.daemon.stop_timeout_s)
+    except AlreadyRunning as e:
+        log.error("%s", e)
+        return 3
+    except LogDamaged as e:
+        log.error("refusing to start: the event log is damaged: %s", e)
+        log.error("nothing was repaired or truncated; restore it from a backup or move it aside")
+        return 2
+    except (StoreError, OSError) as e:
+        log.error("llmtraind cannot run: %s", e)
+        return 1
+    return 0
+
+
+async def stop_within(main: asyncio.Task[None], stop: asyncio.Event, grace_s: float) -> None:
+    """Let `main` finish its orderly shutdown, but never take longer than `grace_s` after the signal."""
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({main, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if main not in done:
+        try:
+            await asyncio.wait_for(asyncio.shield(main), grace_s)
+        except TimeoutError:
+            log.error("shutdown took longer than %.0f s; exiting anyway", grace_s)
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+    waiter.cancel()
+    main.result()

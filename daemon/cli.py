@@ -1,0 +1,155 @@
+"""`llmtraind …`: the daemon itself (`serve`), offline tools (`replay`), and clients of the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load_config, resolve_config_path
+from .projector import load_state_at_path
+from .store import LogDamaged
+
+__all__ = ["main"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(resolve_config_path(args.config))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    cfg = _config(args)
+    _setup_logging(cfg.daemon.log_level)
+    return asyncio.run(serve(cfg))
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    state = load_state_at_path(cfg.db_path, args.at)
+    print(json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True))
+    return 0
+
+
+def _base_url(args: argparse.Namespace, cfg: Config) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    endpoint = cfg.paths.state / "daemon.json"
+    try:
+        return str(json.loads(endpoint.read_text())["url"]).rstrip("/")
+    except (OSError, ValueError, KeyError):
+        return f"http://{cfg.api.host}:{cfg.api.port}"
+
+
+def _get(args: argparse.Namespace, path: str) -> Any:
+    cfg = _config(args)
+    req = urllib.request.Request(_base_url(args, cfg) + path)  # noqa: S310 (http URL from our config)
+    if cfg.api.token:
+        req.add_header("Authorization", f"Bearer {cfg.api.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (the URL is ours: http only)
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+        message = body.get("error", {}).get("message", e.reason)
+        raise SystemExit(f"llmtraind: {path}: {e.code} {message}") from None
+    except urllib.error.URLError as e:
+        raise SystemExit(f"llmtraind: cannot reach the daemon at {req.full_url}: {e.reason}") from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    body = _get(args, "/v1/status")
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    rows = [
+        ("version", body["version"]),
+        ("healthy", "yes" if body["healthy"] else f"NO: {body['health_reason']}"),
+        ("uptime", f"{body['uptime_s']:.0f} s"),
+        ("last event", body["last_seq"]),
+        ("GPUs", body["gpus"]["count"]),
+    ]
+    for k, v in rows:
+        print(f"{k:<12} {v}")
+    return 0
+
+
+def _print_events(events: list[dict[str, Any]], as_json: bool) -> None:
+    for e in events:
+        if as_json:
+            print(json.dumps(e), flush=True)
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
+            print(
+                f"{e['seq']:>8} {stamp} {e['stream']:<24} {e['type']:<20} {json.dumps(e['data'])}", flush=True
+            )
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    after = args.after
+    while True:
+        page = _get(args, f"/v1/events?after={after}&limit=1000")
+        _print_events(page["events"], args.json)
+        after = page["next_after"]
+        if not page["events"]:
+            if not args.follow:
+                return 0
+            time.sleep(1.0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmtraind", description=__doc__)
+    p.add_argument("--version", action="version", version=f"llmtraind {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: $LLMTRAIND_CONFIG, then ./llmtraind.toml)")
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument("--url", help="the daemon's API (default: from the state folder or the config)")
+    client.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground").set_defaults(
+        fn=_cmd_serve
+    )
+    replay = sub.add_parser("replay", parents=[common], help="print the state folded from the log (offline)")
+    replay.add_argument("--at", type=int, default=None, metavar="SEQ", help="fold only up to this seq")
+    replay.set_defaults(fn=_cmd_replay)
+    sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_cmd_status)
+    ev = sub.add_parser("events", parents=[client], help="print (or follow) the event log")
+    ev.add_argument("-f", "--follow", action="store_true")
+    ev.add_argument("--after", type=int, default=0, metavar="SEQ")
+    ev.set_defaults(fn=_cmd_events)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        rc: int = args.fn(args)
+    except ConfigError as e:
+        print(f"llmtraind: {e}", file=sys.stderr)
+        return 2
+    except LogDamaged as e:
+        print(f"llmtraind: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return rc

@@ -1,0 +1,191 @@
+"""llmtraind.toml -> one frozen, validated model.
+
+The file is the contract with the operator, so every mistake is reported with the file, the key and
+what was expected; nothing is silently defaulted except keys that are absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["Config", "ConfigError", "config_digest", "load_config", "resolve_config_path"]
+
+ENV_PREFIX = "LLMTRAIND_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PathsConfig(_Section):
+    inbox: Path = Path("inbox")
+    """Watched folder; relative paths are relative to the config file."""
+    state: Path = Path("state")
+    """Event log (llmtraind.sqlite3), blobs/, runs/, logs/."""
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    token: str = ""
+
+
+class GpusConfig(_Section):
+    devices: Literal["auto", "none"] | list[int | str] = "auto"
+    cpu_slots: int = Field(default=1, ge=0)
+
+
+class SwiftConfig(_Section):
+    python: str = ""
+    offline: bool = True
+
+
+class LimitsConfig(_Section):
+    max_yaml_bytes: int = Field(default=1_048_576, gt=0)
+    max_dataset_bytes: int = Field(default=10_737_418_240, gt=0)
+
+
+class StoreConfig(_Section):
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+    """How long an append waits for another process's write lock before it fails."""
+    snapshot_every: int = Field(default=1000, ge=1)
+    """Write a state snapshot after this many new events, so start-up replays only the tail."""
+
+
+class DaemonConfig(_Section):
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+    on_stop: Literal["keep", "stop"] = "keep"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    health_interval_s: float = Field(default=5.0, gt=0)
+    """How often the daemon checks that its event log is still writable (shown in /healthz)."""
+
+
+class Config(_Section):
+    paths: PathsConfig = PathsConfig()
+    api: ApiConfig = ApiConfig()
+    gpus: GpusConfig = GpusConfig()
+    swift: SwiftConfig = SwiftConfig()
+    limits: LimitsConfig = LimitsConfig()
+    store: StoreConfig = StoreConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    source: Path | None = Field(default=None, exclude=True)
+    """The file this was read from (None: embedded defaults)."""
+
+    @field_validator("paths")
+    @classmethod
+    def _no_empty_paths(cls, v: PathsConfig) -> PathsConfig:
+        for name in ("inbox", "state"):
+            if str(getattr(v, name)) in ("", "."):
+                raise ValueError(f"paths.{name} must name a folder of its own, not the config folder")
+        return v
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths.state / "llmtraind.sqlite3"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.paths.state / "llmtraind.lock"
+
+
+def resolve_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """--config, then $LLMTRAIND_CONFIG, then ./llmtraind.toml; None means the embedded defaults."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if env.get(ENV_PREFIX + "CONFIG"):
+        return Path(env[ENV_PREFIX + "CONFIG"])
+    local = Path("llmtraind.toml")
+    return local if local.is_file() else None
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are TOML scalars or arrays when they parse as such, else plain strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections = {name for name in Config.model_fields if name != "source"}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(
+                f"environment variable {key}: no config section matches (known: {sorted(sections)})"
+            )
+        section_data = data.setdefault(section, {})
+        if not isinstance(section_data, dict):
+            raise ConfigError(f"environment variable {key}: [{section}] is not a table")
+        section_data[rest[len(section) + 1 :]] = _env_value(raw)
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    resolved = {
+        name: (p if p.is_absolute() else (base / p)).resolve()
+        for name, p in (("inbox", cfg.paths.inbox), ("state", cfg.paths.state))
+    }
+    for name, p in resolved.items():
+        if p.exists() and not p.is_dir():
+            raise ConfigError(
+                f"{cfg.source or 'defaults'}: paths.{name} = {str(p)!r} exists and is not a folder"
+            )
+    return cfg.model_copy(update={"paths": PathsConfig(**resolved)})
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, validate, and make every path absolute."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    origin = "embedded defaults"
+    base = Path.cwd()
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        base = path.resolve().parent
+    _apply_env(data, env)
+    try:
+        cfg = Config.model_validate({**data, "source": path.resolve() if path else None})
+    except ValidationError as e:
+        raise ConfigError(_describe(e, origin)) from None
+    return _resolve_paths(cfg, base)
+
+
+def config_digest(cfg: Config) -> str:
+    """A short, stable fingerprint recorded in DaemonStarted so a changed config is visible in history."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,147 @@
+"""GPU discovery: NVML when a driver is present, nothing when not, and a fake for tests.
+
+NVML calls block (and can take tens of milliseconds on a busy box), so every probe runs in a thread.
+All probes share one interface and one contract test suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "FakeGpuProbe",
+    "GpuProbe",
+    "GpuProcess",
+    "GpuStatus",
+    "NoGpuProbe",
+    "NvmlProbe",
+    "make_probe",
+]
+
+log = logging.getLogger(__name__)
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    pid: int
+    used_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStatus:
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    memory_used_mib: int
+    utilization_pct: int
+    processes: tuple[GpuProcess, ...] = field(default=())
+
+
+class GpuProbe(Protocol):
+    kind: str
+
+    async def snapshot(self) -> list[GpuStatus]:
+        """The managed GPUs as they are now, in index order."""
+        ...
+
+
+class NoGpuProbe:
+    """`[gpus] devices = "none"`, or no NVIDIA driver: the CPU slots are all there is."""
+
+    kind = "none"
+
+    async def snapshot(self) -> list[GpuStatus]:
+        return []
+
+
+def _selected(gpus: list[GpuStatus], devices: Sequence[int | str] | None) -> list[GpuStatus]:
+    if devices is None:
+        return gpus
+    wanted = {str(d) for d in devices}
+    return [g for g in gpus if str(g.index) in wanted or g.uuid in wanted]
+
+
+class NvmlProbe:
+    """nvidia-ml-py; a missing driver or library means no GPUs, never an error."""
+
+    kind = "nvml"
+
+    def __init__(self, devices: Sequence[int | str] | None = None) -> None:
+        self.devices = devices
+        self._ready = False
+        self.error = ""
+
+    async def snapshot(self) -> list[GpuStatus]:
+        return await asyncio.to_thread(self._snapshot_sync)
+
+    def _init(self) -> bool:
+        import pynvml
+
+        if not self._ready:
+            try:
+                pynvml.nvmlInit()
+            except pynvml.NVMLError as e:
+                self.error = f"NVML unavailable: {e}"
+                return False
+            self._ready = True
+        return True
+
+    def _snapshot_sync(self) -> list[GpuStatus]:
+        import pynvml
+
+        if not self._init():
+            return []
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            try:
+                out.append(self._device(pynvml, i))
+            except pynvml.NVMLError as e:
+                log.warning("GPU %d: NVML query failed: %s", i, e)
+        return _selected(out, self.devices)
+
+    @staticmethod
+    def _device(nv: Any, index: int) -> GpuStatus:
+        h = nv.nvmlDeviceGetHandleByIndex(index)
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        util = nv.nvmlDeviceGetUtilizationRates(h)
+        procs = nv.nvmlDeviceGetComputeRunningProcesses(h)
+        name = nv.nvmlDeviceGetName(h)
+        uuid = nv.nvmlDeviceGetUUID(h)
+        return GpuStatus(
+            index=index,
+            uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            memory_total_mib=int(mem.total) // _MIB,
+            memory_used_mib=int(mem.used) // _MIB,
+            utilization_pct=int(util.gpu),
+            processes=tuple(GpuProcess(int(p.pid), int(p.usedGpuMemory or 0) // _MIB) for p in procs),
+        )
+
+
+class FakeGpuProbe:
+    """A scripted box for tests: GPUs whose processes and memory the test changes at will."""
+
+    kind = "fake"
+
+    def __init__(self, count: int, memory_mib: int = 81_920, name: str = "Fake H100") -> None:
+        self._gpus = [GpuStatus(i, f"GPU-fake-{i:04d}", name, memory_mib, 0, 0) for i in range(count)]
+
+    def set_processes(self, index: int, processes: Sequence[GpuProcess]) -> None:
+        used = sum(p.used_mib for p in processes)
+        self._gpus[index] = replace(self._gpus[index], processes=tuple(processes), memory_used_mib=used)
+
+    async def snapshot(self) -> list[GpuStatus]:
+        await asyncio.sleep(0)
+        return list(self._gpus)
+
+
+def make_probe(devices: Literal["auto", "none"] | Sequence[int | str]) -> GpuProbe:
+    if devices == "none":
+        return NoGpuProbe()
+    return NvmlProbe(None if devices == "auto" else list(devices))

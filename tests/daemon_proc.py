@@ -1,0 +1,128 @@
+"""A real llmtraind process in a temporary folder, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG = """
+[paths]
+inbox = "inbox"
+state = "state"
+[api]
+port = 0
+token = "{token}"
+[gpus]
+devices = "none"
+[store]
+busy_timeout_ms = {busy_timeout_ms}
+snapshot_every = {snapshot_every}
+[daemon]
+health_interval_s = {health_interval_s}
+"""
+
+
+@dataclass
+class Daemon:
+    root: Path
+    token: str = ""
+    busy_timeout_ms: int = 5000
+    snapshot_every: int = 1000
+    health_interval_s: float = 5.0
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.root / "daemon.log"
+        (self.root / "llmtraind.toml").write_text(
+            CONFIG.format(
+                token=self.token,
+                busy_timeout_ms=self.busy_timeout_ms,
+                snapshot_every=self.snapshot_every,
+                health_interval_s=self.health_interval_s,
+            )
+        )
+
+    @property
+    def config(self) -> Path:
+        return self.root / "llmtraind.toml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon", *args[:1], "--config", str(self.config), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_env(),
+        )
+
+    def start(self, wait: bool = True) -> Daemon:
+        endpoint = self.state / "daemon.json"
+        endpoint.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+            )
+        if wait:
+            deadline = time.monotonic() + 30
+            while not endpoint.exists():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"daemon did not come up:\n{self.log()}")
+                time.sleep(0.05)
+            self.url = json.loads(endpoint.read_text())["url"]
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, token: str | None = None, method: str = "GET") -> tuple[int, Any]:
+        req = urllib.request.Request(self.url + path, method=method)
+        tok = self.token if token is None else token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                body = resp.read()
+                return resp.status, json.loads(body) if body else None
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            return e.code, json.loads(body) if body else None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMTRAIND_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,58 @@
+"""Logs written by released versions must replay forever (E5). Never edit a fixture: add a new one."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from daemon.projector import load_state_at_path
+from daemon.store import EventStore
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+async def load_fixture(name: str, db: Path) -> None:
+    store = await EventStore.open(db)
+    await store.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        for line in (FIXTURES / name).read_text().splitlines():
+            row = json.loads(line)
+            conn.execute(
+                "INSERT INTO events (seq, stream, version, type, schema, idem_key, ts, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row["seq"],
+                    row["stream"],
+                    row["version"],
+                    row["type"],
+                    row["schema"],
+                    row["idem_key"],
+                    row["ts"],
+                    json.dumps(row["data"]),
+                ),
+            )
+    conn.close()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("events_v*.jsonl")))
+async def test_fixture_log_opens_and_replays(name: str, tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    await load_fixture(name, db)
+    store = await EventStore.open(db)
+    assert len(await store.read(limit=1000)) == store.last_seq
+    await store.close()
+    state = load_state_at_path(db)
+    assert state.last_seq == store.last_seq
+
+
+async def test_v1_fixture_folds_to_what_v1_saw(tmp_path: Path) -> None:
+    """0.1.0's log: start, clean stop, start, kill -9, start, clean stop."""
+    db = tmp_path / "log.db"
+    await load_fixture("events_v1.jsonl", db)
+    state = load_state_at_path(db)
+    assert (state.last_seq, state.daemon_starts, state.unclean_stops) == (5, 3, 1)
+    assert state.daemon is not None and state.daemon.pid == 4999 and state.daemon.stopped_ts is not None
