@@ -19,7 +19,7 @@ from aiohttp import web
 from . import __version__
 from .events import Recorded
 from .projector import load_state_at_path
-from .state import State
+from .state import State, state_to_json
 from .store import EventStore
 
 __all__ = ["ReadSide", "make_app"]
@@ -138,9 +138,9 @@ async def state_at(request: web.Request) -> web.Response:
     live = side.state()
     at = _int_param(request, "at", live.last_seq, 0, 2**62)
     if at >= live.last_seq:
-        return web.json_response(text=live.model_dump_json())
+        return web.json_response(text=state_to_json(live))
     folded = await asyncio.to_thread(load_state_at_path, side.db_path, at)
-    return web.json_response(text=folded.model_dump_json())
+    return web.json_response(text=state_to_json(folded))
 
 
 def make_app(side: ReadSide) -> web.Application:

@@ -108,7 +108,8 @@ def _write_endpoint(cfg: Config, url: str) -> Path:
 
 
 async def _open(cfg: Config) -> tuple[EventStore, Projector]:
-    store = await EventStore.open(cfg.db_path, cfg.store.busy_timeout_ms)
+    check = {"auto": None, "full": True, "quick": False}[cfg.store.startup_check]
+    store = await EventStore.open(cfg.db_path, cfg.store.busy_timeout_ms, full_check=check)
     try:
         projector = await Projector.start(store, cfg.store.snapshot_every)
     except BaseException:

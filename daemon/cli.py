@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, load_config, resolve_config_path
 from .projector import load_state_at_path
+from .state import state_to_json
 from .store import LogDamaged
 
 __all__ = ["main"]
@@ -44,7 +45,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     cfg = _config(args)
     state = load_state_at_path(cfg.db_path, args.at)
-    print(json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True))
+    print(json.dumps(json.loads(state_to_json(state)), indent=2, sort_keys=True))
     return 0
 
 

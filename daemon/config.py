@@ -62,6 +62,9 @@ class StoreConfig(_Section):
     """How long an append waits for another process's write lock before it fails."""
     snapshot_every: int = Field(default=1000, ge=1)
     """Write a state snapshot after this many new events, so start-up replays only the tail."""
+    startup_check: Literal["auto", "full", "quick"] = "auto"
+    """SQLite's integrity_check reads every page (about 10 ms per MB here); "auto" runs it on logs up to
+    256 MiB and quick_check (structure without index cross-checks) on larger ones."""
 
 
 class DaemonConfig(_Section):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .events import Recorded
-from .state import STATE_SCHEMA, State, apply
+from .state import STATE_SCHEMA, State, apply, state_from_json, state_to_json
 from .store import EventStore, iter_events, latest_snapshot, open_readonly
 
 __all__ = ["Projector", "load_state", "load_state_at_path"]
@@ -25,7 +25,7 @@ def load_state(conn: sqlite3.Connection, upto: int | None = None) -> tuple[State
     """State at seq `upto` (default: the end) from the newest usable snapshot at or before it, then
     the tail; also returns how many events were folded after that snapshot."""
     snap = latest_snapshot(conn, STATE_SCHEMA, upto)
-    state = State.model_validate_json(snap.state_json) if snap else State()
+    state = state_from_json(snap.state_json) if snap else State()
     tail = 0
     for rec in iter_events(conn, after=state.last_seq, upto=upto):
         state = apply(state, rec)
@@ -81,7 +81,7 @@ class Projector:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._snapshot())
 
     async def _snapshot(self) -> None:
-        seq, blob = self.state.last_seq, self.state.model_dump_json()
+        seq, blob = self.state.last_seq, state_to_json(self.state)
         try:
             await self.store.save_snapshot(seq, STATE_SCHEMA, blob)
         except Exception:

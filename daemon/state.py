@@ -8,22 +8,20 @@ Callers that need an older state fold again or load a snapshot; nobody else muta
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import TypeAdapter
 
 from .events import DaemonStarted, DaemonStopped, GpuSeen, Recorded
 
-__all__ = ["STATE_SCHEMA", "DaemonInfo", "State", "apply", "fold"]
+__all__ = ["STATE_SCHEMA", "DaemonInfo", "State", "apply", "fold", "state_from_json", "state_to_json"]
 
 STATE_SCHEMA = 1
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
-
-
-class DaemonInfo(_Model):
+@dataclass(slots=True)
+class DaemonInfo:
     version: str
     pid: int
     host: str
@@ -31,10 +29,14 @@ class DaemonInfo(_Model):
     config_digest: str
     started_ts: float
     stopped_ts: float | None = None
-    gpus: list[GpuSeen] = []
+    gpus: list[GpuSeen] = field(default_factory=list)
 
 
-class State(_Model):
+@dataclass(slots=True)
+class State:
+    """Plain slotted dataclasses, not pydantic models: the fold assigns millions of attributes on a
+    long replay, and pydantic's validating __setattr__ made that the dominant cost."""
+
     schema_version: int = STATE_SCHEMA
     last_seq: int = 0
     daemon: DaemonInfo | None = None
@@ -73,6 +75,17 @@ def apply(state: State, rec: Recorded) -> State:
             _daemon_stopped(state, rec, ev)
     state.last_seq = rec.seq
     return state
+
+
+_STATE_ADAPTER: TypeAdapter[State] = TypeAdapter(State)
+
+
+def state_to_json(state: State) -> str:
+    return _STATE_ADAPTER.dump_json(state).decode()
+
+
+def state_from_json(text: str | bytes) -> State:
+    return _STATE_ADAPTER.validate_json(text)
 
 
 def fold(events: Iterable[Recorded], state: State | None = None) -> State:

@@ -78,6 +78,7 @@ _SELECT_KEYS = (
 )
 _SELECT_ALL = "SELECT seq, stream, version, type, schema, ts, data, idem_key FROM events ORDER BY seq"
 SNAPSHOTS_KEPT = 3
+FULL_CHECK_MAX_BYTES = 256 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -115,7 +116,7 @@ def _connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sql
 
 def _row_to_recorded(row: tuple[int, str, int, str, int, float, str]) -> Recorded:
     seq, stream, version, type_, schema, ts, data = row
-    return Recorded(seq=seq, stream=stream, version=version, ts=ts, event=decode_event(type_, schema, data))
+    return Recorded(seq, stream, version, ts, decode_event(type_, schema, data))
 
 
 def check_log(conn: sqlite3.Connection, *, full: bool = True) -> None:
@@ -199,7 +200,10 @@ class EventStore:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, busy_timeout_ms: int = 5000, *, full_check: bool = True) -> EventStore:
+    async def open(
+        cls, path: Path, busy_timeout_ms: int = 5000, *, full_check: bool | None = None
+    ) -> EventStore:
+        """Open (creating if needed) and check the log; `full_check=None` picks by size (FULL_CHECK_MAX_BYTES)."""
         store = cls(path, busy_timeout_ms)
         try:
             await store._run(store._open_sync, full_check)
@@ -210,8 +214,10 @@ class EventStore:
         await store._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         return store
 
-    def _open_sync(self, full_check: bool) -> None:
+    def _open_sync(self, full_check: bool | None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if full_check is None:
+            full_check = not self.path.exists() or self.path.stat().st_size <= FULL_CHECK_MAX_BYTES
         try:
             conn = _connect(self.path, self.busy_timeout_ms)
         except sqlite3.DatabaseError as e:
@@ -330,15 +336,27 @@ class EventStore:
         if expected is not None and current != expected:
             raise ConcurrencyConflict(stream, expected, current)
         now = time.time()
-        out: list[Recorded] = []
-        for i, new in enumerate(events, start=1):
-            ev = new.event
-            seq = conn.execute(
-                "INSERT INTO events (stream, version, type, schema, idem_key, ts, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-                (stream, current + i, ev.type, ev.schema_version, new.idem_key, now, ev.model_dump_json()),
-            ).fetchone()[0]
-            out.append(Recorded(seq=seq, stream=stream, version=current + i, ts=now, event=ev))
+        base = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO events (stream, version, type, schema, idem_key, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    stream,
+                    current + i,
+                    n.event.type,
+                    n.event.schema_version,
+                    n.idem_key,
+                    now,
+                    n.event.model_dump_json(),
+                )
+                for i, n in enumerate(events, start=1)
+            ],
+        )
+        # One writer inside BEGIN IMMEDIATE and no deletes: the batch took the next len(events) seqs.
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last != base + len(events):
+            raise StoreError(f"seq allocation out of step: expected {base + len(events)}, got {last}")
+        out = [Recorded(base + i, stream, current + i, now, n.event) for i, n in enumerate(events, start=1)]
         return out, True
 
     def _require_conn(self) -> sqlite3.Connection:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon.projector import load_state_at_path
+from daemon.state import state_to_json
 from tests.daemon_proc import Daemon
 
 ROUTES = ["/healthz", "/v1/status", "/v1/events", "/v1/state", "/v1/nope"]
@@ -149,7 +150,7 @@ def test_restarts_with_snapshots_replay_to_the_same_state(
     from_scratch = load_state_at_path(d.state / "llmtraind.sqlite3")
     replay = d.cli("replay")
     assert replay.returncode == 0
-    assert json.loads(replay.stdout) == json.loads(from_scratch.model_dump_json())
+    assert json.loads(replay.stdout) == json.loads(state_to_json(from_scratch))
     assert json.loads(replay.stdout)["last_seq"] == 10
     at3_cli = json.loads(d.cli("replay", "--at", "3").stdout)
     assert at3_cli == at3

@@ -1,0 +1,145 @@
+"""Event log benchmarks: ratios against raw sqlite3 and plain json decoding, measured in the same run.
+
+Goals (issue 2): appends >= 50 % of the raw rate; replay of 1,000,000 events within 2x of the decode
+floor; start-up with a snapshot and 1,000 newer events under 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.events import DaemonStarted, DaemonStopped, NewEvent
+from daemon.projector import Projector, load_state_at_path
+from daemon.state import STATE_SCHEMA, state_to_json
+from daemon.store import EventStore
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(1800)]
+
+EVENT = DaemonStopped(pid=4242, reason="benchmark payload " + "x" * 200)
+DATA = EVENT.model_dump_json()
+
+
+def raw_appends(db: Path, n: int, batch: int) -> float:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT, version INTEGER, "
+        "type TEXT, schema INTEGER, idem_key TEXT UNIQUE, ts REAL, data TEXT, UNIQUE (stream, version))"
+    )
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO events (stream, version, type, schema, idem_key, ts, data) VALUES (?,?,?,?,?,?,?)",
+            [
+                ("s", i + 1, "DaemonStopped", 1, f"k{i}", time.time(), DATA)
+                for i in range(start, start + batch)
+            ],
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return n / elapsed
+
+
+async def store_appends(db: Path, n: int, batch: int) -> float:
+    store = await EventStore.open(db)
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        await store.append("s", [NewEvent(EVENT, f"k{i}") for i in range(start, start + batch)])
+    elapsed = time.perf_counter() - t0
+    await store.close()
+    return n / elapsed
+
+
+@pytest.mark.parametrize(("n", "batch"), [(3000, 1), (200_000, 100)])
+def test_append_throughput_vs_raw_sqlite(tmp_path: Path, n: int, batch: int) -> None:
+    raw = raw_appends(tmp_path / "raw.db", n, batch)
+    ours = asyncio.run(store_appends(tmp_path / "ours.db", n, batch))
+    print(
+        f"\nappend, {batch} event(s)/call, synchronous=FULL: raw sqlite3 {raw:,.0f}/s, "
+        f"EventStore {ours:,.0f}/s, ratio {ours / raw:.2f} (goal >= 0.50)"
+    )
+
+
+def build_log(db: Path, n: int) -> None:
+    async def create_schema() -> None:
+        await (await EventStore.open(db)).close()
+
+    asyncio.run(create_schema())
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    started = DaemonStarted(version="1", config_digest="d", host="h", pid=1, boot_id="b").model_dump_json()
+    conn.execute("BEGIN")
+    rows = (
+        (
+            f"s{i % 1000}",
+            i // 1000 + 1,
+            "DaemonStarted" if i % 2 else "DaemonStopped",
+            1,
+            None,
+            float(i),
+            started if i % 2 else DATA,
+        )
+        for i in range(n)
+    )
+    conn.executemany(
+        "INSERT INTO events (stream, version, type, schema, idem_key, ts, data) VALUES (?,?,?,?,?,?,?)", rows
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def test_replay_and_startup(tmp_path: Path) -> None:
+    n = 1_000_000
+    db = tmp_path / "log.db"
+    build_log(db, n)
+
+    conn = sqlite3.connect(db)
+    t0 = time.perf_counter()
+    for (data,) in conn.execute("SELECT data FROM events ORDER BY seq"):
+        json.loads(data)
+    floor = time.perf_counter() - t0
+    conn.close()
+
+    t0 = time.perf_counter()
+    state = load_state_at_path(db)
+    replay = time.perf_counter() - t0
+    assert state.last_seq == n
+    print(
+        f"\nreplay {n:,} events: json.loads floor {floor:.2f} s, llmtraind fold {replay:.2f} s, "
+        f"ratio {replay / floor:.2f} (goal <= 2.0)"
+    )
+
+    async def snapshot_then_more() -> None:
+        store = await EventStore.open(db, full_check=False)
+        await store.save_snapshot(state.last_seq, STATE_SCHEMA, state_to_json(state))
+        for i in range(1000):
+            await store.append("tail", [NewEvent(EVENT, f"tail{i}")])
+        await store.close()
+
+    asyncio.run(snapshot_then_more())
+
+    async def startup(full_check: bool) -> float:
+        t0 = time.perf_counter()
+        store = await EventStore.open(db, full_check=full_check)
+        projector = await Projector.start(store, 1000)
+        elapsed = time.perf_counter() - t0
+        assert projector.state.last_seq == n + 1000
+        await store.close()
+        return elapsed
+
+    quick = asyncio.run(startup(False))
+    full = asyncio.run(startup(True))
+    print(
+        f"start-up with a snapshot and 1,000 newer events over a {n:,}-event log: "
+        f"{quick:.2f} s with quick_check, {full:.2f} s with integrity_check (goal < 1 s)"
+    )
