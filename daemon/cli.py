@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -46,6 +47,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     cfg = _config(args)
     state = load_state_at_path(cfg.db_path, args.at)
     print(json.dumps(json.loads(state_to_json(state)), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from .schemas import SCHEMA_DIR, check_schemas, write_schemas
+
+    directory = Path(args.dir) if args.dir else SCHEMA_DIR
+    if args.check:
+        stale = check_schemas(directory)
+        for name in stale:
+            print(f"llmtraind: {directory / name} is stale: run 'llmtraind schemas'", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_schemas(directory):
+        print(f"wrote {path}")
     return 0
 
 
@@ -131,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", parents=[common], help="print the state folded from the log (offline)")
     replay.add_argument("--at", type=int, default=None, metavar="SEQ", help="fold only up to this seq")
     replay.set_defaults(fn=_cmd_replay)
+    schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
+    schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
+    schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")
+    schemas.set_defaults(fn=_cmd_schemas)
     sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_cmd_status)
     ev = sub.add_parser("events", parents=[client], help="print (or follow) the event log")
     ev.add_argument("-f", "--follow", action="store_true")

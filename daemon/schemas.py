@@ -1,0 +1,66 @@
+"""The published JSON Schemas in schemas/, generated from the models the daemon validates with.
+
+Editors and other tools read these files; `llmtraind schemas --check` (run by the tests) fails when
+they no longer match the code, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .events import EVENT_ADAPTER
+
+__all__ = ["SCHEMA_DIR", "check_schemas", "render_schemas", "write_schemas"]
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+_BASE = "https://llmtraind.invalid/schemas/"
+
+
+def _config_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["properties"].pop("source", None)
+    return schema
+
+
+_SOURCES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "events.schema.json": ("llmtraind event (the data column of the event log)", EVENT_ADAPTER.json_schema),
+    "config.schema.json": ("llmtraind.toml", _config_schema),
+}
+
+
+def render_schemas() -> dict[str, str]:
+    out = {}
+    for name, (title, make) in _SOURCES.items():
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": _BASE + name,
+            "title": title,
+        }
+        schema.update({k: v for k, v in make().items() if k != "title"})
+        out[name] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return out
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_schemas().items():
+        path = directory / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def check_schemas(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of the schema files that are missing or differ from what the code generates."""
+    stale = []
+    for name, text in render_schemas().items():
+        path = directory / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            stale.append(name)
+    return stale
