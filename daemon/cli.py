@@ -50,6 +50,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .validate import check_file, local_swift_args
+
+    cfg = _config(args)
+    swift_args = local_swift_args()
+    failed = 0
+    for name in args.files:
+        verdict = check_file(Path(name), cfg.limits, swift_args)
+        if verdict.ok:
+            print(f"{name}: ok: {verdict.summary}")
+        else:
+            failed += 1
+            print(verdict.problems.rstrip("\n"), file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from .schemas import SCHEMA_DIR, check_schemas, write_schemas
 
@@ -146,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", parents=[common], help="print the state folded from the log (offline)")
     replay.add_argument("--at", type=int, default=None, metavar="SEQ", help="fold only up to this seq")
     replay.set_defaults(fn=_cmd_replay)
+    check = sub.add_parser("check", parents=[common], help="validate job YAML / dataset files offline")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(fn=_cmd_check)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")

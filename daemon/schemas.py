@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .datasets import line_models
 from .events import EVENT_ADAPTER
+from .jobs import job_file_schema
 
 __all__ = ["SCHEMA_DIR", "check_schemas", "render_schemas", "write_schemas"]
 
@@ -29,7 +31,18 @@ def _config_schema() -> dict[str, Any]:
 _SOURCES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "events.schema.json": ("llmtraind event (the data column of the event log)", EVENT_ADAPTER.json_schema),
     "config.schema.json": ("llmtraind.toml", _config_schema),
+    "job.schema.json": ("llmtraind job file (inbox/*.yaml)", job_file_schema),
 }
+
+_SOURCES.update(
+    {
+        f"dataset-{name}.schema.json": (
+            f"one line of a {name} dataset (inbox/*.jsonl)",
+            model.model_json_schema,
+        )
+        for name, model in line_models().items()
+    }
+)
 
 
 def render_schemas() -> dict[str, str]:
