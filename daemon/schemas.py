@@ -58,22 +58,25 @@ def render_schemas() -> dict[str, str]:
     return out
 
 
+def _stale(directory: Path) -> dict[str, str]:
+    """The schema files that are missing or differ from what the code generates, with their new text."""
+    return {
+        name: text
+        for name, text in render_schemas().items()
+        if not (directory / name).exists() or (directory / name).read_text(encoding="utf-8") != text
+    }
+
+
 def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_schemas().items():
+    for name, text in _stale(directory).items():
         path = directory / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
     return written
 
 
 def check_schemas(directory: Path = SCHEMA_DIR) -> list[str]:
     """Names of the schema files that are missing or differ from what the code generates."""
-    stale = []
-    for name, text in render_schemas().items():
-        path = directory / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            stale.append(name)
-    return stale
+    return list(_stale(directory))
