@@ -19,8 +19,18 @@ from aiohttp import web
 from . import __version__
 from .events import Recorded
 from .projector import load_state_at_path
-from .state import State, state_to_json
+from .state import Job, State, state_to_json
 from .store import EventStore
+from .views import (
+    JOB_STATES,
+    dataset_view,
+    datasets_view,
+    intake_view,
+    job_counts,
+    job_view,
+    jobs_view,
+    projects_view,
+)
 
 __all__ = ["ReadSide", "make_app"]
 
@@ -120,8 +130,65 @@ async def status(request: web.Request) -> web.Response:
                 "count": len(daemon.gpus) if daemon else 0,
                 "memory_total_mib": sum(g.memory_total_mib for g in daemon.gpus) if daemon else 0,
             },
+            "jobs": job_counts(state),
+            "datasets": len(state.datasets),
+            "intake": intake_view(state),
         }
     )
+
+
+def _job(request: web.Request) -> tuple[State, Job]:
+    state = request.app[READ_SIDE].state()
+    ref = request.match_info["job"]
+    job = state.find_job(ref)
+    if job is None:
+        raise web.HTTPNotFound()
+    return state, job
+
+
+async def jobs(request: web.Request) -> web.Response:
+    state = request.app[READ_SIDE].state()
+    job_state = request.query.get("state") or None
+    if job_state is not None and job_state not in JOB_STATES:
+        raise web.HTTPBadRequest(
+            reason=f"state must be one of {', '.join(JOB_STATES)}, got {job_state[:40]!r}"
+        )
+    found = jobs_view(state, job_state=job_state, project=request.query.get("project") or None)
+    return web.json_response({"jobs": found})
+
+
+async def job(request: web.Request) -> web.Response:
+    state, found = _job(request)
+    return web.json_response(job_view(state, found, detail=True))
+
+
+async def job_events(request: web.Request) -> web.Response:
+    _, found = _job(request)
+    recorded = await request.app[READ_SIDE].store.read_stream(f"job:{found.id}")
+    return web.json_response({"events": [recorded_json(r) for r in recorded]})
+
+
+async def datasets(request: web.Request) -> web.Response:
+    return web.json_response({"datasets": datasets_view(request.app[READ_SIDE].state())})
+
+
+async def dataset(request: web.Request) -> web.Response:
+    view = dataset_view(request.app[READ_SIDE].state(), request.match_info["name"])
+    if view is None:
+        raise web.HTTPNotFound()
+    return web.json_response(view)
+
+
+async def projects(request: web.Request) -> web.Response:
+    return web.json_response({"projects": list(projects_view(request.app[READ_SIDE].state()).values())})
+
+
+async def project(request: web.Request) -> web.Response:
+    state = request.app[READ_SIDE].state()
+    name = request.match_info["name"]
+    if name not in projects_view(state):
+        raise web.HTTPNotFound()
+    return web.json_response({"name": name, "jobs": jobs_view(state, project=name)})
 
 
 async def events(request: web.Request) -> web.Response:
@@ -150,4 +217,11 @@ def make_app(side: ReadSide) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/state", state_at)
+    app.router.add_get("/v1/jobs", jobs)
+    app.router.add_get("/v1/jobs/{job}", job)
+    app.router.add_get("/v1/jobs/{job}/events", job_events)
+    app.router.add_get("/v1/datasets", datasets)
+    app.router.add_get("/v1/datasets/{name}", dataset)
+    app.router.add_get("/v1/projects", projects)
+    app.router.add_get("/v1/projects/{name}", project)
     return app

@@ -24,8 +24,10 @@ from .api import ReadSide, make_app
 from .config import Config, config_digest
 from .events import DaemonStarted, DaemonStopped, GpuSeen, NewEvent
 from .gpus import make_probe
+from .inbox import Inbox
 from .projector import Projector
 from .store import EventStore, LogDamaged, StoreError
+from .validate import local_swift_args
 
 __all__ = ["AlreadyRunning", "StateLock", "boot_id", "serve"]
 
@@ -149,6 +151,8 @@ async def _run(cfg: Config, stop: asyncio.Event) -> None:
         runner, url = await _start_api(cfg, side)
         endpoint = _write_endpoint(cfg, url)
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
+        inbox = Inbox(cfg, store, lambda: projector.state, await asyncio.to_thread(local_swift_args))
+        await inbox.start()
         log.info(
             "llmtraind %s serving on %s (state %s, last seq %d)",
             __version__,
@@ -158,6 +162,7 @@ async def _run(cfg: Config, stop: asyncio.Event) -> None:
         )
         await stop.wait()
         log.info("stopping")
+        await inbox.stop()
         health.cancel()
         endpoint.unlink(missing_ok=True)
         await runner.cleanup()

@@ -29,6 +29,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # watchfiles logs every batch of changes at INFO; the inbox logs what it did with them.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -64,6 +66,38 @@ def _cmd_check(args: argparse.Namespace) -> int:
             failed += 1
             print(verdict.problems.rstrip("\n"), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .layout import InboxLayout
+    from .submit import SubmitError, deliver
+
+    inbox = InboxLayout(_config(args).paths.inbox)
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            target = deliver(inbox, path.name, path)
+        except (OSError, SubmitError) as e:
+            failed += 1
+            print(f"llmtraind: {name}: not submitted: {e}", file=sys.stderr)
+        else:
+            print(f"{name}: dropped as {target}")
+    return 1 if failed else 0
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    from .layout import InboxLayout
+    from .submit import SubmitError, control_file, deliver
+
+    name, data = control_file(args.command, args.job)
+    try:
+        target = deliver(InboxLayout(_config(args).paths.inbox), name, data)
+    except (OSError, SubmitError) as e:
+        print(f"llmtraind: {args.command} {args.job}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.command} request for {args.job} dropped as {target}")
+    return 0
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -165,6 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", parents=[common], help="validate job YAML / dataset files offline")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(fn=_cmd_check)
+    submit = sub.add_parser("submit", parents=[common], help="drop files into the inbox atomically")
+    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.set_defaults(fn=_cmd_submit)
+    for action, text in (
+        ("cancel", "cancel a queued or running job"),
+        ("retry", "run a failed or cancelled job again"),
+    ):
+        control = sub.add_parser(action, parents=[common], help=f"{text} (drops a request into the inbox)")
+        control.add_argument("job", metavar="JOB", help="the job's id or name")
+        control.set_defaults(fn=_cmd_control)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")

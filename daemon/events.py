@@ -15,12 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "EVENT_TYPES",
+    "CancelRequested",
     "DaemonStarted",
     "DaemonStopped",
+    "DatasetAccepted",
+    "DatasetValidating",
+    "DuplicateDropped",
     "Event",
+    "FileKind",
+    "FileRejected",
     "GpuSeen",
+    "JobSubmitted",
     "NewEvent",
     "Recorded",
+    "RetryRequested",
     "decode_event",
     "upcast",
 ]
@@ -59,12 +67,138 @@ class DaemonStopped(_Event):
     reason: str
 
 
-Event = Annotated[DaemonStarted | DaemonStopped, Field(discriminator="type")]
+# -- intake: one terminal event per dropped file, keyed `drop:<drop id>` ---------------------------
+#
+# A drop id names one claim of one file (its name in inbox/.processing/), so redoing a claim after a
+# crash finds its event again, while the same bytes dropped a second time are a new drop: a duplicate.
+
+FileKind = Literal["dataset", "job", "control", "unknown"]
+
+
+class DatasetValidating(_Event):
+    """Progress of a large dataset's validation (the original design's "upload progress")."""
+
+    type: Literal["DatasetValidating"] = "DatasetValidating"
+    drop: str
+    name: str
+    bytes_total: int
+    bytes_done: int
+    rows_done: int
+
+
+class DatasetAccepted(_Event):
+    """A dropped dataset passed validation; its original and its swift-ready copy are in the blob store."""
+
+    type: Literal["DatasetAccepted"] = "DatasetAccepted"
+    drop: str
+    name: str
+    filename: str
+    sha256: str
+    format: str
+    task_types: list[str]
+    rlhf_types: list[str]
+    rows: int
+    bytes: int
+    stats: dict[str, Any]
+    lora_hints: dict[str, Any] | None = None
+
+
+class JobSubmitted(_Event):
+    """A dropped job file became job `id`. The fields the scheduler folds over are lifted out of
+    `spec` (the canonical spec as JSON, read by the command builder)."""
+
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    drop: str
+    id: int
+    name: str
+    project: str
+    filename: str
+    sha256: str
+    task: str
+    tuner: str | None
+    rlhf_type: str | None
+    feeds: str | None
+    """The dataset task type this job reads (sft, lora, pretrain, rl); None when it reads none."""
+    datasets: list[str]
+    priority: int
+    after: list[str]
+    gpus: int | None
+    gpu_ids: list[int | str]
+    min_free_memory_mib: int | None
+    spec: dict[str, Any]
+
+
+class DuplicateDropped(_Event):
+    """The same bytes as a known dataset, or as a job still queued or running: nothing new was made.
+    A dataset dropped under a new name makes that name another name of the same dataset."""
+
+    type: Literal["DuplicateDropped"] = "DuplicateDropped"
+    drop: str
+    filename: str
+    kind: FileKind
+    sha256: str
+    dataset: str | None = None
+    """The name the bytes were first accepted under."""
+    alias: str | None = None
+    """The new name, when it differs from every name the dataset already has."""
+    job_id: int | None = None
+
+
+class CancelRequested(_Event):
+    type: Literal["CancelRequested"] = "CancelRequested"
+    drop: str
+    job_id: int
+    source: str
+    """Where the request came from (the control file's name)."""
+
+
+class RetryRequested(_Event):
+    type: Literal["RetryRequested"] = "RetryRequested"
+    drop: str
+    job_id: int
+    source: str
+
+
+class FileRejected(_Event):
+    """A dropped file was refused; it is kept as `kept_as` (under the inbox) with `kept_as`.error.txt."""
+
+    type: Literal["FileRejected"] = "FileRejected"
+    drop: str
+    filename: str
+    kind: FileKind
+    summary: str
+    problems: str
+    sha256: str | None = None
+    kept_as: str
+
+
+_EVENT_CLASSES: tuple[type[_Event], ...] = (
+    DaemonStarted,
+    DaemonStopped,
+    DatasetValidating,
+    DatasetAccepted,
+    JobSubmitted,
+    DuplicateDropped,
+    CancelRequested,
+    RetryRequested,
+    FileRejected,
+)
+
+Event = Annotated[
+    DaemonStarted
+    | DaemonStopped
+    | DatasetValidating
+    | DatasetAccepted
+    | JobSubmitted
+    | DuplicateDropped
+    | CancelRequested
+    | RetryRequested
+    | FileRejected,
+    Field(discriminator="type"),
+]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-EVENT_TYPES: dict[str, type[_Event]] = {
-    cls.model_fields["type"].default: cls for cls in (DaemonStarted, DaemonStopped)
-}
+EVENT_TYPES: dict[str, type[_Event]] = {cls.model_fields["type"].default: cls for cls in _EVENT_CLASSES}
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}

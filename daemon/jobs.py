@@ -81,6 +81,7 @@ __all__ = [
     "TrainParams",
     "TrainerJobFile",
     "Tuner",
+    "dataset_name_problem",
     "dataset_names",
     "job_file_schema",
     "parse_job_file",
@@ -509,6 +510,16 @@ class ControlRequest(_Frozen):
 def references(spec: JobSpec) -> set[str]:
     """Jobs (ids or names) this job depends on; `@JOB` references are already in `after`."""
     return set(spec.after)
+
+
+def dataset_name_problem(name: str) -> str | None:
+    """Why `name` (a dropped file's name without .jsonl/.txt) cannot name a dataset, or None."""
+    if _DATASET_RE.fullmatch(name):
+        return None
+    return (
+        f"{_show(name)} cannot name a dataset: use letters, digits, '.', '_' and '-', starting with a "
+        "letter or digit, at most 128 (rename the file)"
+    )
 
 
 def dataset_names(spec: JobSpec) -> set[str]:

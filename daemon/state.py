@@ -9,14 +9,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import TypeAdapter
 
-from .events import DaemonStarted, DaemonStopped, GpuSeen, Recorded
+from .events import (
+    CancelRequested,
+    DaemonStarted,
+    DaemonStopped,
+    DatasetAccepted,
+    DatasetValidating,
+    DuplicateDropped,
+    FileRejected,
+    GpuSeen,
+    JobSubmitted,
+    Recorded,
+    RetryRequested,
+)
 
-__all__ = ["STATE_SCHEMA", "DaemonInfo", "State", "apply", "fold", "state_from_json", "state_to_json"]
+__all__ = [
+    "LIVE",
+    "STATE_SCHEMA",
+    "DaemonInfo",
+    "Dataset",
+    "IntakeCounts",
+    "Job",
+    "State",
+    "Validation",
+    "apply",
+    "fold",
+    "state_from_json",
+    "state_to_json",
+]
 
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -33,6 +59,81 @@ class DaemonInfo:
 
 
 @dataclass(slots=True)
+class Dataset:
+    """One accepted content (by sha256); `names` are every name it was dropped under."""
+
+    sha256: str
+    name: str
+    filename: str
+    format: str
+    task_types: list[str]
+    rlhf_types: list[str]
+    rows: int
+    bytes: int
+    stats: dict[str, Any]
+    lora_hints: dict[str, Any] | None
+    accepted_ts: float
+    accepted_seq: int
+    names: list[str] = field(default_factory=list)
+    drops: int = 1
+
+
+@dataclass(slots=True)
+class Validation:
+    """A dataset still being read: what the original design called upload progress."""
+
+    drop: str
+    name: str
+    bytes_total: int
+    bytes_done: int
+    rows_done: int
+    ts: float
+
+
+@dataclass(slots=True)
+class IntakeCounts:
+    datasets: int = 0
+    jobs: int = 0
+    controls: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+LIVE = ("queued", "running", "interrupted")
+"""Job states in which a name is taken and the same job file counts as a duplicate."""
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    name: str
+    project: str
+    filename: str
+    sha256: str
+    task: str
+    tuner: str | None
+    rlhf_type: str | None
+    feeds: str | None
+    datasets: list[str]
+    priority: int
+    after: list[str]
+    gpus: int | None
+    gpu_ids: list[int | str]
+    min_free_memory_mib: int | None
+    spec: dict[str, Any]
+    submitted_ts: float
+    submitted_seq: int
+    state: str = "queued"
+    reason: str = ""
+    """Why a queued job is not running yet, or how a finished one ended, for a person to read."""
+    inputs: dict[str, str | None] = field(default_factory=dict)
+    """Dataset name -> the sha256 it resolves to now (None: not dropped yet, or unusable)."""
+    cancel_requested: bool = False
+    attempts: int = 0
+    ended_ts: float | None = None
+
+
+@dataclass(slots=True)
 class State:
     """Plain slotted dataclasses, not pydantic models: the fold assigns millions of attributes on a
     long replay, and pydantic's validating __setattr__ made that the dominant cost."""
@@ -43,12 +144,37 @@ class State:
     daemon_starts: int = 0
     unclean_stops: int = 0
     """Starts that found the previous daemon had not recorded DaemonStopped (a crash or kill -9)."""
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    """By sha256."""
+    dataset_names: dict[str, str] = field(default_factory=dict)
+    """Name -> sha256 of the newest content dropped under (or aliased to) that name."""
+    validating: dict[str, Validation] = field(default_factory=dict)
+    """By drop id, until the drop's terminal event."""
+    jobs: dict[int, Job] = field(default_factory=dict)
+    job_names: dict[str, int] = field(default_factory=dict)
+    """Name -> id of the newest job of that name."""
+    waiting_for: dict[str, list[int]] = field(default_factory=dict)
+    """Dataset name -> queued jobs that read it: a new drop of that name re-resolves them."""
+    next_job_id: int = 1
+    intake: IntakeCounts = field(default_factory=IntakeCounts)
+
+    def find_job(self, ref: str) -> Job | None:
+        """A job by id (digits) or by name (the newest job of that name)."""
+        if ref.isdigit() and int(ref) in self.jobs:
+            return self.jobs[int(ref)]
+        job_id = self.job_names.get(ref)
+        return None if job_id is None else self.jobs[job_id]
+
+    def live_job(self, name: str) -> Job | None:
+        job = self.find_job(name)
+        return job if job is not None and job.name == name and job.state in LIVE else None
 
 
 def _daemon_started(state: State, rec: Recorded, ev: DaemonStarted) -> None:
     if state.daemon is not None and state.daemon.stopped_ts is None:
         state.unclean_stops += 1
     state.daemon_starts += 1
+    state.validating.clear()  # the reading died with the old process; its drops are redone
     state.daemon = DaemonInfo(
         version=ev.version,
         pid=ev.pid,
@@ -65,10 +191,165 @@ def _daemon_stopped(state: State, rec: Recorded, ev: DaemonStopped) -> None:
         state.daemon.stopped_ts = rec.ts
 
 
+def _resolve(state: State, job: Job, name: str) -> str | None:
+    """Point the job's input `name` at the dataset now under that name; the reason if it cannot read it."""
+    sha = state.dataset_names.get(name)
+    if sha is None:
+        job.inputs[name] = None
+        return f"waiting for dataset {name}"
+    ds = state.datasets[sha]
+    fits = job.feeds is None or (
+        job.feeds in ds.task_types
+        and (job.feeds != "rl" or job.rlhf_type is None or job.rlhf_type in ds.rlhf_types)
+    )
+    if not fits:
+        job.inputs[name] = None
+        what = f"{job.feeds} ({job.rlhf_type})" if job.rlhf_type else job.feeds
+        return (
+            f"dataset {name} is {ds.format} data, which feeds {', '.join(ds.task_types)}, not {what}; "
+            f"drop a fitting {name}.jsonl"
+        )
+    job.inputs[name] = sha
+    return None
+
+
+def _refresh_inputs(state: State, job: Job) -> None:
+    reasons = [r for name in job.datasets if (r := _resolve(state, job, name)) is not None]
+    job.reason = "; ".join(reasons)
+
+
+def _dataset_named(state: State, name: str, sha: str) -> None:
+    state.dataset_names[name] = sha
+    for job_id in state.waiting_for.get(name, ()):
+        job = state.jobs[job_id]
+        if job.state == "queued":
+            _refresh_inputs(state, job)
+
+
+def _end_drop(state: State, drop: str) -> None:
+    state.validating.pop(drop, None)
+
+
+def _dataset_accepted(state: State, rec: Recorded, ev: DatasetAccepted) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.datasets += 1
+    known = state.datasets.get(ev.sha256)
+    if known is None:
+        state.datasets[ev.sha256] = Dataset(
+            sha256=ev.sha256,
+            name=ev.name,
+            filename=ev.filename,
+            format=ev.format,
+            task_types=list(ev.task_types),
+            rlhf_types=list(ev.rlhf_types),
+            rows=ev.rows,
+            bytes=ev.bytes,
+            stats=ev.stats,
+            lora_hints=ev.lora_hints,
+            accepted_ts=rec.ts,
+            accepted_seq=rec.seq,
+            names=[ev.name],
+        )
+    elif ev.name not in known.names:
+        known.names.append(ev.name)
+    _dataset_named(state, ev.name, ev.sha256)
+
+
+def _duplicate(state: State, ev: DuplicateDropped) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.duplicates += 1
+    ds = state.datasets.get(ev.sha256)
+    if ds is not None:
+        ds.drops += 1
+        if ev.alias is not None and ev.alias not in ds.names:
+            ds.names.append(ev.alias)
+        if ev.alias is not None:
+            _dataset_named(state, ev.alias, ev.sha256)
+
+
+def _job_submitted(state: State, rec: Recorded, ev: JobSubmitted) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.jobs += 1
+    job = Job(
+        id=ev.id,
+        name=ev.name,
+        project=ev.project,
+        filename=ev.filename,
+        sha256=ev.sha256,
+        task=ev.task,
+        tuner=ev.tuner,
+        rlhf_type=ev.rlhf_type,
+        feeds=ev.feeds,
+        datasets=list(ev.datasets),
+        priority=ev.priority,
+        after=list(ev.after),
+        gpus=ev.gpus,
+        gpu_ids=list(ev.gpu_ids),
+        min_free_memory_mib=ev.min_free_memory_mib,
+        spec=ev.spec,
+        submitted_ts=rec.ts,
+        submitted_seq=rec.seq,
+    )
+    state.jobs[ev.id] = job
+    state.job_names[ev.name] = ev.id
+    state.next_job_id = max(state.next_job_id, ev.id + 1)
+    for name in job.datasets:
+        state.waiting_for.setdefault(name, []).append(ev.id)
+    _refresh_inputs(state, job)
+
+
+def _cancel_requested(state: State, rec: Recorded, ev: CancelRequested) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.controls += 1
+    job = state.jobs.get(ev.job_id)
+    if job is None:
+        return
+    if job.state == "queued":
+        job.state, job.ended_ts = "cancelled", rec.ts
+        job.reason = f"cancelled by {ev.source} before it started"
+    elif job.state in LIVE:
+        job.cancel_requested = True
+
+
+def _retry_requested(state: State, ev: RetryRequested) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.controls += 1
+    job = state.jobs.get(ev.job_id)
+    if job is None or job.state not in ("failed", "cancelled"):
+        return
+    job.state, job.ended_ts, job.cancel_requested = "queued", None, False
+    _refresh_inputs(state, job)
+
+
+def _rejected(state: State, ev: FileRejected) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.rejected += 1
+
+
+def _validating(state: State, rec: Recorded, ev: DatasetValidating) -> None:
+    state.validating[ev.drop] = Validation(
+        ev.drop, ev.name, ev.bytes_total, ev.bytes_done, ev.rows_done, rec.ts
+    )
+
+
 def apply(state: State, rec: Recorded) -> State:
     """Fold one recorded event into `state` and return it."""
     ev = rec.event
     match ev:
+        case DatasetValidating():
+            _validating(state, rec, ev)
+        case DatasetAccepted():
+            _dataset_accepted(state, rec, ev)
+        case JobSubmitted():
+            _job_submitted(state, rec, ev)
+        case DuplicateDropped():
+            _duplicate(state, ev)
+        case CancelRequested():
+            _cancel_requested(state, rec, ev)
+        case RetryRequested():
+            _retry_requested(state, ev)
+        case FileRejected():
+            _rejected(state, ev)
         case DaemonStarted():
             _daemon_started(state, rec, ev)
         case DaemonStopped():

@@ -27,6 +27,7 @@ import aiosqlite
 from .events import EVENT_TYPES, NewEvent, Recorded, decode_event
 
 __all__ = [
+    "Append",
     "ConcurrencyConflict",
     "EventStore",
     "LogDamaged",
@@ -97,6 +98,15 @@ class StoreUnavailable(StoreError):
 
 class LogDamaged(StoreError):
     """The database fails its integrity checks; the daemon must not run on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One stream's part of an `append_batch`; idempotency and `expected_version` apply per part."""
+
+    stream: str
+    events: Sequence[NewEvent]
+    expected_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,14 +284,25 @@ class EventStore:
         """
         if not events:
             return []
+        return (await self.append_batch([Append(stream, events, expected_version)]))[0]
+
+    async def append_batch(self, parts: Sequence[Append]) -> list[list[Recorded]]:
+        """Several streams' appends in one transaction (one fsync): all commit or none does.
+
+        Each part behaves as its own `append`; a part whose keys are already recorded returns the
+        original events and writes nothing, while the others are written.
+        """
+        parts = [p for p in parts if p.events]
+        if not parts:
+            return []
         loop = asyncio.get_running_loop()
-        job = self._writer.submit(self._append_sync, stream, list(events), expected_version)
+        job = self._writer.submit(self._append_sync, parts)
         # Wired to the thread's future, not the awaiting task: a cancelled appender must not hide a commit.
         job.add_done_callback(lambda done: loop.call_soon_threadsafe(self._committed, done))
-        recorded, _ = await asyncio.wrap_future(job)
-        return recorded
+        results, _ = await asyncio.wrap_future(job)
+        return results
 
-    def _committed(self, fut: Future[tuple[list[Recorded], bool]]) -> None:
+    def _committed(self, fut: Future[tuple[list[list[Recorded]], list[Recorded]]]) -> None:
         if fut.cancelled():
             return
         err = fut.exception()
@@ -289,32 +310,39 @@ class EventStore:
             if isinstance(err, StoreUnavailable):
                 self.healthy, self.last_error = False, str(err)
             return
-        recorded, fresh = fut.result()
+        _, fresh = fut.result()
         self.healthy, self.last_error = True, ""
         if fresh:
-            self.last_seq = recorded[-1].seq
+            self.last_seq = fresh[-1].seq
             for listener in self._listeners:
-                listener(recorded)
+                listener(fresh)
 
-    def _append_sync(
-        self, stream: str, events: list[NewEvent], expected: int | None
-    ) -> tuple[list[Recorded], bool]:
+    def _append_sync(self, parts: list[Append]) -> tuple[list[list[Recorded]], list[Recorded]]:
         conn = self._require_conn()
+        where = ", ".join(sorted({p.stream for p in parts}))
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"cannot take the event log's write lock: {e}") from None
         try:
-            result = self._append_in_txn(conn, stream, events, expected)
-            conn.execute("COMMIT" if result[1] else "ROLLBACK")
-            return result
+            results: list[list[Recorded]] = []
+            fresh: list[Recorded] = []
+            for part in parts:
+                recorded, new = self._append_in_txn(
+                    conn, part.stream, list(part.events), part.expected_version
+                )
+                results.append(recorded)
+                if new:
+                    fresh.extend(recorded)
+            conn.execute("COMMIT" if fresh else "ROLLBACK")
+            return results, fresh
         except sqlite3.IntegrityError as e:
             conn.execute("ROLLBACK")
-            raise StoreError(f"append to {stream!r} refused: {e}") from None
+            raise StoreError(f"append to {where!r} refused: {e}") from None
         except sqlite3.OperationalError as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            raise StoreUnavailable(f"append to {stream!r} failed, nothing was written: {e}") from None
+            raise StoreUnavailable(f"append to {where!r} failed, nothing was written: {e}") from None
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")

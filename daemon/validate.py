@@ -6,20 +6,22 @@ streaming, and hands the bytes to the pure parsers in `jobs` and `datasets`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 from .config import LimitsConfig
 from .datasets import DatasetReport, DatasetValidator, LineError
-from .jobs import ControlRequest, JobFileError, JobSpec, parse_job_file
+from .jobs import ControlRequest, JobFileError, JobSpec, dataset_name_problem, parse_job_file
 from .swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 
-__all__ = ["CHUNK", "FileVerdict", "check_file", "local_swift_args"]
+__all__ = ["CHUNK", "FileVerdict", "Kind", "Progress", "check_file", "file_kind", "local_swift_args"]
 
 CHUNK = 1024 * 1024
 DATASET_SUFFIXES = (".jsonl", ".txt")
@@ -64,32 +66,79 @@ def _refuse(path: Path, kind: Kind, why: str) -> FileVerdict:
     return FileVerdict(path, kind, False, why, problems=f"{path.name}: rejected: {why}\n")
 
 
+Progress = Callable[[int, int, int], None]
+"""Called after each chunk of a dataset with (bytes done, bytes in all, rows done); it may raise to
+abandon the reading (the daemon does when it stops)."""
+
+
+def file_kind(name: str) -> Kind:
+    lower = name.lower()
+    if lower.endswith(DATASET_SUFFIXES):
+        return "dataset"
+    return "job" if lower.endswith(JOB_SUFFIXES) else "unknown"
+
+
 def check_file(
-    path: Path, limits: LimitsConfig, swift_args: SwiftArgs, converted: BinaryIO | None = None
+    path: Path,
+    limits: LimitsConfig,
+    swift_args: SwiftArgs,
+    converted: BinaryIO | None = None,
+    *,
+    progress: Progress | None = None,
+    same_as: os.stat_result | None = None,
+    name: str | None = None,
 ) -> FileVerdict:
-    """Validate `path`; a dataset's swift-ready lines go to `converted` when one is given."""
-    name = path.name.lower()
-    kind: Kind = (
-        "dataset" if name.endswith(DATASET_SUFFIXES) else "job" if name.endswith(JOB_SUFFIXES) else "unknown"
-    )
+    """Validate `path`; a dataset's swift-ready lines go to `converted` when one is given.
+
+    `name` is the name the file was dropped under when `path` is the claimed copy's. `same_as` is
+    the file's lstat from when it was claimed: a different file found at the path now (it was
+    swapped in between) is refused rather than read.
+    """
+    shown = Path(name) if name is not None else path
+    verdict = _check(path, shown, limits, swift_args, converted, progress, same_as)
+    return verdict if shown is path else dataclasses.replace(verdict, path=path)
+
+
+def _check(
+    path: Path,
+    shown: Path,
+    limits: LimitsConfig,
+    swift_args: SwiftArgs,
+    converted: BinaryIO | None,
+    progress: Progress | None,
+    same_as: os.stat_result | None,
+) -> FileVerdict:
+    kind = file_kind(shown.name)
     if kind == "unknown":
-        return _refuse(path, kind, "unknown file type: datasets end in .jsonl or .txt, jobs in .yaml or .yml")
+        return _refuse(
+            shown, kind, "unknown file type: datasets end in .jsonl or .txt, jobs in .yaml or .yml"
+        )
+    if kind == "dataset" and (problem := dataset_name_problem(_stem(shown.name))) is not None:
+        return _refuse(shown, kind, problem)
     try:
         fd, st = _open_regular(path)
     except (OSError, ValueError) as e:
-        return _refuse(path, kind, f"cannot read it: {e}")
+        return _refuse(shown, kind, f"cannot read it: {e}")
     limit = limits.max_dataset_bytes if kind == "dataset" else limits.max_yaml_bytes
     with os.fdopen(fd, "rb") as f:
+        if same_as is not None and (st.st_dev, st.st_ino) != (same_as.st_dev, same_as.st_ino):
+            return _refuse(shown, kind, "the file was replaced while it was being picked up; drop it again")
         if st.st_size > limit:
             return _refuse(
-                path, kind, f"{st.st_size} bytes is over the limit of {limit} ([limits] in the config)"
+                shown, kind, f"{st.st_size} bytes is over the limit of {limit} ([limits] in the config)"
             )
         if kind == "dataset":
-            return _check_dataset(path, f, converted)
-        return _check_job(path, f.read(limit + 1), limits, swift_args)
+            return _check_dataset(shown, f, converted, progress, st.st_size)
+        return _check_job(shown, f.read(limit + 1), limits, swift_args)
 
 
-def _check_dataset(path: Path, f: BinaryIO, converted: BinaryIO | None) -> FileVerdict:
+def _stem(filename: str) -> str:
+    return filename.rsplit(".", 1)[0]
+
+
+def _check_dataset(
+    path: Path, f: BinaryIO, converted: BinaryIO | None, progress: Progress | None, size: int
+) -> FileVerdict:
     digest = hashlib.sha256()
     validator = DatasetValidator(path.name)
     while chunk := f.read(CHUNK):
@@ -97,6 +146,8 @@ def _check_dataset(path: Path, f: BinaryIO, converted: BinaryIO | None) -> FileV
         lines = validator.feed(chunk)
         if converted is not None:
             converted.writelines(lines)
+        if progress is not None:
+            progress(validator.bytes_done, size, validator.rows_done)
     last = validator.flush()
     if converted is not None:
         converted.writelines(last)

@@ -38,6 +38,10 @@ class Daemon:
     busy_timeout_ms: int = 5000
     snapshot_every: int = 1000
     health_interval_s: float = 5.0
+    extra_config: str = ""
+    """TOML appended to the config (sections the base config does not have)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for `start` (LLMTRAIND_* overrides, the intake fault hook)."""
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     log_path: Path = field(init=False)
@@ -52,6 +56,7 @@ class Daemon:
                 snapshot_every=self.snapshot_every,
                 health_interval_s=self.health_interval_s,
             )
+            + self.extra_config
         )
 
     @property
@@ -62,13 +67,41 @@ class Daemon:
     def state(self) -> Path:
         return self.root / "state"
 
+    @property
+    def inbox(self) -> Path:
+        return Path(self.env.get("LLMTRAIND_PATHS_INBOX", self.root / "inbox"))
+
+    def drop(self, name: str, data: bytes | str) -> Path:
+        """Drop a file the way writers should: write beside the inbox, then rename it in."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        tmp = self.inbox / f".{name}.part"
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        target = self.inbox / name
+        os.rename(tmp, target)
+        return target
+
+    def wait_for(self, what: str, check: Any, timeout: float = 30) -> Any:
+        """Poll `check()` until it returns something truthy; fail with `what` and the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode} waiting for {what}:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "daemon", *args[:1], "--config", str(self.config), *args[1:]],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=_env(),
+            env=_env(self.env),
         )
 
     def start(self, wait: bool = True) -> Daemon:
@@ -79,7 +112,7 @@ class Daemon:
                 [sys.executable, "-m", "daemon", "serve", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_env(),
+                env=_env(self.env),
             )
         if wait:
             deadline = time.monotonic() + 30
@@ -120,8 +153,9 @@ class Daemon:
             self.proc.wait(timeout=10)
 
 
-def _env() -> dict[str, str]:
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMTRAIND_")}
+    env.update(extra or {})
     env["PYTHONUNBUFFERED"] = "1"
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import daemon
 from daemon.projector import load_state_at_path
 from daemon.state import state_to_json
 from tests.daemon_proc import Daemon
@@ -30,7 +31,7 @@ def test_serve_records_its_life_and_stops_on_sigterm(daemon_factory: type[Daemon
     code, body = d.get("/healthz")
     assert (code, body) == (200, {"ok": True, "reason": ""})
     code, status = d.get("/v1/status")
-    assert code == 200 and status["version"] == "0.1.0" and status["last_seq"] == 1
+    assert code == 200 and status["version"] == daemon.__version__ and status["last_seq"] == 1
     assert status["uptime_s"] >= 0 and status["healthy"] is True
     code, page = d.get("/v1/events")
     started = page["events"][0]

@@ -56,3 +56,19 @@ async def test_v1_fixture_folds_to_what_v1_saw(tmp_path: Path) -> None:
     state = load_state_at_path(db)
     assert (state.last_seq, state.daemon_starts, state.unclean_stops) == (5, 3, 1)
     assert state.daemon is not None and state.daemon.pid == 4999 and state.daemon.stopped_ts is not None
+
+
+async def test_v2_fixture_folds_to_what_v2_saw(tmp_path: Path) -> None:
+    """0.2.0's log: a job waiting for its dataset, the dataset, a duplicate, a rejection, cancel,
+    retry, and a large dataset whose validation progress was recorded."""
+    db = tmp_path / "log.db"
+    await load_fixture("events_v2.jsonl", db)
+    state = load_state_at_path(db)
+    job = state.jobs[1]
+    assert (job.name, job.state, job.reason, job.tuner) == ("train", "queued", "", "lora")
+    assert set(state.dataset_names) == {"sft_demo", "again", "big"}
+    assert state.dataset_names["sft_demo"] == state.dataset_names["again"]
+    assert state.datasets[state.dataset_names["big"]].rows == 200_000
+    assert state.validating == {}
+    c = state.intake
+    assert (c.datasets, c.jobs, c.controls, c.duplicates, c.rejected) == (2, 1, 2, 1, 1)

@@ -5,7 +5,20 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import DaemonStarted, DaemonStopped, Event, GpuSeen, Recorded
+from daemon.events import (
+    CancelRequested,
+    DaemonStarted,
+    DaemonStopped,
+    DatasetAccepted,
+    DatasetValidating,
+    DuplicateDropped,
+    Event,
+    FileRejected,
+    GpuSeen,
+    JobSubmitted,
+    Recorded,
+    RetryRequested,
+)
 from daemon.state import State, apply, fold, state_from_json, state_to_json
 
 pids = st.integers(min_value=1, max_value=5)
@@ -31,6 +44,77 @@ events: st.SearchStrategy[Event] = st.one_of(
     ),
     st.builds(DaemonStopped, pid=pids, reason=st.text(max_size=10)),
 )
+# Few names, shas, drops and ids, so events refer to each other: aliases, waiting jobs, cancels.
+names = st.sampled_from(["a", "b", "c"])
+shas = st.sampled_from(["s1", "s2", "s3"])
+drops = st.sampled_from(["d1", "d2", "d3", "d4"])
+job_ids = st.integers(1, 4)
+tasks = st.sampled_from(["sft", "lora", "pretrain", "rl"])
+intake_events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(
+        DatasetValidating,
+        drop=drops,
+        name=names,
+        bytes_total=st.integers(0, 100),
+        bytes_done=st.integers(0, 100),
+        rows_done=st.integers(0, 9),
+    ),
+    st.builds(
+        DatasetAccepted,
+        drop=drops,
+        name=names,
+        filename=names,
+        sha256=shas,
+        format=st.sampled_from(["sft_messages", "preference"]),
+        task_types=st.lists(tasks, max_size=3),
+        rlhf_types=st.lists(st.sampled_from(["dpo", "kto"]), max_size=2),
+        rows=st.integers(1, 9),
+        bytes=st.integers(1, 999),
+        stats=st.just({"rows": 1}),
+    ),
+    st.builds(
+        DuplicateDropped,
+        drop=drops,
+        filename=names,
+        kind=st.sampled_from(["dataset", "job"]),
+        sha256=shas,
+        dataset=st.none() | names,
+        alias=st.none() | names,
+        job_id=st.none() | job_ids,
+    ),
+    st.builds(
+        JobSubmitted,
+        drop=drops,
+        id=job_ids,
+        name=names,
+        project=names,
+        filename=names,
+        sha256=shas,
+        task=st.sampled_from(["sft", "rlhf"]),
+        tuner=st.none() | st.just("lora"),
+        rlhf_type=st.none() | st.just("dpo"),
+        feeds=st.none() | tasks,
+        datasets=st.lists(names, max_size=2, unique=True),
+        priority=st.integers(-2, 2),
+        after=st.lists(names, max_size=2),
+        gpus=st.none() | st.integers(0, 2),
+        gpu_ids=st.lists(st.integers(0, 3) | st.just("GPU-x"), max_size=2),
+        min_free_memory_mib=st.none() | st.integers(0, 9),
+        spec=st.just({"name": "x"}),
+    ),
+    st.builds(CancelRequested, drop=drops, job_id=job_ids, source=names),
+    st.builds(RetryRequested, drop=drops, job_id=job_ids, source=names),
+    st.builds(
+        FileRejected,
+        drop=drops,
+        filename=names,
+        kind=st.sampled_from(["dataset", "job", "unknown"]),
+        summary=st.text(max_size=5),
+        problems=st.text(max_size=5),
+        kept_as=names,
+    ),
+)
+events = st.one_of(events, intake_events, intake_events)
 
 
 def record(evs: list[Event]) -> list[Recorded]:

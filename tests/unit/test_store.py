@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.events import DaemonStarted, DaemonStopped, NewEvent
+from daemon.events import DaemonStarted, DaemonStopped, NewEvent, Recorded
 from daemon.store import (
+    Append,
     ConcurrencyConflict,
     EventStore,
     LogDamaged,
@@ -56,6 +57,29 @@ async def test_idempotency_key_returns_the_original_and_writes_nothing(tmp_path:
     again = await store.append("s", [NewEvent(stopped(1), "k1"), NewEvent(stopped(2), "k2")])
     assert again == first
     assert count_rows(tmp_path / "log.db") == 2
+    await store.close()
+
+
+async def test_a_batch_is_one_transaction_with_idempotency_per_part(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "log.db")
+    seen: list[list[Recorded]] = []
+    store.add_listener(seen.append)
+    first = await store.append_batch(
+        [Append("a", [NewEvent(stopped(1), "k1")]), Append("b", [NewEvent(stopped(2))])]
+    )
+    assert [[r.seq for r in part] for part in first] == [[1], [2]]
+    # A redo of part one alongside a new part: the original comes back, only the new part is written.
+    redo = await store.append_batch(
+        [Append("a", [NewEvent(stopped(9), "k1")]), Append("c", [NewEvent(stopped(3))], 0)]
+    )
+    assert redo[0] == first[0] and [r.seq for r in redo[1]] == [3]
+    assert [[r.seq for r in batch] for batch in seen] == [[1, 2], [3]]
+    # A conflict in any part writes none of the batch.
+    with pytest.raises(ConcurrencyConflict):
+        await store.append_batch(
+            [Append("d", [NewEvent(stopped(4))]), Append("c", [NewEvent(stopped(5))], 0)]
+        )
+    assert count_rows(tmp_path / "log.db") == 3 and store.last_seq == 3
     await store.close()
 
 
