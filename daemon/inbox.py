@@ -52,7 +52,7 @@ from .events import (
     RetryRequested,
 )
 from .intake import Examined, decide
-from .layout import InboxLayout, StateLayout
+from .layout import InboxLayout, StateLayout, fsync_dir
 from .state import State
 from .store import EventStore, StoreError
 from .swift_args import SwiftArgs
@@ -118,14 +118,6 @@ def _writer_state(path: Path) -> str:
     else:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         return "free"
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -496,7 +488,7 @@ class Inbox:
 
     def _publish(self, batch: Sequence[_Read]) -> None:
         """Make what the events will point at durable first: the claims, and new swift-ready copies."""
-        _fsync_dir(self.inbox.processing)
+        fsync_dir(self.inbox.processing)
         published = False
         for read in batch:
             if read.scratch is not None and read.examined.verdict is not None:
@@ -504,7 +496,7 @@ class Inbox:
                 if sha is not None and self._publish_converted(read.scratch, sha):
                     published = True
         if published:
-            _fsync_dir(self.blobs.converted)
+            fsync_dir(self.blobs.converted)
         self._fault("published")
 
     def _publish_converted(self, scratch: Path, sha: str) -> bool:
@@ -539,7 +531,7 @@ class Inbox:
                 with contextlib.suppress(FileNotFoundError):
                     read.scratch.unlink()
         for folder in touched:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self._fault("stored")
         for read, event in zip(batch, events, strict=True):
             if not isinstance(event, FileRejected):

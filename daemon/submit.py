@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .layout import InboxLayout
+from .layout import InboxLayout, fsync_dir
 
 __all__ = ["SubmitError", "control_file", "deliver"]
 
@@ -23,14 +23,6 @@ _counter = itertools.count(1)
 
 class SubmitError(Exception):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def deliver(inbox: InboxLayout, name: str, source: Path | bytes) -> Path:
@@ -59,7 +51,7 @@ def deliver(inbox: InboxLayout, name: str, source: Path | bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(inbox.root)
+    fsync_dir(inbox.root)
     return target
 
 
