@@ -1,0 +1,365 @@
+"""Why a swift run failed, in one word for programs and one line for people.
+
+swift exits 1 for any Python exception and leaves the cause in the last lines of its log: the
+traceback's last line, and before it the lines that name the bad dataset row, path or argument
+(`reference/swift-cpu.md` §6; the fixtures under tests/fixtures/swift/ are tails of real runs).
+The classifier reads those lines, the exit status and what the daemon itself did (cancel,
+timeout), and says whether running the same job again could succeed (`transient`): a port that
+was taken or a GPU that another process filled may be free next time; a bad argument or dataset
+fails the same way every time.
+
+Pure and total: any text gives a Failure, never an exception.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import signal as signals
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["TAIL_LINES", "Failure", "FailureKind", "classify_failure"]
+
+FailureKind = Literal[
+    "out_of_memory",
+    "bad_dataset",
+    "model_not_found",
+    "unknown_argument",
+    "bad_argument",
+    "port_in_use",
+    "gpu_error",
+    "disk_full",
+    "killed",
+    "timeout",
+    "cancelled",
+    "unknown",
+]
+
+TAIL_LINES = 400
+"""Lines of the log worth passing: a bad-dataset message comes about 100 lines before the end."""
+_MAX_LINE = 4096
+_MAX_REASON = 300
+
+_EXCEPTION_RE = re.compile(
+    r"(?:(?:[A-Za-z_]\w{0,100}\.){1,10}[A-Z]\w{0,100}|\w{0,100}(?:Error|Exception|Exit|Interrupt))(?::\s|$)"
+)
+"""`ValueError: ...`, `pyarrow.lib.ArrowInvalid: ...`; not `Train: 50%|...` (tqdm) or `[INFO:swift] ...`."""
+_WRAPPER_EXCEPTIONS = ("ChildFailedError", "DatasetGenerationError")
+"""Exceptions that only say "something below failed"; the cause is an earlier line."""
+_OOM_RE = re.compile(
+    r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|can't allocate memory"
+    r"|HIP out of memory|XPU out of memory|\bMemoryError\b"
+)
+_OOM_PROCESS_RE = re.compile(r"Process (\d+) has [0-9.]+ [KMGT]iB memory in use")
+_ROW_RE = re.compile(
+    r"Failed to load JSON from file '([^']{1,1024})' with error [^:]*: (.*?) in row (\d{1,12})"
+)
+_LOCAL_DATASET_RE = re.compile(r"The local path does not exist, dataset_id: `([^`]{1,1024})`")
+_HUB_DATASET_RE = re.compile(r"Couldn't reach '([^']{1,1024})' on the Hub")
+_DATASET_LOAD_RE = re.compile(r"Dataset (\S{1,1024}) load failed")
+_ROWS_DROPPED = "There are errors in the dataset, the data will be deleted"
+_MODEL_PATH_RE = re.compile(r"ValueError: path: '([^']{1,1024})' not found")
+_MODEL_HUB_RE = re.compile(
+    r"LocalEntryNotFoundError|RepositoryNotFoundError|/api/v1/models/([^/\s]{1,256}(?:/[^/\s]{1,256})?)/repo"
+)
+_NOT_A_MODEL_RE = re.compile(
+    r"does not appear to have a file named config\.json|Can't load the configuration of '([^']{1,1024})'"
+    r"|Unrecognized model in (\S{1,1024})"
+)
+_REMAINING_RE = re.compile(r"remaining_argv: (\[.{0,2000}\])")
+_ARGPARSE_RE = re.compile(r"^\S{1,200}: error: (.*)$")
+_ARGPARSE_ARG_RE = re.compile(r"(?:argument|option:?|arguments:) (--?[\w-]{1,200})")
+_AUTO_MATCH_RE = re.compile(r"Failed to automatically match (model_type|template_type)")
+_ENUM_RE = re.compile(r"ValueError: (.{1,200}) is not a valid (\w{1,100})")
+_PORT_RE = re.compile(r"Address already in use|EADDRINUSE|server socket has failed to (?:listen|bind)")
+_GPU_RE = re.compile(
+    r"\bNCCL error|ncclUnhandledCudaError|ncclSystemError|ncclInternalError|ncclRemoteError"
+    r"|CUDA-capable device\(s\) is/are busy or unavailable|uncorrectable ECC error"
+    r"|CUDA error: unspecified launch failure|CUDA error: an illegal memory access"
+    r"|Watchdog caught collective operation timeout|No CUDA GPUs are available"
+)
+_DISK_RE = re.compile(r"No space left on device|Disk quota exceeded")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_INTERRUPTS = frozenset({signals.SIGTERM, signals.SIGINT, signals.SIGHUP, signals.SIGQUIT})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed run, classified."""
+
+    kind: FailureKind
+    transient: bool
+    """Running the same job again, unchanged, may succeed."""
+    reason: str
+    """One line for people: what happened and, where known, what to change."""
+    exception: str | None = None
+    """The exception line the run ended with (`ValueError: ...`), if it printed one."""
+    argument: str | None = None
+    """The swift argument at fault (`--bogus_arg`), for argument failures."""
+    path: str | None = None
+    """The dataset file or model directory at fault."""
+    row: int | None = None
+    """0-based row in `path` that does not parse, as pyarrow reports it; it counts from the start
+    of the 10 MiB block being read, which is the file's line number minus 1 in smaller files."""
+    signal: str | None = None
+    """The signal that ended the process (`SIGKILL`), if one did."""
+
+
+def classify_failure(
+    log_tail: Iterable[str] | str,
+    *,
+    returncode: int | None,
+    signal: int | None = None,
+    cancelled: bool = False,
+    timed_out: bool = False,
+    gpu_shared: bool = False,
+) -> Failure:
+    """Classify a run that did not succeed.
+
+    Args:
+        log_tail: the last lines of the run's log, stdout and stderr interleaved (`TAIL_LINES`
+            is enough); one string is split into lines.
+        returncode: the exit status as asyncio/subprocess report it (negative: killed by that
+            signal); None when unknown, e.g. for a run found dead after a daemon restart.
+        signal: the signal that ended it, when known apart from `returncode`.
+        cancelled: the daemon stopped it because someone cancelled the job.
+        timed_out: the daemon stopped it because it ran past the job's timeout.
+        gpu_shared: another process was using the run's GPUs meanwhile, so an out-of-memory
+            failure may not happen again.
+    """
+    lines = _lines(log_tail)
+    sig = (
+        signal if signal is not None else (-returncode if returncode is not None and returncode < 0 else None)
+    )
+    exception = _last_exception(lines)
+    if cancelled:
+        return Failure("cancelled", False, "cancelled", exception=exception, signal=_signal_name(sig))
+    if timed_out:
+        return Failure(
+            "timeout",
+            False,
+            "stopped at the job's timeout; raise `timeout` or train fewer steps",
+            exception=exception,
+            signal=_signal_name(sig),
+        )
+    for rule in _RULES:
+        found = rule(lines, exception, gpu_shared)
+        if found is not None:
+            return found
+    if sig is not None:
+        return _by_signal(sig, exception)
+    detail = f": {exception}" if exception else " and printed no error"
+    return Failure("unknown", False, _one_line(f"{_status(returncode)}{detail}"), exception=exception)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _lines(log_tail: Iterable[str] | str) -> list[str]:
+    """Non-empty lines, `\\r`-separated tqdm redraws split apart, overlong lines cut."""
+    chunks = [log_tail] if isinstance(log_tail, str) else log_tail
+    out: list[str] = []
+    for chunk in chunks:
+        for line in re.split(r"[\r\n]", str(chunk)):
+            text = _ANSI_RE.sub("", line[:_MAX_LINE]).strip()
+            if text:
+                out.append(text)
+    return out[-TAIL_LINES:]
+
+
+def _last_exception(lines: list[str]) -> str | None:
+    """The last `Type: message` line, skipping wrappers when the cause is also there."""
+    found: list[str] = []
+    for line in lines:
+        match = _EXCEPTION_RE.match(line)
+        if match is not None and not line.startswith(("File ", "During handling", "The above")):
+            found.append(line)
+    for line in reversed(found):
+        if not any(wrapper in line for wrapper in _WRAPPER_EXCEPTIONS):
+            return line
+    return found[-1] if found else None
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _status(returncode: int | None) -> str:
+    return "exited with an unknown status" if returncode is None else f"exit status {returncode}"
+
+
+def _signal_name(sig: int | None) -> str | None:
+    if sig is None:
+        return None
+    try:
+        return signals.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _search(pattern: re.Pattern[str], lines: list[str]) -> re.Match[str] | None:
+    """The last match in the log: the one closest to the failure."""
+    for line in reversed(lines):
+        match = pattern.search(line)
+        if match is not None:
+            return match
+    return None
+
+
+def _by_signal(sig: int, exception: str | None) -> Failure:
+    name = _signal_name(sig)
+    if sig == signals.SIGKILL:
+        reason = (
+            "killed by SIGKILL, not by the daemon; the kernel does this when the machine runs out of memory"
+        )
+        return Failure("killed", False, reason, exception=exception, signal=name)
+    if sig in _INTERRUPTS:
+        reason = f"stopped by {name} from outside the daemon (a shutdown or an operator)"
+        return Failure("killed", True, reason, exception=exception, signal=name)
+    return Failure("unknown", False, f"crashed with {name}", exception=exception, signal=name)
+
+
+_Rule = Callable[[list[str], str | None, bool], Failure | None]
+
+
+def _out_of_memory(lines: list[str], exception: str | None, gpu_shared: bool) -> Failure | None:
+    match = _search(_OOM_RE, lines)
+    if match is None:
+        return None
+    line = match.string
+    host = "can't allocate memory" in line or "MemoryError" == match[0]
+    others = len(set(_OOM_PROCESS_RE.findall(line))) > 1
+    where = "host memory" if host else "GPU memory"
+    hint = (
+        "another process was using the GPU; it may fit once that memory is free"
+        if gpu_shared or others
+        else "lower per_device_train_batch_size or max_length, use LoRA/QLoRA, or ask for more GPUs"
+    )
+    return Failure(
+        "out_of_memory",
+        gpu_shared or others,
+        _one_line(f"out of {where}: {hint}"),
+        exception=exception or line,
+    )
+
+
+def _bad_dataset(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    row = _search(_ROW_RE, lines)
+    if row is not None:
+        line = int(row[3]) + 1
+        reason = f"dataset {row[1]}: {row[2]} at row {row[3]} (line {line} in a file under 10 MiB)"
+        return Failure(
+            "bad_dataset", False, _one_line(reason), exception=exception, path=row[1], row=int(row[3])
+        )
+    for pattern, what in (
+        (_LOCAL_DATASET_RE, "does not exist"),
+        (_HUB_DATASET_RE, "is not a file here, and the hub cannot be reached offline"),
+        (_DATASET_LOAD_RE, "could not be loaded"),
+    ):
+        match = _search(pattern, lines)
+        if match is not None:
+            reason = f"dataset {match[1]} {what}"
+            return Failure("bad_dataset", False, _one_line(reason), exception=exception, path=match[1])
+    if any(_ROWS_DROPPED in line for line in lines):
+        return _dropped_rows(lines, exception)
+    return None
+
+
+def _dropped_rows(lines: list[str], exception: str | None) -> Failure:
+    """swift drops rows it cannot use, each with a traceback; none left ends in an odd error."""
+    first = next(i for i, line in enumerate(lines) if _ROWS_DROPPED in line)
+    example = _last_exception(lines[:first])
+    empty = exception is not None and exception.startswith("ZeroDivisionError")
+    what = "every row was dropped as unusable" if empty else "rows were dropped as unusable"
+    detail = f"; e.g. {example}" if example else ""
+    return Failure("bad_dataset", False, _one_line(f"dataset: {what}{detail}"), exception=exception)
+
+
+def _model_not_found(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    match = _search(_MODEL_PATH_RE, lines)
+    if match is not None:
+        reason = f"model or adapter directory {match[1]} does not exist"
+        return Failure("model_not_found", False, reason, exception=exception, path=match[1])
+    match = _search(_NOT_A_MODEL_RE, lines)
+    if match is not None:
+        path = match[1] or match[2]
+        reason = f"{path or 'the model directory'} is not a model directory (no usable config.json)"
+        return Failure("model_not_found", False, _one_line(reason), exception=exception, path=path)
+    match = _search(_MODEL_HUB_RE, lines)
+    if match is not None:
+        reason = "the model is not a local directory, and the hub has no copy that can be reached"
+        return Failure("model_not_found", False, reason, exception=exception, path=match[1])
+    return None
+
+
+def _unknown_argument(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    match = _search(_REMAINING_RE, lines)
+    if match is not None:
+        names = _flag_names(match[1])
+        argument = names[0] if names else None
+        shown = ", ".join(names) if names else match[1]
+        reason = f"ms-swift does not know the argument {shown}; check its name for this ms-swift version"
+        return Failure("unknown_argument", False, _one_line(reason), exception=exception, argument=argument)
+    return None
+
+
+def _flag_names(text: str) -> list[str]:
+    try:
+        items = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, str) and item.startswith("-")]
+
+
+def _bad_argument(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    match = _search(_ARGPARSE_RE, lines)
+    if match is not None:
+        message = match[1]
+        arg = _ARGPARSE_ARG_RE.search(message)
+        argument = arg[1] if arg is not None else None
+        kind: FailureKind = (
+            "unknown_argument" if "unrecognized" in message or "ambiguous" in message else "bad_argument"
+        )
+        return Failure(kind, False, _one_line(f"swift refused its arguments: {message}"), argument=argument)
+    auto = _search(_AUTO_MATCH_RE, lines)
+    if auto is not None:
+        key = "model_type" if auto[1] == "model_type" else "template"
+        reason = f"swift cannot tell the model's {key}; add `{key}:` to the job (e.g. model_type: qwen2, template: qwen)"
+        return Failure("bad_argument", False, reason, exception=exception, argument=f"--{key}")
+    enum = _search(_ENUM_RE, lines)
+    if enum is not None:
+        reason = f"{enum[1]} is not a valid {enum[2]}"
+        return Failure("bad_argument", False, _one_line(reason), exception=exception)
+    return None
+
+
+def _environment(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    if _search(_PORT_RE, lines) is not None:
+        reason = "a network port the run needs was taken by another process"
+        return Failure("port_in_use", True, reason, exception=exception)
+    gpu = _search(_GPU_RE, lines)
+    if gpu is not None:
+        return Failure(
+            "gpu_error", True, _one_line(f"GPU or GPU link failure: {gpu.string}"), exception=exception
+        )
+    if _search(_DISK_RE, lines) is not None:
+        reason = "the disk is full; free space under the daemon's state directory"
+        return Failure("disk_full", False, reason, exception=exception)
+    return None
+
+
+_RULES: tuple[_Rule, ...] = (
+    _out_of_memory,
+    _unknown_argument,
+    _bad_argument,
+    _model_not_found,
+    _bad_dataset,
+    _environment,
+)
+"""In order: an out-of-memory error can surface as a dataset or NCCL error further down, and the
+argument checks run before swift touches the model or the data."""
