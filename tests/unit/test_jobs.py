@@ -28,81 +28,10 @@ from daemon.jobs import (
     references,
 )
 from daemon.swift_args import SwiftArgs, bundled
+from tests.seeds import SEED_LORA, SEED_PRETRAIN, SEED_RL, SEED_SFT, SEED_TRAINER_JSON
 
 SWIFT = bundled()
 MAX = 1 << 20
-
-# The YAML examples of the management-API seed, verbatim.
-SEED_SFT = """\
-task_type: sft
-model_name: qwen-7b
-dataset: datasets/sft_dataset.jsonl
-max_seq_length: 2048
-per_device_train_batch_size: 4
-learning_rate: 2e-5
-num_train_epochs: 3
-"""
-SEED_RL = """\
-task_type: rl
-algorithm: ppo
-policy_model: qwen-7b-sft
-reward_model: qwen-7b-rm
-dataset: datasets/rl_preference.jsonl
-rollout_batch_size: 16
-update_epochs: 4
-kl_target: 0.1
-"""
-SEED_LORA = """\
-task_type: lora
-base_model: llama2-7b
-dataset: datasets/lora_demo.jsonl
-lora_r: 8
-lora_alpha: 16
-lora_dropout: 0.05
-train_batch_size: 64
-gradient_accumulation_steps: 4
-use_8bit: true
-"""
-SEED_PRETRAIN = """\
-task_type: pretrain
-model_name: llama2-7b
-dataset: datasets/pretrain_corpus.jsonl
-sequence_length: 4096
-global_batch_size: 1024
-learning_rate: 3e-4
-warmup_ratio: 0.01
-tokenizer: configs/tokenizer.model
-"""
-# The Swift Trainer API's LLM job body, verbatim from the seed (a Python dict literal that is JSON).
-SEED_TRAINER_JSON = """\
-{
-    "gpu_id": "0",
-    "datasets": [
-        "AI-ModelScope/alpaca-gpt4-data-zh#500",
-        "AI-ModelScope/alpaca-gpt4-data-en#500"
-    ],
-    "model_path": "Qwen/Qwen2.5-7B-Instruct",
-    "output_dir": "output/llm_test",
-    "num_epochs": 1,
-    "batch_size": 1,
-    "learning_rate": 1e-4,
-    "lora_rank": 8,
-    "lora_alpha": 32,
-    "target_modules": "all-linear",
-    "gradient_accumulation_steps": 16,
-    "eval_steps": 50,
-    "save_steps": 50,
-    "save_total_limit": 2,
-    "logging_steps": 5,
-    "max_length": 2048,
-    "warmup_ratio": 0.05,
-    "dataloader_num_workers": 4,
-    "torch_dtype": "bfloat16",
-    "system": "You are a helpful assistant.",
-    "model_author": "swift",
-    "model_name": "swift-robot"
-}
-"""
 
 
 def parse(text: str | bytes, filename: str = "job.yaml", swift: SwiftArgs = SWIFT) -> JobSpec:
