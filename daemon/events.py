@@ -117,6 +117,7 @@ class JobSubmitted(_Event):
     task: str
     tuner: str | None
     rlhf_type: str | None
+    """The algorithm an rlhf job runs (swift's default, dpo, when the file names none); None else."""
     feeds: str | None
     """The dataset task type this job reads (sft, lora, pretrain, rl); None when it reads none."""
     datasets: list[str]

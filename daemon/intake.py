@@ -181,15 +181,13 @@ def _unfit_datasets(state: State, overlay: _Overlay, spec: JobSpec) -> list[str]
     for name in sorted(dataset_names(spec)):
         report = overlay.reports.get(name)
         if report is not None:
-            why = can_feed(report, task, spec.rlhf_type or ("dpo" if task == "rl" else None))
+            why = can_feed(report, task, spec.effective_rlhf_type)
         else:
             sha = state.dataset_names.get(name)
             if sha is None:
                 continue
             ds = state.datasets[sha]
-            why = can_feed(
-                cast("DatasetFormat", ds.format), task, spec.rlhf_type or ("dpo" if task == "rl" else None)
-            )
+            why = can_feed(cast("DatasetFormat", ds.format), task, spec.effective_rlhf_type)
         if why is not None:
             out.append(f"dataset {name}: {why}")
     return out
@@ -231,7 +229,7 @@ def _job(
         sha256=sha,
         task=spec.task,
         tuner=spec.tuner,
-        rlhf_type=spec.rlhf_type,
+        rlhf_type=spec.effective_rlhf_type,
         feeds=feeds(spec),
         datasets=sorted(dataset_names(spec)),
         priority=spec.priority,

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CancelFile",
+    "DEFAULT_RLHF_TYPE",
     "ControlRequest",
     "DatasetRef",
     "Dialect",
@@ -91,6 +92,8 @@ __all__ = [
 Task = Literal["sft", "pretrain", "rlhf", "export", "deploy"]
 Tuner = Literal["full", "lora", "qlora"]
 RlhfType = Literal["dpo", "orpo", "simpo", "kto", "cpo", "rm", "ppo", "grpo", "gkd"]
+DEFAULT_RLHF_TYPE: RlhfType = "dpo"
+"""swift rlhf's own default, and the original design's choice for preference data."""
 Dialect = Literal["management", "trainer", "export", "deploy"]
 TorchDtype = Literal["bfloat16", "float16", "float32"]
 SwiftScalar = str | int | float | bool
@@ -497,6 +500,16 @@ class JobSpec(_Frozen):
     def swift_command(self) -> str:
         """The `swift` sub-command that runs this job (sft, pt, rlhf, export, deploy)."""
         return _SWIFT_COMMAND[self.task]
+
+    @property
+    def effective_rlhf_type(self) -> RlhfType | None:
+        """The algorithm an rlhf job runs: its own, else swift's default; None for other tasks.
+
+        `rlhf_type` stays None in the spec (the file did not choose), but what the data must fit
+        and what the command line says are decided by this one value."""
+        if self.task != "rlhf":
+            return None
+        return self.rlhf_type or DEFAULT_RLHF_TYPE
 
 
 class ControlRequest(_Frozen):

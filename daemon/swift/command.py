@@ -60,7 +60,6 @@ DatasetFile = tuple[Path, int | None]
 """A dataset file as swift reads it (absolute), and the rows to sample from it (`#N`), or None."""
 
 _TRAINING = frozenset({"sft", "pt", "rlhf"})
-_DEFAULT_RLHF = "dpo"
 _DEPLOY_HOST = "127.0.0.1"
 _QLORA_DEFAULTS = (("quant_method", "bnb"), ("quant_bits", 4))
 _NEGATIVE_RE = re.compile(r"-[0-9]+|-[0-9]*\.[0-9]+")
@@ -311,7 +310,7 @@ def _training_flags(spec: JobSpec, inputs: RunInputs, flags: _Flags) -> None:
     tuner = spec.tuner or "full"
     flags.set("tuner_type", "full" if tuner == "full" else "lora")
     if spec.task == "rlhf":
-        rlhf_type = spec.rlhf_type or _DEFAULT_RLHF
+        rlhf_type = spec.effective_rlhf_type
         flags.set("rlhf_type", rlhf_type)
         reward = _source(spec.reward_model, inputs.reward_model_dir, "reward_model", inputs.offline)
         if rlhf_type == "ppo" and reward is None:

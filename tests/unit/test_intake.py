@@ -133,6 +133,19 @@ def test_a_dataset_arriving_later_in_the_wrong_format_keeps_the_job_waiting_with
     assert job.reason == ""
 
 
+def test_an_rl_job_without_an_algorithm_runs_dpo_and_waits_for_pairwise_data(tmp_path: Path) -> None:
+    intake = Intake(tmp_path)
+    (rec,) = intake.drop(("r.yaml", job_yaml("r", "later", task="rl", model_key="policy_model")))
+    assert rec.event.type == "JobSubmitted" and rec.event.rlhf_type == "dpo"
+    kto = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "label": false}\n'
+    intake.drop(("later.jsonl", kto))
+    job = intake.state.jobs[1]
+    assert job.state == "queued" and "not rl (dpo)" in job.reason
+    # At intake, the same mismatch with the data already there is refused, naming both.
+    (refused,) = intake.drop(("r2.yaml", job_yaml("r2", "later", task="rl", model_key="policy_model")))
+    assert refused.event.type == "FileRejected" and "kto" in refused.event.summary
+
+
 def test_job_files_twice_names_live_and_finished(tmp_path: Path) -> None:
     intake = Intake(tmp_path)
     assert types(intake.drop(("j.yaml", job_yaml("j")))) == ["JobSubmitted"]
