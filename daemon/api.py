@@ -186,9 +186,10 @@ async def projects(request: web.Request) -> web.Response:
 async def project(request: web.Request) -> web.Response:
     state = request.app[READ_SIDE].state()
     name = request.match_info["name"]
-    if name not in projects_view(state):
+    found = jobs_view(state, project=name)
+    if not found:
         raise web.HTTPNotFound()
-    return web.json_response({"name": name, "jobs": jobs_view(state, project=name)})
+    return web.json_response({"name": name, "jobs": found})
 
 
 async def events(request: web.Request) -> web.Response:

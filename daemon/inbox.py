@@ -56,7 +56,7 @@ from .layout import InboxLayout, StateLayout, fsync_dir
 from .state import State
 from .store import EventStore, StoreError
 from .swift_args import SwiftArgs
-from .validate import FileVerdict, check_file, file_kind
+from .validate import FileVerdict, check_file, dataset_name, file_kind
 
 __all__ = ["FAULT_ENV", "IGNORED_SUFFIXES", "STEPS", "Inbox", "ignored_name"]
 
@@ -122,6 +122,10 @@ def _writer_state(path: Path) -> str:
         os.close(fd)
 
 
+def _hard_link(st: os.stat_result) -> str:
+    return f"it is a hard link ({st.st_nlink} names for one file); drop a copy instead"
+
+
 def _refusal(st: os.stat_result, path: Path, redo: bool) -> str | None:
     """Why a claimed entry is not read at all; checked on the entry itself, never through a link."""
     mode = st.st_mode
@@ -137,7 +141,7 @@ def _refusal(st: os.stat_result, path: Path, redo: bool) -> str | None:
         what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         return f"it is {what}, not a regular file"
     if st.st_nlink > 1 and not redo:
-        return f"it is a hard link ({st.st_nlink} names for one file); drop a copy instead"
+        return _hard_link(st)
     return None
 
 
@@ -190,7 +194,6 @@ class Inbox:
         self._stopping = False
         self._ids = itertools.count(1)
         self._crash_at = os.environ.get(FAULT_ENV, "")
-        self.scans = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -289,7 +292,6 @@ class Inbox:
                 await asyncio.wait_for(self._kick.wait(), wait)
 
     def _scan(self) -> list[Claim]:
-        self.scans += 1
         self._rejects.refresh()
         now = time.monotonic()
         busy = False
@@ -394,7 +396,7 @@ class Inbox:
                 self.cfg.limits,
                 self.swift_args,
                 out,
-                progress=self._progress_hook(claim, filename.rsplit(".", 1)[0], loop),
+                progress=self._progress_hook(claim, dataset_name(filename), loop),
                 same_as=st,
                 name=filename,
             )
@@ -410,7 +412,7 @@ class Inbox:
     ) -> _Read:
         if st.st_nlink > 1 and not self._own_blob(st, verdict.sha256):
             # Only a redo gets here with two names: the second may be its own kept original.
-            why = f"it is a hard link ({st.st_nlink} names for one file); drop a copy instead"
+            why = _hard_link(st)
             if scratch is not None:
                 scratch.unlink()
             return _Read(claim, Examined(claim.drop, filename, verdict.kind, refused=why))

@@ -30,7 +30,7 @@ from .events import (
 from .jobs import ControlRequest, JobSpec, dataset_names
 from .state import LIVE, State
 from .store import Append
-from .validate import FileVerdict
+from .validate import FileVerdict, dataset_name
 
 __all__ = ["Examined", "RejectName", "decide", "feeds", "idem_key"]
 
@@ -129,12 +129,8 @@ def _decide_one(state: State, overlay: _Overlay, ex: Examined, reject_name: Reje
     return _reject(ex, verdict.summary, verdict.problems or verdict.summary + "\n", reject_name)
 
 
-def _dataset_stem(filename: str) -> str:
-    return filename.rsplit(".", 1)[0]
-
-
 def _dataset(state: State, overlay: _Overlay, ex: Examined, report: DatasetReport, sha: str) -> Append:
-    name = _dataset_stem(ex.filename)
+    name = dataset_name(ex.filename)
     known = state.datasets.get(sha)
     first_name = known.name if known is not None else overlay.shas.get(sha)
     if first_name is not None:

@@ -21,7 +21,16 @@ from .datasets import DatasetReport, DatasetValidator, LineError
 from .jobs import ControlRequest, JobFileError, JobSpec, dataset_name_problem, parse_job_file
 from .swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 
-__all__ = ["CHUNK", "FileVerdict", "Kind", "Progress", "check_file", "file_kind", "local_swift_args"]
+__all__ = [
+    "CHUNK",
+    "FileVerdict",
+    "Kind",
+    "Progress",
+    "check_file",
+    "dataset_name",
+    "file_kind",
+    "local_swift_args",
+]
 
 CHUNK = 1024 * 1024
 DATASET_SUFFIXES = (".jsonl", ".txt")
@@ -113,7 +122,7 @@ def _check(
         return _refuse(
             shown, kind, "unknown file type: datasets end in .jsonl or .txt, jobs in .yaml or .yml"
         )
-    if kind == "dataset" and (problem := dataset_name_problem(_stem(shown.name))) is not None:
+    if kind == "dataset" and (problem := dataset_name_problem(dataset_name(shown.name))) is not None:
         return _refuse(shown, kind, problem)
     try:
         fd, st = _open_regular(path)
@@ -132,7 +141,8 @@ def _check(
         return _check_job(shown, f.read(limit + 1), limits, swift_args)
 
 
-def _stem(filename: str) -> str:
+def dataset_name(filename: str) -> str:
+    """The dataset a file is dropped as: its name without the .jsonl / .txt suffix."""
     return filename.rsplit(".", 1)[0]
 
 

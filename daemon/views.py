@@ -40,7 +40,10 @@ def _validating_by_name(state: State) -> dict[str, Validation]:
 
 def dataset_view(state: State, name: str) -> dict[str, Any] | None:
     """A dataset by any name it was dropped under; while a new drop of it is read, its progress."""
-    validating = _validating_by_name(state).get(name)
+    return _dataset_entry(state, name, _validating_by_name(state).get(name))
+
+
+def _dataset_entry(state: State, name: str, validating: Validation | None) -> dict[str, Any] | None:
     sha = state.dataset_names.get(name)
     if sha is None:
         if validating is None:
@@ -70,8 +73,9 @@ def _dataset_json(name: str, ds: Dataset, validating: Validation | None) -> dict
 
 
 def datasets_view(state: State) -> list[dict[str, Any]]:
-    names = sorted(set(state.dataset_names) | set(_validating_by_name(state)))
-    return [view for name in names if (view := dataset_view(state, name)) is not None]
+    validating = _validating_by_name(state)
+    names = sorted(set(state.dataset_names) | set(validating))
+    return [view for name in names if (view := _dataset_entry(state, name, validating.get(name))) is not None]
 
 
 def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:

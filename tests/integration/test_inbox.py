@@ -346,6 +346,9 @@ def test_submit_then_cancel_and_retry_through_the_cli(daemon_factory: type[Daemo
     code, job = d.get("/v1/jobs/train")
     assert code == 200 and job["state"] == "queued" and job["tuner"] == "lora" and job["reason"] == ""
     assert d.get("/v1/jobs/1")[1]["name"] == "train"
+    code, project = d.get("/v1/projects/default")
+    assert code == 200 and [j["name"] for j in project["jobs"]] == ["train"]
+    assert d.get("/v1/projects/nope")[0] == 404
     assert d.cli("cancel", "train").returncode == 0
     d.wait_for("cancelled", lambda: d.get("/v1/jobs/train")[1]["state"] == "cancelled")
     assert d.cli("retry", "1").returncode == 0
