@@ -230,25 +230,17 @@ def _end_drop(state: State, drop: str) -> None:
     state.validating.pop(drop, None)
 
 
+_ENVELOPE = {"type", "drop"}
+"""Intake event fields that are about the drop, not the dataset or job it made (the rest map 1:1)."""
+
+
 def _dataset_accepted(state: State, rec: Recorded, ev: DatasetAccepted) -> None:
     _end_drop(state, ev.drop)
     state.intake.datasets += 1
     known = state.datasets.get(ev.sha256)
     if known is None:
         state.datasets[ev.sha256] = Dataset(
-            sha256=ev.sha256,
-            name=ev.name,
-            filename=ev.filename,
-            format=ev.format,
-            task_types=list(ev.task_types),
-            rlhf_types=list(ev.rlhf_types),
-            rows=ev.rows,
-            bytes=ev.bytes,
-            stats=ev.stats,
-            lora_hints=ev.lora_hints,
-            accepted_ts=rec.ts,
-            accepted_seq=rec.seq,
-            names=[ev.name],
+            **ev.model_dump(exclude=_ENVELOPE), accepted_ts=rec.ts, accepted_seq=rec.seq, names=[ev.name]
         )
     elif ev.name not in known.names:
         known.names.append(ev.name)
@@ -270,26 +262,7 @@ def _duplicate(state: State, ev: DuplicateDropped) -> None:
 def _job_submitted(state: State, rec: Recorded, ev: JobSubmitted) -> None:
     _end_drop(state, ev.drop)
     state.intake.jobs += 1
-    job = Job(
-        id=ev.id,
-        name=ev.name,
-        project=ev.project,
-        filename=ev.filename,
-        sha256=ev.sha256,
-        task=ev.task,
-        tuner=ev.tuner,
-        rlhf_type=ev.rlhf_type,
-        feeds=ev.feeds,
-        datasets=list(ev.datasets),
-        priority=ev.priority,
-        after=list(ev.after),
-        gpus=ev.gpus,
-        gpu_ids=list(ev.gpu_ids),
-        min_free_memory_mib=ev.min_free_memory_mib,
-        spec=ev.spec,
-        submitted_ts=rec.ts,
-        submitted_seq=rec.seq,
-    )
+    job = Job(**ev.model_dump(exclude=_ENVELOPE), submitted_ts=rec.ts, submitted_seq=rec.seq)
     state.jobs[ev.id] = job
     state.job_names[ev.name] = ev.id
     state.next_job_id = max(state.next_job_id, ev.id + 1)
