@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The demo: a tiny model, datasets and jobs, followed to the end; the daemon it starts keeps serving until Ctrl-C.
 run: setup
-	$(BIN)/llmtraind serve
+	$(BIN)/llmtraind demo --keep-serving
 
-serve: run
+serve: setup
+	$(BIN)/llmtraind serve
 
 test: setup
 	$(BIN)/python -m pytest

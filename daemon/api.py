@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,12 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .events import Recorded
+from .events import JobProgress, Recorded
 from .projector import load_state_at_path
 from .state import Job, State, state_to_json
 from .store import EventStore
 from .views import (
     JOB_STATES,
+    artifacts_view,
     dataset_view,
     datasets_view,
     intake_view,
@@ -168,6 +170,65 @@ async def job_events(request: web.Request) -> web.Response:
     return web.json_response({"events": [recorded_json(r) for r in recorded]})
 
 
+async def job_metrics(request: web.Request) -> web.Response:
+    """Every recorded metrics record of the job (all attempts), oldest first."""
+    _, found = _job(request)
+    recorded = await request.app[READ_SIDE].store.read_stream(f"job:{found.id}")
+    records = [
+        {"ts": r.ts} | r.event.model_dump(exclude={"type", "job_id"})
+        for r in recorded
+        if isinstance(r.event, JobProgress)
+    ]
+    return web.json_response({"job": found.id, "metrics": records})
+
+
+async def job_artifacts(request: web.Request) -> web.Response:
+    _, found = _job(request)
+    return web.json_response(
+        {
+            "job": found.id,
+            "final_checkpoint": found.final_checkpoint,
+            "final_model": found.final_model,
+            "artifacts": artifacts_view(found),
+        }
+    )
+
+
+MAX_LOG_PAGE = 1 << 20
+
+
+def read_log_page(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
+    """Bytes [offset, offset+limit) of the log, cut after the last full line when there is one,
+    and the log's size. Blocking: call from a thread."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        return b"", 0
+    cut = data.rfind(b"\n") + 1
+    return (data[:cut] if cut and offset + len(data) < size else data), size
+
+
+async def job_logs(request: web.Request) -> web.Response:
+    """A page of the job's log (every attempt's output, one after another), by byte offset."""
+    _, found = _job(request)
+    offset = _int_param(request, "offset", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 65536, 1, MAX_LOG_PAGE)
+    path = Path(found.run.log) if found.run is not None else None
+    data, size = (b"", 0) if path is None else await asyncio.to_thread(read_log_page, path, offset, limit)
+    return web.json_response(
+        {
+            "job": found.id,
+            "offset": offset,
+            "next_offset": offset + len(data),
+            "size": size,
+            "text": data.decode("utf-8", "replace"),
+        }
+    )
+
+
 async def datasets(request: web.Request) -> web.Response:
     return web.json_response({"datasets": datasets_view(request.app[READ_SIDE].state())})
 
@@ -221,6 +282,9 @@ def make_app(side: ReadSide) -> web.Application:
     app.router.add_get("/v1/jobs", jobs)
     app.router.add_get("/v1/jobs/{job}", job)
     app.router.add_get("/v1/jobs/{job}/events", job_events)
+    app.router.add_get("/v1/jobs/{job}/metrics", job_metrics)
+    app.router.add_get("/v1/jobs/{job}/artifacts", job_artifacts)
+    app.router.add_get("/v1/jobs/{job}/logs", job_logs)
     app.router.add_get("/v1/datasets", datasets)
     app.router.add_get("/v1/datasets/{name}", dataset)
     app.router.add_get("/v1/projects", projects)

@@ -26,10 +26,12 @@ from .events import DaemonStarted, DaemonStopped, GpuSeen, NewEvent
 from .gpus import make_probe
 from .inbox import Inbox
 from .projector import Projector
+from .scheduling import Scheduling
 from .store import EventStore, LogDamaged, StoreError
+from .supervise import boot_id
 from .validate import local_swift_args
 
-__all__ = ["AlreadyRunning", "StateLock", "boot_id", "serve"]
+__all__ = ["AlreadyRunning", "StateLock", "serve"]
 
 log = logging.getLogger("llmtraind")
 
@@ -68,13 +70,6 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def _check_bind(cfg: Config) -> None:
@@ -134,7 +129,8 @@ async def _start_api(cfg: Config, side: ReadSide) -> tuple[web.AppRunner, str]:
 async def _run(cfg: Config, stop: asyncio.Event) -> None:
     store, projector = await _open(cfg)
     try:
-        gpus = await make_probe(cfg.gpus.devices).snapshot()
+        probe = make_probe(cfg.gpus.devices)
+        gpus = await probe.snapshot()
         started = DaemonStarted(
             version=__version__,
             config_digest=config_digest(cfg),
@@ -153,6 +149,9 @@ async def _run(cfg: Config, stop: asyncio.Event) -> None:
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
         inbox = Inbox(cfg, store, lambda: projector.state, await asyncio.to_thread(local_swift_args))
         await inbox.start()
+        scheduling = Scheduling(cfg, store, lambda: projector.state, probe)
+        projector.subscribe(scheduling.on_recorded)
+        await scheduling.start()
         log.info(
             "llmtraind %s serving on %s (state %s, last seq %d)",
             __version__,
@@ -163,6 +162,7 @@ async def _run(cfg: Config, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("stopping")
         await inbox.stop()
+        await scheduling.stop()
         health.cancel()
         endpoint.unlink(missing_ok=True)
         await runner.cleanup()

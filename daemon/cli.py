@@ -114,6 +114,26 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run_demo
+
+    path = resolve_config_path(args.config)
+    try:
+        return run_demo(
+            load_config(path), path, url=args.url, keep_serving=args.keep_serving, steps=args.steps
+        )
+    except DemoError as e:
+        print(f"llmtraind: demo: {e}", file=sys.stderr)
+        return 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def _base_url(args: argparse.Namespace, cfg: Config) -> str:
     if args.url:
         return str(args.url).rstrip("/")
@@ -218,6 +238,19 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("-f", "--follow", action="store_true")
     ev.add_argument("--after", type=int, default=0, metavar="SEQ")
     ev.set_defaults(fn=_cmd_events)
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="build a tiny local model, datasets and jobs, submit them, and follow them to the end",
+    )
+    demo.add_argument("--url", help="the daemon's API (default: from the state folder, else start one)")
+    demo.add_argument(
+        "--keep-serving", action="store_true", help="keep the daemon the demo started running until Ctrl-C"
+    )
+    demo.add_argument(
+        "--steps", type=_positive_int, default=10, metavar="N", help="training steps per job (default 10)"
+    )
+    demo.set_defaults(fn=_cmd_demo)
     return p
 
 

@@ -82,6 +82,17 @@ class StoreConfig(_Section):
     256 MiB and quick_check (structure without index cross-checks) on larger ones."""
 
 
+class RunsConfig(_Section):
+    stop_grace_s: float = Field(default=30.0, ge=0)
+    """SIGTERM to a run's process group, then SIGKILL this much later: time for a checkpoint save."""
+    poll_s: float = Field(default=0.5, gt=0)
+    """How often a running job's logging.jsonl is read for progress and metrics."""
+    schedule_s: float = Field(default=2.0, gt=0)
+    """Placement is decided on every change, and at least this often (GPUs free up outside the log)."""
+    gpu_probe_s: float = Field(default=2.0, gt=0)
+    """A GPU probe is reused for this long between placements."""
+
+
 class DaemonConfig(_Section):
     stop_timeout_s: float = Field(default=10.0, gt=0)
     on_stop: Literal["keep", "stop"] = "keep"
@@ -98,6 +109,7 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     intake: IntakeConfig = IntakeConfig()
     store: StoreConfig = StoreConfig()
+    runs: RunsConfig = RunsConfig()
     daemon: DaemonConfig = DaemonConfig()
     source: Path | None = Field(default=None, exclude=True)
     """The file this was read from (None: embedded defaults)."""

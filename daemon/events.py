@@ -15,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "EVENT_TYPES",
+    "ArtifactRecord",
+    "ArtifactsFound",
+    "FailureRecord",
+    "JobFailed",
+    "JobProgress",
+    "JobStarted",
+    "JobsWaiting",
+    "RunExited",
+    "RunOutcome",
+    "RunStarted",
     "CancelRequested",
     "DaemonStarted",
     "DaemonStopped",
@@ -173,6 +183,155 @@ class FileRejected(_Event):
     kept_as: str
 
 
+# -- runs: the scheduler's decisions and what it saw of each attempt, on the job's stream ----------
+#
+# A decision (JobStarted, JobFailed, JobsWaiting) is recorded before it is acted on; an observation
+# (RunStarted, JobProgress, ArtifactsFound, RunExited) as soon as it is seen. Every run event is
+# keyed by job, attempt and what it is, so re-recording it after a daemon restart changes nothing.
+
+
+class JobStarted(_Event):
+    """The scheduler gave job `job_id` its resources and fixed the command of attempt `attempt`."""
+
+    type: Literal["JobStarted"] = "JobStarted"
+    job_id: int
+    attempt: int
+    gpu_uuids: list[str]
+    """Empty for a CPU slot."""
+    gpu_indices: list[int]
+    argv: list[str]
+    env: dict[str, str]
+    """What the run's environment adds to or changes in the daemon's."""
+    unset_env: list[str] = []
+    """What it removes from the daemon's."""
+    command: str
+    """argv and env as one shell line, for people."""
+    run_dir: str
+    output_dir: str
+    log: str
+    inputs: dict[str, str]
+    """Dataset name -> the sha256 this attempt reads."""
+    resume_from: str | None = None
+    timeout_s: float | None = None
+    ends_by: float | None = None
+    """When the run is sure to be over (start + timeout + the stop grace), for backfill."""
+
+
+class RunStarted(_Event):
+    """The attempt's supervisor is running and has started swift; how to find both again."""
+
+    type: Literal["RunStarted"] = "RunStarted"
+    job_id: int
+    attempt: int
+    pid: int
+    """The supervisor, leader of the run's session."""
+    start_ticks: int
+    """The supervisor's start time (field 22 of /proc/<pid>/stat): a reused pid has another."""
+    boot_id: str
+    child_pid: int
+    """swift, leader of its own process group inside the session."""
+    session: int
+    """The run's session id: a GPU process in this session is ours."""
+    log_offset: int
+    """Where this attempt's output begins in the job's log."""
+
+
+class JobProgress(_Event):
+    """One record of the run's log that the metrics sampler kept (train step, eval or summary)."""
+
+    type: Literal["JobProgress"] = "JobProgress"
+    job_id: int
+    attempt: int
+    kind: Literal["train", "eval", "summary"]
+    step: int
+    max_steps: int
+    percent: float
+    eta_s: float | None = None
+    elapsed_s: float | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    token_acc: float | None = None
+    memory_gib: float | None = None
+    train_speed: float | None = None
+    raw: dict[str, float] = {}
+
+
+class ArtifactRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str
+    path: str
+    """Absolute."""
+    bytes: int
+    step: int | None = None
+    complete: bool = True
+
+
+class ArtifactsFound(_Event):
+    """The run's output directory as last scanned: every checkpoint, adapter, model and record."""
+
+    type: Literal["ArtifactsFound"] = "ArtifactsFound"
+    job_id: int
+    attempt: int
+    artifacts: list[ArtifactRecord]
+
+
+class FailureRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str
+    transient: bool
+    reason: str
+    exception: str | None = None
+    argument: str | None = None
+    path: str | None = None
+    row: int | None = None
+    signal: str | None = None
+
+
+RunOutcome = Literal["succeeded", "failed", "cancelled"]
+
+
+class RunExited(_Event):
+    """An attempt ended; with the decision whether the job runs again (`retry`)."""
+
+    type: Literal["RunExited"] = "RunExited"
+    job_id: int
+    attempt: int
+    outcome: RunOutcome
+    returncode: int | None
+    """None: unknown (the supervisor died, or the run could not start)."""
+    signal: int | None = None
+    stopped: Literal["cancel", "timeout", "shutdown"] | None = None
+    """Why the daemon stopped it, if it did."""
+    failure: FailureRecord | None = None
+    log_tail: list[str] = []
+    """The last lines of the attempt's output, for people and for the failure's evidence."""
+    retry: bool = False
+    final_checkpoint: str | None = None
+    """What `adapters: "@JOB"` names from now on (absolute)."""
+    final_model: str | None = None
+    """What `model: "@JOB"` names from now on (absolute)."""
+    duration_s: float | None = None
+
+
+class JobFailed(_Event):
+    """The scheduler gave up on a job that never started this attempt (a dependency failed, or its
+    command cannot be built)."""
+
+    type: Literal["JobFailed"] = "JobFailed"
+    job_id: int
+    reason: str
+
+
+class JobsWaiting(_Event):
+    """Why queued jobs are not running, where that changed since the last such event."""
+
+    type: Literal["JobsWaiting"] = "JobsWaiting"
+    reasons: dict[str, str]
+    """Job id (as text: JSON keys are strings) -> the reason for a person."""
+
+
 _EVENT_CLASSES: tuple[type[_Event], ...] = (
     DaemonStarted,
     DaemonStopped,
@@ -183,6 +342,13 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     CancelRequested,
     RetryRequested,
     FileRejected,
+    JobStarted,
+    RunStarted,
+    JobProgress,
+    ArtifactsFound,
+    RunExited,
+    JobFailed,
+    JobsWaiting,
 )
 
 Event = Annotated[
@@ -194,7 +360,14 @@ Event = Annotated[
     | DuplicateDropped
     | CancelRequested
     | RetryRequested
-    | FileRejected,
+    | FileRejected
+    | JobStarted
+    | RunStarted
+    | JobProgress
+    | ArtifactsFound
+    | RunExited
+    | JobFailed
+    | JobsWaiting,
     Field(discriminator="type"),
 ]
 

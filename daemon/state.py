@@ -7,13 +7,15 @@ Callers that need an older state fold again or load a snapshot; nobody else muta
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
 
 from .events import (
+    ArtifactRecord,
+    ArtifactsFound,
     CancelRequested,
     DaemonStarted,
     DaemonStopped,
@@ -22,18 +24,26 @@ from .events import (
     DuplicateDropped,
     FileRejected,
     GpuSeen,
+    JobFailed,
+    JobProgress,
+    JobStarted,
     JobSubmitted,
+    JobsWaiting,
     Recorded,
     RetryRequested,
+    RunExited,
+    RunStarted,
 )
 
 __all__ = [
     "LIVE",
     "STATE_SCHEMA",
+    "TERMINAL",
     "DaemonInfo",
     "Dataset",
     "IntakeCounts",
     "Job",
+    "Run",
     "State",
     "Validation",
     "apply",
@@ -42,7 +52,7 @@ __all__ = [
     "state_to_json",
 ]
 
-STATE_SCHEMA = 2
+STATE_SCHEMA = 3
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -101,6 +111,42 @@ class IntakeCounts:
 
 LIVE = ("queued", "running", "interrupted")
 """Job states in which a name is taken and the same job file counts as a duplicate."""
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(slots=True)
+class Run:
+    """One attempt at a job: what was decided (JobStarted), then what was seen of it."""
+
+    attempt: int
+    gpu_uuids: list[str]
+    gpu_indices: list[int]
+    argv: list[str]
+    env: dict[str, str]
+    unset_env: list[str]
+    command: str
+    run_dir: str
+    output_dir: str
+    log: str
+    inputs: dict[str, str]
+    resume_from: str | None
+    timeout_s: float | None
+    ends_by: float | None
+    placed_ts: float
+    pid: int | None = None
+    start_ticks: int | None = None
+    boot_id: str | None = None
+    child_pid: int | None = None
+    session: int | None = None
+    log_offset: int = 0
+    started_ts: float | None = None
+    progress: JobProgress | None = None
+    """The last train or summary record kept."""
+    last_eval: JobProgress | None = None
+    metrics_count: int = 0
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    exit: RunExited | None = None
+    ended_ts: float | None = None
 
 
 @dataclass(slots=True)
@@ -126,11 +172,25 @@ class Job:
     state: str = "queued"
     reason: str = ""
     """Why a queued job is not running yet, or how a finished one ended, for a person to read."""
+    blocked: str = ""
+    """Why its inputs keep it from starting (a dataset missing or of the wrong format); the
+    scheduler passes this on as the waiting reason."""
     inputs: dict[str, str | None] = field(default_factory=dict)
     """Dataset name -> the sha256 it resolves to now (None: not dropped yet, or unusable)."""
     cancel_requested: bool = False
     attempts: int = 0
+    auto_retries: int = 0
+    """Attempts started by the `retries` rule since the job was last queued by a person."""
+    runs: list[Run] = field(default_factory=list)
+    started_ts: float | None = None
     ended_ts: float | None = None
+    final_checkpoint: str | None = None
+    final_model: str | None = None
+
+    @property
+    def run(self) -> Run | None:
+        """The current or last attempt."""
+        return self.runs[-1] if self.runs else None
 
 
 @dataclass(slots=True)
@@ -215,7 +275,7 @@ def _resolve(state: State, job: Job, name: str) -> str | None:
 
 def _refresh_inputs(state: State, job: Job) -> None:
     reasons = [r for name in job.datasets if (r := _resolve(state, job, name)) is not None]
-    job.reason = "; ".join(reasons)
+    job.blocked = job.reason = "; ".join(reasons)
 
 
 def _dataset_named(state: State, name: str, sha: str) -> None:
@@ -247,7 +307,7 @@ def _dataset_accepted(state: State, rec: Recorded, ev: DatasetAccepted) -> None:
     _dataset_named(state, ev.name, ev.sha256)
 
 
-def _duplicate(state: State, ev: DuplicateDropped) -> None:
+def _duplicate(state: State, _: Recorded, ev: DuplicateDropped) -> None:
     _end_drop(state, ev.drop)
     state.intake.duplicates += 1
     ds = state.datasets.get(ev.sha256)
@@ -284,17 +344,17 @@ def _cancel_requested(state: State, rec: Recorded, ev: CancelRequested) -> None:
         job.cancel_requested = True
 
 
-def _retry_requested(state: State, ev: RetryRequested) -> None:
+def _retry_requested(state: State, _: Recorded, ev: RetryRequested) -> None:
     _end_drop(state, ev.drop)
     state.intake.controls += 1
     job = state.jobs.get(ev.job_id)
     if job is None or job.state not in ("failed", "cancelled"):
         return
-    job.state, job.ended_ts, job.cancel_requested = "queued", None, False
+    job.state, job.ended_ts, job.cancel_requested, job.auto_retries = "queued", None, False, 0
     _refresh_inputs(state, job)
 
 
-def _rejected(state: State, ev: FileRejected) -> None:
+def _rejected(state: State, _: Recorded, ev: FileRejected) -> None:
     _end_drop(state, ev.drop)
     state.intake.rejected += 1
 
@@ -305,28 +365,111 @@ def _validating(state: State, rec: Recorded, ev: DatasetValidating) -> None:
     )
 
 
+def _job_started(state: State, rec: Recorded, ev: JobStarted) -> None:
+    job = state.jobs.get(ev.job_id)
+    if job is None:
+        return
+    job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id"}), placed_ts=rec.ts))
+    job.state, job.reason, job.attempts = "running", "", ev.attempt
+    if job.started_ts is None:
+        job.started_ts = rec.ts
+
+
+def _run_of(state: State, job_id: int, attempt: int) -> tuple[Job, Run] | tuple[None, None]:
+    job = state.jobs.get(job_id)
+    run = job.run if job is not None else None
+    if job is None or run is None or run.attempt != attempt:
+        return None, None
+    return job, run
+
+
+def _run_started(state: State, rec: Recorded, ev: RunStarted) -> None:
+    _, run = _run_of(state, ev.job_id, ev.attempt)
+    if run is not None:
+        run.pid, run.start_ticks, run.boot_id = ev.pid, ev.start_ticks, ev.boot_id
+        run.child_pid, run.session, run.log_offset, run.started_ts = (
+            ev.child_pid,
+            ev.session,
+            ev.log_offset,
+            rec.ts,
+        )
+
+
+def _progress(state: State, rec: Recorded, ev: JobProgress) -> None:
+    _, run = _run_of(state, ev.job_id, ev.attempt)
+    if run is None:
+        return
+    run.metrics_count += 1
+    if ev.kind == "eval":
+        run.last_eval = ev
+    else:
+        run.progress = ev
+
+
+def _artifacts(state: State, rec: Recorded, ev: ArtifactsFound) -> None:
+    _, run = _run_of(state, ev.job_id, ev.attempt)
+    if run is not None:
+        run.artifacts = list(ev.artifacts)
+
+
+def _run_exited(state: State, rec: Recorded, ev: RunExited) -> None:
+    job, run = _run_of(state, ev.job_id, ev.attempt)
+    if job is None or run is None:
+        return
+    run.exit, run.ended_ts = ev, rec.ts
+    failure = ev.failure.reason if ev.failure is not None else ""
+    if ev.retry:
+        job.state, job.cancel_requested = "queued", False
+        if ev.stopped == "shutdown":
+            again = f"runs again: the daemon stopped attempt {ev.attempt} when it shut down"
+        else:
+            job.auto_retries += 1
+            again = f"runs again after attempt {ev.attempt} failed: {failure}"
+        _refresh_inputs(state, job)
+        job.reason = job.reason or again
+        return
+    job.state, job.ended_ts, job.reason = ev.outcome, rec.ts, failure
+    if ev.outcome == "succeeded":
+        job.final_checkpoint, job.final_model = ev.final_checkpoint, ev.final_model
+
+
+def _job_failed(state: State, rec: Recorded, ev: JobFailed) -> None:
+    job = state.jobs.get(ev.job_id)
+    if job is not None and job.state == "queued":
+        job.state, job.ended_ts, job.reason = "failed", rec.ts, ev.reason
+
+
+def _waiting(state: State, _: Recorded, ev: JobsWaiting) -> None:
+    for key, reason in ev.reasons.items():
+        job = state.jobs.get(int(key))
+        if job is not None and job.state == "queued":
+            job.reason = reason
+
+
+_FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
+    DatasetValidating: _validating,
+    DatasetAccepted: _dataset_accepted,
+    JobSubmitted: _job_submitted,
+    DuplicateDropped: _duplicate,
+    CancelRequested: _cancel_requested,
+    RetryRequested: _retry_requested,
+    FileRejected: _rejected,
+    JobProgress: _progress,
+    JobsWaiting: _waiting,
+    JobStarted: _job_started,
+    RunStarted: _run_started,
+    ArtifactsFound: _artifacts,
+    RunExited: _run_exited,
+    JobFailed: _job_failed,
+    DaemonStarted: _daemon_started,
+    DaemonStopped: _daemon_stopped,
+}
+"""Event class -> its fold step; every event type has one (a test checks)."""
+
+
 def apply(state: State, rec: Recorded) -> State:
     """Fold one recorded event into `state` and return it."""
-    ev = rec.event
-    match ev:
-        case DatasetValidating():
-            _validating(state, rec, ev)
-        case DatasetAccepted():
-            _dataset_accepted(state, rec, ev)
-        case JobSubmitted():
-            _job_submitted(state, rec, ev)
-        case DuplicateDropped():
-            _duplicate(state, ev)
-        case CancelRequested():
-            _cancel_requested(state, rec, ev)
-        case RetryRequested():
-            _retry_requested(state, ev)
-        case FileRejected():
-            _rejected(state, ev)
-        case DaemonStarted():
-            _daemon_started(state, rec, ev)
-        case DaemonStopped():
-            _daemon_stopped(state, rec, ev)
+    _FOLDS[type(rec.event)](state, rec, rec.event)
     state.last_seq = rec.seq
     return state
 

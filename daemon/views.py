@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .state import Dataset, Job, State, Validation
+from .events import JobProgress
+from .state import Dataset, Job, Run, State, Validation
 
 __all__ = [
     "JOB_STATES",
+    "artifacts_view",
     "dataset_view",
     "datasets_view",
     "intake_view",
@@ -19,6 +21,7 @@ __all__ = [
     "job_view",
     "jobs_view",
     "projects_view",
+    "run_view",
 ]
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
@@ -78,7 +81,67 @@ def datasets_view(state: State) -> list[dict[str, Any]]:
     return [view for name in names if (view := _dataset_entry(state, name, validating.get(name))) is not None]
 
 
+def _progress_json(run: Run | None) -> dict[str, Any] | None:
+    p = run.progress if run is not None else None
+    if p is None:
+        return None
+    return {"step": p.step, "max_steps": p.max_steps, "percent": p.percent, "eta_s": p.eta_s}
+
+
+def _metrics_json(p: JobProgress | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return p.model_dump(exclude={"type", "job_id", "attempt", "raw"}) | {"raw": dict(p.raw)}
+
+
+def _exit_json(run: Run) -> dict[str, Any] | None:
+    ev = run.exit
+    if ev is None:
+        return None
+    return {
+        "outcome": ev.outcome,
+        "returncode": ev.returncode,
+        "signal": ev.signal,
+        "stopped": ev.stopped,
+        "failure": None if ev.failure is None else ev.failure.model_dump(),
+        "log_tail": ev.log_tail,
+        "duration_s": ev.duration_s,
+        "retry": ev.retry,
+    }
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    return {
+        "attempt": run.attempt,
+        "gpus": run.gpu_indices,
+        "gpu_uuids": run.gpu_uuids,
+        "command": run.command,
+        "argv": run.argv,
+        "env": run.env,
+        "run_dir": run.run_dir,
+        "output_dir": run.output_dir,
+        "log": run.log,
+        "resume_from": run.resume_from,
+        "timeout_s": run.timeout_s,
+        "pid": run.pid,
+        "placed": run.placed_ts,
+        "started": run.started_ts,
+        "ended": run.ended_ts,
+        "progress": _progress_json(run),
+        "metrics": _metrics_json(run.progress),
+        "eval": _metrics_json(run.last_eval),
+        "metrics_recorded": run.metrics_count,
+        "exit": _exit_json(run),
+    }
+
+
+def artifacts_view(job: Job) -> list[dict[str, Any]]:
+    """Every attempt's artifacts, newest attempt first."""
+    return [a.model_dump() | {"attempt": run.attempt} for run in reversed(job.runs) for a in run.artifacts]
+
+
 def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
+    run = job.run
     body: dict[str, Any] = {
         "id": job.id,
         "name": job.name,
@@ -89,21 +152,27 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
         "rlhf_type": job.rlhf_type,
         "project": job.project,
         "priority": job.priority,
-        "gpus": job.gpus,
-        "gpu_ids": job.gpu_ids,
+        "gpus": job.gpus if run is None else len(run.gpu_uuids),
+        "gpu_ids": job.gpu_ids if run is None else run.gpu_indices,
         "after": job.after,
         "datasets": job.inputs,
-        "progress": None,
+        "progress": _progress_json(run),
+        "metrics": _metrics_json(run.progress if run is not None else None),
         "created": job.submitted_ts,
-        "started": None,
+        "started": job.started_ts,
         "ended": job.ended_ts,
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
+        "final_checkpoint": job.final_checkpoint,
+        "final_model": job.final_model,
     }
     if detail:
         body["filename"] = job.filename
         body["sha256"] = job.sha256
         body["spec"] = job.spec
+        body["run"] = None if run is None else run_view(run)
+        body["runs"] = [run_view(r) for r in job.runs[:-1]]
+        body["artifacts"] = artifacts_view(job)
     return body
 
 

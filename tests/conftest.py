@@ -21,3 +21,12 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[Daemon]]:
     yield Tracked
     for d in made:
         d.kill()
+        d.kill_runs()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deterministic random Qwen2 of reference/swift-cpu.md §2, built once per test session."""
+    from daemon.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2")

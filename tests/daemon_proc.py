@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -151,6 +152,37 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def run_sessions(self) -> set[int]:
+        """Session ids of every run this daemon's state directory has started."""
+        found = set()
+        for info in self.state.glob("runs/*/*/supervisor.json"):
+            found.add(int(json.loads(info.read_text())["sid"]))
+        return found
+
+    def kill_runs(self) -> None:
+        """Runs outlive their daemon by design; a test must not leave them behind."""
+        for sid in self.run_sessions():
+            for pid in session_members(sid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes in session `sid` (from /proc: a session outlives its leader). Zombies are
+    dead: they only wait for init to reap them, which it does in its own time."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rpartition(b")")[2].split()
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -144,6 +144,10 @@ class MetricsSampler:
         self._last_step: int | None = None
         self._last_time = 0.0
 
+    def seen(self, step: int) -> None:
+        """A record up to `step` was kept before (by an earlier daemon): never keep it again."""
+        self._last_step = step
+
     def offer(self, metrics: StepMetrics, now: float) -> bool:
         """Whether to record `metrics`, seen at time `now` (seconds, any monotonic origin)."""
         if metrics.kind != "train":

@@ -72,3 +72,24 @@ async def test_v2_fixture_folds_to_what_v2_saw(tmp_path: Path) -> None:
     assert state.validating == {}
     c = state.intake
     assert (c.datasets, c.jobs, c.controls, c.duplicates, c.rejected) == (2, 1, 2, 1, 1)
+
+
+async def test_v3_fixture_folds_to_what_v3_saw(tmp_path: Path) -> None:
+    """0.3.0's log: a LoRA run and its merge succeeded, a long run cancelled while training, a run
+    that failed on a missing model directory; every run event type."""
+    db = tmp_path / "log.db"
+    await load_fixture("events_v3.jsonl", db)
+    state = load_state_at_path(db)
+    tune, merge, long, broken = (state.jobs[i] for i in (1, 2, 3, 4))
+    assert tune.state == "succeeded" and tune.final_checkpoint is not None
+    assert tune.final_checkpoint.endswith("checkpoint-3")
+    assert (
+        merge.state == "succeeded" and merge.final_model is not None and merge.final_model.endswith("/model")
+    )
+    assert long.state == "cancelled" and long.run is not None and long.run.exit is not None
+    assert long.run.exit.stopped == "cancel"
+    assert broken.state == "failed" and "/nonexistent/model" in broken.reason
+    assert broken.run is not None and broken.run.exit is not None and broken.run.exit.failure is not None
+    assert broken.run.exit.failure.kind == "model_not_found"
+    run = tune.run
+    assert run is not None and run.progress is not None and run.progress.percent == 100.0

@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.events import (
+    ArtifactRecord,
+    ArtifactsFound,
     CancelRequested,
     DaemonStarted,
     DaemonStopped,
@@ -13,11 +15,18 @@ from daemon.events import (
     DatasetValidating,
     DuplicateDropped,
     Event,
+    FailureRecord,
     FileRejected,
     GpuSeen,
+    JobFailed,
+    JobProgress,
+    JobStarted,
     JobSubmitted,
+    JobsWaiting,
     Recorded,
     RetryRequested,
+    RunExited,
+    RunStarted,
 )
 from daemon.state import State, apply, fold, state_from_json, state_to_json
 
@@ -114,7 +123,73 @@ intake_events: st.SearchStrategy[Event] = st.one_of(
         kept_as=names,
     ),
 )
-events = st.one_of(events, intake_events, intake_events)
+attempts = st.integers(1, 2)
+floats = st.none() | st.floats(0, 10, allow_nan=False)
+run_events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(
+        JobStarted,
+        job_id=job_ids,
+        attempt=attempts,
+        gpu_uuids=st.lists(st.just("GPU-x"), max_size=1),
+        gpu_indices=st.lists(st.just(0), max_size=1),
+        argv=st.just(["python", "-m", "swift.cli.sft"]),
+        env=st.just({"MASTER_PORT": "1"}),
+        command=st.just("python -m swift.cli.sft"),
+        run_dir=names,
+        output_dir=names,
+        log=names,
+        inputs=st.dictionaries(names, shas, max_size=2),
+        timeout_s=floats,
+        ends_by=floats,
+    ),
+    st.builds(
+        RunStarted,
+        job_id=job_ids,
+        attempt=attempts,
+        pid=pids,
+        start_ticks=st.integers(0, 9),
+        boot_id=names,
+        child_pid=pids,
+        session=pids,
+        log_offset=st.integers(0, 99),
+    ),
+    st.builds(
+        JobProgress,
+        job_id=job_ids,
+        attempt=attempts,
+        kind=st.sampled_from(["train", "eval", "summary"]),
+        step=st.integers(0, 9),
+        max_steps=st.integers(1, 9),
+        percent=st.floats(0, 100),
+        loss=floats,
+        raw=st.dictionaries(names, st.floats(0, 1), max_size=2),
+    ),
+    st.builds(
+        ArtifactsFound,
+        job_id=job_ids,
+        attempt=attempts,
+        artifacts=st.lists(
+            st.builds(ArtifactRecord, kind=st.just("checkpoint"), path=names, bytes=st.integers(0, 9)),
+            max_size=2,
+        ),
+    ),
+    st.builds(
+        RunExited,
+        job_id=job_ids,
+        attempt=attempts,
+        outcome=st.sampled_from(["succeeded", "failed", "cancelled"]),
+        returncode=st.none() | st.integers(-15, 1),
+        stopped=st.none() | st.sampled_from(["cancel", "timeout", "shutdown"]),
+        failure=st.none()
+        | st.builds(FailureRecord, kind=st.just("unknown"), transient=st.booleans(), reason=names),
+        log_tail=st.lists(names, max_size=2),
+        retry=st.booleans(),
+        final_checkpoint=st.none() | names,
+    ),
+    st.builds(JobFailed, job_id=job_ids, reason=names),
+    st.builds(JobsWaiting, reasons=st.dictionaries(st.sampled_from(["1", "2", "3"]), names, max_size=2)),
+)
+events = st.one_of(events, intake_events, intake_events, run_events)
 
 
 def record(evs: list[Event]) -> list[Recorded]:

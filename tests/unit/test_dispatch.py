@@ -1,0 +1,342 @@
+"""From the folded log to what the daemon records and runs next (`dispatch.decide`), and back.
+
+Pure: files are dropped through the real intake decision and folded, the way the daemon builds
+its state; `decide` then sees a made-up box (GPUs, CPU slots, clock) and returns the events to
+record. Folding those events again is how each test moves on, so the tests also pin the fold
+steps of the run events (JobStarted, ArtifactsFound, RunExited, JobFailed, JobsWaiting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon.config import LimitsConfig
+from daemon.dispatch import Box, Decisions, Environment, decide, run_paths
+from daemon.events import (
+    ArtifactRecord,
+    ArtifactsFound,
+    Event,
+    FailureRecord,
+    JobStarted,
+    Recorded,
+    RunExited,
+)
+from daemon.intake import Examined
+from daemon.intake import decide as intake
+from daemon.layout import StateLayout
+from daemon.scheduler import GpuView
+from daemon.state import State, apply
+from daemon.swift_args import bundled
+from daemon.validate import check_file
+
+SFT = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+SFT_SHA = hashlib.sha256(SFT).hexdigest()
+NOW = 1_000_000.0
+GRACE_S = 30.0
+
+
+def lora_job(name: str, extra: str = "") -> bytes:
+    return f"name: {name}\ntask_type: lora\nmodel: /models/tiny\ndataset: sft_demo\n{extra}".encode()
+
+
+def export_job(name: str, parent: str) -> bytes:
+    return f'name: {name}\ntask_type: export\nadapters: "@{parent}"\n'.encode()
+
+
+def gpu(index: int) -> GpuView:
+    return GpuView(index=index, uuid=f"GPU-{index}", name="fake", memory_total_mib=81920, memory_used_mib=0)
+
+
+CPU_BOX = Box(gpus=[], managed=False, cpu_slots=1, now=NOW, stop_grace_s=GRACE_S)
+GPU_BOX = Box(gpus=[gpu(0), gpu(1)], managed=True, cpu_slots=1, now=NOW, stop_grace_s=GRACE_S)
+
+
+class Daemon:
+    """The log and its fold, with files dropped through intake as the inbox drops them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.layout = StateLayout(tmp / "state")
+        self.env = Environment(self.layout, "/usr/bin/python3", True, lambda: 29500)
+        self.state = State()
+        self.seq = 0
+
+    def record(self, event: Event) -> None:
+        self.seq += 1
+        self.state = apply(self.state, Recorded(self.seq, "test", 1, NOW + self.seq, event))
+
+    def drop(self, name: str, data: bytes) -> None:
+        path = self.tmp / name
+        path.write_bytes(data)
+        verdict = check_file(path, LimitsConfig(), bundled(), name=name)
+        assert verdict.ok, verdict.problems
+        (part,) = intake(self.state, [Examined(f"d{self.seq}", name, verdict.kind, verdict=verdict)], str)
+        (new,) = part.events
+        assert new.event.type in ("DatasetAccepted", "JobSubmitted"), new.event
+        self.record(new.event)
+
+    def decide(self, box: Box = CPU_BOX) -> Decisions:
+        return decide(self.state, box, self.env)
+
+    def step(self, box: Box = CPU_BOX) -> Decisions:
+        """Decide and record the decisions, as the scheduling loop does before acting."""
+        decided = self.decide(box)
+        for failed in decided.failed:
+            self.record(failed)
+        if decided.waiting is not None:
+            self.record(decided.waiting)
+        for launch in decided.launches:
+            self.record(launch.started)
+        return decided
+
+    def start(self, job_id: int, box: Box = CPU_BOX) -> JobStarted:
+        decided = self.step(box)
+        (started,) = [launch.started for launch in decided.launches if launch.job_id == job_id]
+        return started
+
+    def exited(self, job_id: int, outcome: str = "succeeded", **fields: object) -> None:
+        job = self.state.jobs[job_id]
+        self.record(
+            RunExited.model_validate(
+                {
+                    "job_id": job_id,
+                    "attempt": job.attempts,
+                    "outcome": outcome,
+                    "returncode": 0 if outcome == "succeeded" else 1,
+                }
+                | fields
+            )
+        )
+
+
+def value_of(argv: Sequence[str], flag: str) -> str:
+    return argv[list(argv).index(flag) + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting jobs
+
+
+def test_a_job_with_its_dataset_starts_on_the_cpu_slot_of_a_box_without_gpus(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    decided = d.decide()
+    assert decided.failed == [] and decided.waiting is None
+    (launch,) = decided.launches
+    started = launch.started
+    assert (launch.job_id, started.job_id, started.attempt) == (1, 1, 1)
+    argv = started.argv
+    assert argv[:3] == ["/usr/bin/python3", "-m", "swift.cli.sft"]
+    dataset = d.layout.converted_dataset(SFT_SHA)
+    assert value_of(argv, "--dataset") == str(dataset) and dataset.is_absolute()
+    runs = tmp_path / "state" / "runs" / "1" / "1"
+    assert value_of(argv, "--output_dir") == str(runs / "output") == started.output_dir
+    assert started.run_dir == str(runs) and started.log == str(tmp_path / "state" / "logs" / "1.log")
+    assert (started.gpu_uuids, started.gpu_indices, started.env["CUDA_VISIBLE_DEVICES"]) == ([], [], "")
+    assert started.inputs == {"sft_demo": SFT_SHA}
+    assert started.timeout_s is None and started.ends_by is None and started.resume_from is None
+    assert "swift.cli.sft" in started.command
+
+
+def test_a_job_without_its_dataset_waits_for_it(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("a.yaml", lora_job("a"))
+    decided = d.decide()
+    assert decided.launches == [] and decided.failed == []
+    # The fold already set the reason when the job was submitted; an unchanged one is not repeated.
+    assert d.state.jobs[1].reason == "waiting for dataset sft_demo"
+    assert decided.waiting is None and decided.plan.waiting[1] == "waiting for dataset sft_demo"
+
+
+def test_two_jobs_and_one_slot_one_starts_and_the_other_waits(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.drop("b.yaml", lora_job("b"))
+    decided = d.step()
+    assert [launch.job_id for launch in decided.launches] == [1], "the earlier submission goes first"
+    assert decided.waiting is not None and set(decided.waiting.reasons) == {"2"}
+    assert "CPU slot" in decided.waiting.reasons["2"]
+    assert d.state.jobs[2].reason == decided.waiting.reasons["2"]
+    # Recorded once: the next decision has nothing new to say while the slot stays taken.
+    again = d.decide()
+    assert again.launches == [] and again.waiting is None and again.failed == []
+    d.exited(1)
+    assert [launch.job_id for launch in d.step().launches] == [2]
+
+
+def test_a_job_gets_one_gpu_by_default_on_a_box_with_gpus(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.drop("b.yaml", lora_job("b"))
+    decided = d.step(GPU_BOX)
+    got = {launch.job_id: launch.started for launch in decided.launches}
+    assert set(got) == {1, 2}
+    assert [(s.gpu_uuids, s.gpu_indices) for s in (got[1], got[2])] == [(["GPU-0"], [0]), (["GPU-1"], [1])]
+    for started in got.values():
+        assert started.env["CUDA_VISIBLE_DEVICES"] == started.gpu_uuids[0]
+        assert started.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert "torch.distributed.run" not in started.argv
+    # Both GPUs are now held by our runs: a third job waits.
+    d.drop("c.yaml", lora_job("c"))
+    third = d.step(GPU_BOX)
+    assert third.launches == [] and third.waiting is not None and "3" in third.waiting.reasons
+
+
+def test_a_timeout_gives_the_run_an_end_by_time(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a", "timeout: 1h\n"))
+    started = d.start(1)
+    assert started.timeout_s == 3600 and started.ends_by == NOW + 3600 + GRACE_S
+
+
+# ---------------------------------------------------------------------------------------------
+# Dependencies
+
+
+def test_a_job_after_a_failed_job_fails(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.drop("b.yaml", lora_job("b", "after: a\n"))
+    first = d.step()
+    assert [launch.job_id for launch in first.launches] == [1]
+    assert first.waiting is not None and "after job a" in first.waiting.reasons["2"]
+    d.exited(1, "failed", failure=FailureRecord(kind="unknown", transient=False, reason="boom"))
+    decided = d.step()
+    assert decided.launches == []
+    (failed,) = decided.failed
+    assert (failed.job_id, failed.reason) == (2, "after job a, which failed")
+    assert d.state.jobs[2].state == "failed" and d.state.jobs[2].reason == failed.reason
+
+
+def test_a_job_after_a_job_never_submitted_waits_saying_so(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("b.yaml", lora_job("b", "after: ghost\n"))
+    decided = d.step()
+    assert decided.launches == [] and decided.failed == []
+    assert decided.waiting is not None
+    reason = decided.waiting.reasons["1"]
+    assert "ghost" in reason and "not submitted" in reason
+    # Once a job of that name is submitted, the dependency is on it.
+    d.drop("ghost.yaml", lora_job("ghost"))
+    after = d.step()
+    assert [launch.job_id for launch in after.launches] == [2]
+    assert after.waiting is not None and "after job ghost" in after.waiting.reasons["1"]
+
+
+def test_an_export_of_a_parents_adapters_gets_its_final_checkpoint(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.drop("e.yaml", export_job("e", "a"))
+    d.step()
+    checkpoint = str(tmp_path / "state" / "runs" / "1" / "1" / "output" / "checkpoint-3")
+    d.exited(1, final_checkpoint=checkpoint)
+    assert d.state.jobs[1].final_checkpoint == checkpoint
+    started = d.start(2)
+    assert started.argv[:3] == ["/usr/bin/python3", "-m", "swift.cli.export"]
+    assert value_of(started.argv, "--adapters") == checkpoint
+    assert value_of(started.argv, "--output_dir") == str(
+        tmp_path / "state" / "runs" / "2" / "1" / "output" / "model"
+    )
+
+
+def test_an_export_of_a_parent_that_left_no_checkpoint_fails(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.drop("e.yaml", export_job("e", "a"))
+    d.step()
+    d.exited(1)  # succeeded, but no checkpoint was found
+    decided = d.step()
+    assert decided.launches == []
+    (failed,) = decided.failed
+    assert failed.job_id == 2 and "@a" in failed.reason and "no checkpoint" in failed.reason
+    assert d.state.jobs[2].state == "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# The fold of run events
+
+
+def test_fold_running_then_retried_then_succeeded(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a", "retries: 2\n"))
+    started = d.start(1)
+    job = d.state.jobs[1]
+    assert (job.state, job.attempts, job.reason) == ("running", 1, "")
+    assert job.run is not None and job.run.attempt == 1 and job.run.argv == started.argv
+    assert job.started_ts is not None
+
+    failure = FailureRecord(kind="port_in_use", transient=True, reason="a port was taken")
+    d.exited(1, "failed", failure=failure, retry=True)
+    assert job.state == "queued" and job.auto_retries == 1
+    assert "runs again after attempt 1 failed" in job.reason and "a port was taken" in job.reason
+    assert job.ended_ts is None
+
+    second = d.start(1)
+    assert second.attempt == 2 and second.run_dir == str(run_paths(d.layout, 1, 2).run_dir)
+    assert second.log == started.log, "one log per job, appended by every attempt"
+    final = str(Path(second.output_dir) / "checkpoint-5")
+    d.exited(1, final_checkpoint=final, final_model=None)
+    assert (job.state, job.final_checkpoint, job.final_model, job.reason) == ("succeeded", final, None, "")
+    assert job.ended_ts is not None and len(job.runs) == 2
+
+
+def test_a_shutdown_stop_queues_the_job_again_without_spending_a_retry(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.start(1)
+    d.exited(1, "failed", returncode=-15, stopped="shutdown", retry=True)
+    job = d.state.jobs[1]
+    assert job.state == "queued" and job.auto_retries == 0 and "shut down" in job.reason
+
+
+def test_an_automatic_retry_resumes_from_the_last_complete_checkpoint(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a", "retries: 1\n"))
+    first = d.start(1)
+    out = Path(first.output_dir)
+    d.record(
+        ArtifactsFound(
+            job_id=1,
+            attempt=1,
+            artifacts=[
+                ArtifactRecord(kind="adapter", path=str(out / "checkpoint-2"), bytes=1, step=2),
+                ArtifactRecord(
+                    kind="adapter", path=str(out / "checkpoint-4"), bytes=1, step=4, complete=False
+                ),
+                ArtifactRecord(kind="logging", path=str(out / "logging.jsonl"), bytes=1),
+            ],
+        )
+    )
+    failure = FailureRecord(kind="gpu_error", transient=True, reason="NCCL error")
+    d.exited(1, "failed", failure=failure, retry=True)
+    second = d.start(1)
+    resume = str(out / "checkpoint-2")
+    assert second.resume_from == resume and value_of(second.argv, "--resume_from_checkpoint") == resume
+    assert second.output_dir != first.output_dir, "a fresh directory per attempt"
+
+
+def test_run_events_of_an_older_attempt_change_nothing(tmp_path: Path) -> None:
+    """A late observation of attempt 1 (recorded again after a restart) must not touch attempt 2."""
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a", "retries: 1\n"))
+    d.start(1)
+    failure = FailureRecord(kind="port_in_use", transient=True, reason="port")
+    d.exited(1, "failed", failure=failure, retry=True)
+    d.start(1)
+    d.record(RunExited(job_id=1, attempt=1, outcome="succeeded", returncode=0, final_checkpoint="/x"))
+    job = d.state.jobs[1]
+    assert job.state == "running" and job.final_checkpoint is None

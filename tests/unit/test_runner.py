@@ -1,0 +1,465 @@
+"""The runner, for real but without swift: launch, watch, cancel, stop and re-adopt fake runs.
+
+Each test hands `Runner` a JobStarted whose argv is a small Python script standing in for swift,
+and collects what the runner reports (the events it would record) and how it says the run
+ended (`on_end`). The supervisor is the real `daemon.supervise`, so these tests cover the whole
+process tree of a run, on any machine, in about a second each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from pydantic import BaseModel
+
+from daemon.events import ArtifactsFound, JobProgress, JobStarted, NewEvent, RunStarted
+from daemon.outcome import RunEnd
+from daemon.runner import Adoptable, Runner, read_tail
+from daemon.supervise import EXIT_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
+from daemon.swift.failures import TAIL_LINES
+
+WAIT_S = 10.0
+"""Upper bound for anything here; the runs themselves take a fraction of a second."""
+
+TRAINS = """\
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+with open(out / "logging.jsonl", "a") as f:
+    for step in (1, 2, 3):
+        record = {
+            "loss": 1.0 / step, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": step / 3,
+            "global_step/max_steps": f"{step}/3", "elapsed_time": f"{step}s",
+            "remaining_time": f"{3 - step}s", "train_speed(s/it)": 0.1,
+        }
+        f.write(json.dumps(record) + "\\n")
+        f.flush()
+checkpoint = out / "checkpoint-3"
+checkpoint.mkdir()
+(checkpoint / "adapter_config.json").write_text("{}")
+(checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
+(checkpoint / "trainer_state.json").write_text("{}")
+print("training done", flush=True)
+"""
+"""A swift that trains 3 steps, logging each as swift does, and saves its final LoRA checkpoint."""
+
+WAITS = """\
+import pathlib, sys, time
+release = pathlib.Path(sys.argv[1]) / "release"
+while not release.exists():
+    time.sleep(0.02)
+print("released", flush=True)
+"""
+"""A swift that runs until the test creates `release` in its output directory, then exits 0."""
+
+SLEEPS = "import time\ntime.sleep(60)\n"
+
+_E = TypeVar("_E", bound=BaseModel)
+
+
+class Recorder:
+    """The runner's two callbacks: the events it reports, and each run's end."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, NewEvent]] = []
+        self.ends: dict[int, list[tuple[int, RunEnd]]] = {}
+        self._changed = asyncio.Event()
+
+    async def report(self, job_id: int, events: list[NewEvent]) -> None:
+        self.events.extend((job_id, e) for e in events)
+        self._changed.set()
+
+    async def on_end(self, job_id: int, attempt: int, end: RunEnd) -> None:
+        self.ends.setdefault(job_id, []).append((attempt, end))
+        self._changed.set()
+
+    async def until(self, check: Callable[[], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not check():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+    async def end(self, job_id: int) -> RunEnd:
+        await self.until(lambda: job_id in self.ends, f"the end of job {job_id}")
+        ends = self.ends[job_id]
+        assert len(ends) == 1, "a run ends once"
+        return ends[0][1]
+
+    async def started(self, job_id: int) -> RunStarted:
+        await self.until(lambda: bool(self.of(RunStarted, job_id)), f"RunStarted of job {job_id}")
+        return self.of(RunStarted, job_id)[0]
+
+    def of(self, kind: type[_E], job_id: int) -> list[_E]:
+        return [e.event for j, e in self.events if j == job_id and isinstance(e.event, kind)]
+
+
+class Runs:
+    """Makes runners and attempts under tmp_path; kills whatever a failing test left running."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runners: list[Runner] = []
+        self.run_dirs: list[Path] = []
+
+    def runner(self, rec: Recorder, *, grace_s: float = 2.0) -> Runner:
+        runner = Runner(rec.report, rec.on_end, grace_s=grace_s, poll_s=0.05)
+        self.runners.append(runner)
+        return runner
+
+    def started(self, job_id: int, script: str, *, timeout_s: float | None = None) -> JobStarted:
+        """The JobStarted `dispatch` would make, with a fake swift that gets the output dir."""
+        run_dir = self.root / "runs" / str(job_id) / "1"
+        output_dir = run_dir / "output"
+        path = self.root / f"fake_swift_{job_id}.py"
+        path.write_text(script)
+        self.run_dirs.append(run_dir)
+        argv = [sys.executable, str(path), str(output_dir)]
+        return JobStarted(
+            job_id=job_id,
+            attempt=1,
+            gpu_uuids=[],
+            gpu_indices=[],
+            argv=argv,
+            env={"FAKE_SWIFT": "1"},
+            command=" ".join(argv),
+            run_dir=str(run_dir),
+            output_dir=str(output_dir),
+            log=str(self.root / "logs" / f"{job_id}.log"),
+            inputs={},
+            timeout_s=timeout_s,
+        )
+
+    async def cleanup(self) -> None:
+        for runner in self.runners:
+            await runner.stop(stop_runs=False)
+        for run_dir in self.run_dirs:
+            supervisor = run_dir / SUPERVISOR_FILE
+            if not supervisor.exists() or (run_dir / EXIT_FILE).exists():
+                continue
+            info = json.loads(supervisor.read_text())
+            if proc_start_ticks(info["pid"]) == info["start_ticks"]:
+                os.kill(info["pid"], signal.SIGKILL)  # swift follows it (PDEATHSIG)
+
+
+@pytest.fixture
+async def runs(tmp_path: Path) -> AsyncIterator[Runs]:
+    made = Runs(tmp_path)
+    yield made
+    await made.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run from start to end
+
+
+async def test_a_run_reports_start_progress_artifacts_and_its_end(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, TRAINS)
+    await runner.launch(started)
+    assert runner.running == {1}
+    end = await rec.end(1)
+
+    assert (end.returncode, end.stopped, end.error) == (0, None, None)
+    assert end.output_dir == Path(started.output_dir)
+    assert end.duration_s is not None and end.duration_s >= 0
+    assert "training done" in end.log_tail
+    assert any("==> llmtraind: job 1 attempt 1" in line for line in end.log_tail)
+    assert [(a.path, a.kind, a.step, a.complete) for a in end.artifacts if a.step is not None] == [
+        ("checkpoint-3", "adapter", 3, True)
+    ]
+
+    events = [e for _, e in rec.events]
+    assert isinstance(events[0].event, RunStarted), "RunStarted is reported first"
+    first = events[0].event
+    assert (first.job_id, first.attempt, first.log_offset) == (1, 1, 0)
+    assert events[0].idem_key == "run:1:1:started"
+    supervisor = json.loads((Path(started.run_dir) / SUPERVISOR_FILE).read_text())
+    assert (first.pid, first.child_pid, first.session) == (
+        supervisor["pid"],
+        supervisor["child_pid"],
+        supervisor["sid"],
+    )
+    assert first.start_ticks == supervisor["start_ticks"] and first.boot_id == boot_id()
+
+    progress = rec.of(JobProgress, 1)
+    assert [(p.step, p.max_steps, p.kind) for p in progress] == [
+        (1, 3, "train"),
+        (2, 3, "train"),
+        (3, 3, "train"),
+    ]
+    assert progress[-1].percent == 100.0 and progress[0].loss == 1.0 and progress[0].train_speed == 0.1
+    keys = [e.idem_key for e in events if isinstance(e.event, JobProgress)]
+    assert keys == [f"run:1:1:metrics:train:{step}" for step in (1, 2, 3)]
+
+    found = rec.of(ArtifactsFound, 1)
+    assert found, "the output directory was scanned"
+    checkpoint = str(Path(started.output_dir) / "checkpoint-3")
+    records = {a.path: a for a in found[-1].artifacts}
+    assert checkpoint in records and Path(checkpoint).is_absolute()
+    assert (records[checkpoint].kind, records[checkpoint].step, records[checkpoint].complete) == (
+        "adapter",
+        3,
+        True,
+    )
+    assert runner.running == set() and runner.sessions() == set()
+
+
+async def test_a_run_that_cannot_start_ends_with_the_supervisors_error(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, SLEEPS)
+    missing = str(Path(started.run_dir) / "no-such-python")
+    await runner.launch(started.model_copy(update={"argv": [missing]}))
+    end = await rec.end(1)
+    assert end.returncode == 127 and end.error is not None and missing in end.error
+    assert any(missing in line for line in end.log_tail), "the log says why"
+    assert rec.of(RunStarted, 1) == [], "swift never ran"
+
+
+async def test_a_missing_supervisor_interpreter_ends_the_run_with_an_error(runs: Runs) -> None:
+    rec = Recorder()
+    runner = Runner(rec.report, rec.on_end, grace_s=1.0, poll_s=0.05, supervisor_python="/nonexistent/python")
+    runs.runners.append(runner)
+    await runner.launch(runs.started(1, SLEEPS))
+    end = await rec.end(1)
+    assert end.returncode is None and end.error is not None and "/nonexistent/python" in end.error
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping runs
+
+
+async def test_cancel_stops_a_running_run(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, SLEEPS))
+    run = await rec.started(1)
+    assert runner.sessions() == {run.session}
+    assert runner.cancel(1) is True
+    end = await rec.end(1)
+    assert (end.returncode, end.stopped) == (-signal.SIGTERM, "cancel")
+    assert runner.cancel(1) is False, "no longer ours"
+
+
+async def test_cancel_before_the_supervisor_is_up_is_sent_once_it_is(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, SLEEPS))
+    assert runner.cancel(1) is True  # the launch task has not even run yet
+    end = await rec.end(1)
+    assert end.stopped == "cancel"
+
+
+async def test_cancel_of_an_unknown_job_is_refused(runs: Runs) -> None:
+    assert runs.runner(Recorder()).cancel(7) is False
+
+
+async def test_stop_with_stop_runs_shuts_the_runs_down(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, SLEEPS))
+    await rec.started(1)
+    await runner.stop(stop_runs=True)
+    end = await rec.end(1)
+    assert (end.returncode, end.stopped) == (-signal.SIGTERM, "shutdown")
+    assert runner.running == set()
+
+
+async def test_the_job_timeout_is_enforced(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, SLEEPS, timeout_s=0.3))
+    end = await rec.end(1)
+    assert end.stopped == "timeout"
+
+
+# ---------------------------------------------------------------------------------------------
+# A daemon restart: the run outlives its runner, and the next runner takes it over
+
+
+def adoptable(started: JobStarted, run: RunStarted | None, *, last_step: int | None = None) -> Adoptable:
+    """What `Scheduling.start` builds from the log for a running job (`run`: its RunStarted, if any)."""
+    return Adoptable(
+        job_id=started.job_id,
+        attempt=started.attempt,
+        run_dir=Path(started.run_dir),
+        output_dir=Path(started.output_dir),
+        log=Path(started.log),
+        log_offset=0 if run is None else run.log_offset,
+        pid=None if run is None else run.pid,
+        start_ticks=None if run is None else run.start_ticks,
+        boot_id=None if run is None else run.boot_id,
+        session=None if run is None else run.session,
+        last_step=last_step,
+    )
+
+
+async def test_a_run_outlives_its_runner_and_the_next_one_reports_its_end(runs: Runs) -> None:
+    first = Recorder()
+    runner = runs.runner(first)
+    started = runs.started(1, WAITS)
+    await runner.launch(started)
+    run = await first.started(1)
+    await runner.stop(stop_runs=False)
+    assert first.ends == {}, "the run goes on: nothing ended"
+
+    second = Recorder()
+    successor = runs.runner(second)
+    await successor.adopt(adoptable(started, run), boot_id())
+    assert successor.running == {1} and successor.sessions() == {run.session}
+    (Path(started.output_dir) / "release").touch()
+    end = await second.end(1)
+    assert (end.returncode, end.stopped, end.error) == (0, None, None)
+    assert "released" in end.log_tail
+
+
+async def test_adopting_before_run_started_was_recorded_reads_supervisor_json(runs: Runs) -> None:
+    """The daemon died between spawning the supervisor and recording RunStarted."""
+    first = Recorder()
+    runner = runs.runner(first)
+    started = runs.started(1, WAITS)
+    await runner.launch(started)
+    run = await first.started(1)
+    await runner.stop(stop_runs=False)
+
+    second = Recorder()
+    successor = runs.runner(second)
+    await successor.adopt(adoptable(started, None), boot_id())
+    again = await second.started(1)
+    assert (again.pid, again.start_ticks, again.session) == (run.pid, run.start_ticks, run.session)
+    successor.cancel(1)
+    end = await second.end(1)
+    assert end.stopped == "cancel"
+
+
+async def test_adopting_a_run_that_ended_meanwhile_reads_exit_json(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, TRAINS)
+    await runner.launch(started)
+    run = await rec.started(1)
+    await runner.stop(stop_runs=False)  # no daemon watches while swift finishes
+    exit_json = Path(started.run_dir) / EXIT_FILE
+    async with asyncio.timeout(WAIT_S):
+        while not exit_json.exists():
+            await asyncio.sleep(0.02)
+
+    later = Recorder()
+    await runs.runner(later).adopt(adoptable(started, run), boot_id())
+    end = await later.end(1)
+    assert end.returncode == 0 and end.stopped is None
+    # The metrics swift wrote while no daemon ran are still reported.
+    assert [p.step for p in later.of(JobProgress, 1)] == [1, 2, 3]
+
+
+async def test_adopting_skips_metrics_an_earlier_daemon_recorded(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, TRAINS)
+    await runner.launch(started)
+    run = await rec.started(1)
+    await runner.stop(stop_runs=False)
+    exit_json = Path(started.run_dir) / EXIT_FILE
+    async with asyncio.timeout(WAIT_S):
+        while not exit_json.exists():
+            await asyncio.sleep(0.02)
+
+    later = Recorder()
+    await runs.runner(later).adopt(adoptable(started, run, last_step=2), boot_id())
+    await later.end(1)
+    assert [p.step for p in later.of(JobProgress, 1)] == [3]
+
+
+async def test_adopting_a_reused_pid_ends_the_run_as_unknown(runs: Runs) -> None:
+    """A pid whose start time differs is another process: never watched, never signalled."""
+    stranger = subprocess.Popen([sys.executable, "-c", SLEEPS])
+    try:
+        ticks = proc_start_ticks(stranger.pid)
+        assert ticks is not None
+        started = runs.started(1, SLEEPS)
+        Path(started.run_dir).mkdir(parents=True)
+        rec = Recorder()
+        runner = runs.runner(rec)
+        fake = RunStarted(
+            job_id=1,
+            attempt=1,
+            pid=stranger.pid,
+            start_ticks=ticks + 1,
+            boot_id=boot_id(),
+            child_pid=stranger.pid,
+            session=os.getsid(stranger.pid),
+            log_offset=0,
+        )
+        await runner.adopt(adoptable(started, fake), boot_id())
+        end = await rec.end(1)
+        assert end.returncode is None and end.stopped is None
+        assert end.error is not None and f"pid {stranger.pid}" in end.error
+        assert stranger.poll() is None, "the stranger was not signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+async def test_adopting_after_a_reboot_ends_the_run_as_unknown(runs: Runs) -> None:
+    started = runs.started(1, SLEEPS)
+    Path(started.run_dir).mkdir(parents=True)
+    rec = Recorder()
+    fake = RunStarted(
+        job_id=1,
+        attempt=1,
+        pid=os.getpid(),
+        start_ticks=proc_start_ticks(os.getpid()) or 0,
+        boot_id="another-boot",
+        child_pid=os.getpid(),
+        session=os.getsid(0),
+        log_offset=0,
+    )
+    await runs.runner(rec).adopt(adoptable(started, fake), boot_id())
+    end = await rec.end(1)
+    assert end.returncode is None and end.error is not None and "rebooted" in end.error
+
+
+# ---------------------------------------------------------------------------------------------
+# read_tail: the log's last lines, as a person would read them
+
+
+def test_read_tail_keeps_what_a_terminal_shows_of_carriage_return_redraws(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_bytes(b"start\r\nTrain:  10%|#\rTrain: 100%|##########\nTraceback\r\nValueError: bad\n")
+    assert read_tail(log, 0) == ["start", "Train: 100%|##########", "Traceback", "ValueError: bad"]
+
+
+def test_read_tail_starts_at_the_attempt(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_bytes(b"attempt 1 failed\n==> attempt 2\nok\n")
+    start = len(b"attempt 1 failed\n")
+    assert read_tail(log, start) == ["==> attempt 2", "ok"]
+
+
+def test_read_tail_drops_the_line_cut_by_the_limit(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_bytes(b"a very long first line\nsecond\nthird\n")
+    assert read_tail(log, 0, limit=len(b"line\nsecond\nthird\n")) == ["second", "third"]
+
+
+def test_read_tail_keeps_the_last_lines_only(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("".join(f"line {i}\n" for i in range(TAIL_LINES + 50)))
+    tail = read_tail(log, 0)
+    assert len(tail) == TAIL_LINES and tail[-1] == f"line {TAIL_LINES + 49}"
+
+
+def test_read_tail_of_a_missing_log_is_empty(tmp_path: Path) -> None:
+    assert read_tail(tmp_path / "none", 0) == []
