@@ -4,7 +4,7 @@ whether the job runs again) or cancelled. Pure: the runner collects, this decide
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .events import FailureRecord, RunExited
@@ -71,16 +71,7 @@ def exit_event(job: Job, attempt: int, end: RunEnd, *, gpu_shared: bool = False)
             final_model=_absolute(end.output_dir, final_model(end.artifacts)),
         )
     failure = _failure(end, gpu_shared)
-    record = FailureRecord(
-        kind=failure.kind,
-        transient=failure.transient,
-        reason=failure.reason,
-        exception=failure.exception,
-        argument=failure.argument,
-        path=failure.path,
-        row=failure.row,
-        signal=failure.signal,
-    )
+    record = FailureRecord(**asdict(failure))
     if end.stopped == "cancel":
         return RunExited(**base, outcome="cancelled", failure=record)
     retries = job.spec.get("retries")

@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,24 +120,7 @@ def _read_new(path: Path, offset: int) -> tuple[bytes, int]:
 
 
 def _progress_event(w: _Watch, m: StepMetrics) -> NewEvent:
-    event = JobProgress(
-        job_id=w.job_id,
-        attempt=w.attempt,
-        kind=m.kind,
-        step=m.step,
-        max_steps=m.max_steps,
-        percent=m.percent,
-        eta_s=m.eta_s,
-        elapsed_s=m.elapsed_s,
-        epoch=m.epoch,
-        loss=m.loss,
-        learning_rate=m.learning_rate,
-        grad_norm=m.grad_norm,
-        token_acc=m.token_acc,
-        memory_gib=m.memory_gib,
-        train_speed=m.train_speed,
-        raw=dict(m.raw),
-    )
+    event = JobProgress(job_id=w.job_id, attempt=w.attempt, **asdict(m) | {"raw": dict(m.raw)})
     return NewEvent(event, f"run:{w.job_id}:{w.attempt}:metrics:{m.kind}:{m.step}")
 
 
