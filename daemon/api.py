@@ -1,7 +1,9 @@
-"""The read-only HTTP API. It sees the folded state and the log's read side, never the runner.
+"""The read-only HTTP API. It sees the folded state, the log's read side and the last GPU probe,
+never the runner or the scheduler.
 
-Every answer is JSON; every error is `{"error": {"code", "message"}}` with its status; any method but
-GET and HEAD is 405, whatever the path.
+Every answer is JSON (but the SSE streams, /metrics and /openapi.json); every error is
+`{"error": {"code", "message"}}` with its status; any method but GET and HEAD is 405, whatever the
+path; with `[api] token` set, every route but /healthz needs it.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ import asyncio
 import hmac
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from . import __version__
-from .events import JobProgress, Recorded
+from .events import JobProgress
+from .openapi import openapi_spec
 from .projector import load_state_at_path
+from .promexport import CONTENT_TYPE, Scrape, render
+from .sse import SseHub, SseSettings, StreamRefused, job_log_path
 from .state import Job, State, state_to_json
 from .store import EventStore
 from .views import (
@@ -27,28 +32,46 @@ from .views import (
     artifacts_view,
     dataset_view,
     datasets_view,
+    gpu_summary,
+    gpus_view,
     intake_view,
     job_counts,
     job_view,
     jobs_view,
     projects_view,
+    recorded_json,
 )
 
-__all__ = ["ReadSide", "make_app"]
+if TYPE_CHECKING:
+    from .gpus import GpuStatus
+
+__all__ = ["GpuReading", "ReadSide", "make_app"]
 
 MAX_PAGE = 1000
+MAX_HEADER_FIELD = 16 * 1024
+"""aiohttp refuses longer header fields itself (400, text). Its default, 8 KiB, would refuse a 10 kB
+Last-Event-ID before the stream could ignore it, as it does every other malformed one."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GpuReading = tuple["Sequence[GpuStatus]", float]
+"""The GPUs as last probed, and when (time.monotonic())."""
+
+
+def _no_gpus() -> GpuReading:
+    return [], time.monotonic()
 
 
 @dataclass
 class ReadSide:
-    """What the API may look at: the live state, the log (read only) and the daemon's health."""
+    """What the API may look at: the live state, the log (read only), the last GPU probe (owned by
+    the scheduling loop) and the daemon's health."""
 
     state: Callable[[], State]
     store: EventStore
     db_path: Path
     started_monotonic: float
     token: str = ""
+    gpus: Callable[[], GpuReading] = _no_gpus
+    sse: SseSettings = field(default_factory=SseSettings)
 
     def health(self) -> tuple[bool, str]:
         if not self.store.healthy:
@@ -57,6 +80,7 @@ class ReadSide:
 
 
 READ_SIDE = web.AppKey("read_side", ReadSide)
+SSE_HUB = web.AppKey("sse_hub", SseHub)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -76,21 +100,12 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return value
 
 
-def recorded_json(rec: Recorded) -> dict[str, Any]:
-    return {
-        "seq": rec.seq,
-        "stream": rec.stream,
-        "version": rec.version,
-        "ts": rec.ts,
-        "type": rec.event.type,
-        "data": rec.event.model_dump(mode="json", exclude={"type"}),
-    }
-
-
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
-        return _error(405, "method_not_allowed", f"{request.method} is not allowed: this API is read-only")
+        refused = _error(405, "method_not_allowed", f"{request.method} is not allowed: this API is read-only")
+        refused.headers["Allow"] = "GET, HEAD"
+        return refused
     side = request.app[READ_SIDE]
     if side.token and request.path != "/healthz":
         given = request.headers.get("Authorization", "")
@@ -101,7 +116,9 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPNotFound:
         return _error(404, "not_found", f"no such resource: {request.path}")
     except web.HTTPMethodNotAllowed:
-        return _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        refused = _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        refused.headers["Allow"] = "GET, HEAD"
+        return refused
     except web.HTTPBadRequest as e:
         return _error(400, "bad_request", e.reason)
 
@@ -112,11 +129,24 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone, or in another pid namespace
+        return None
+
+
+def _gpus(side: ReadSide, state: State) -> tuple[list[dict[str, Any]], float]:
+    found, probed = side.gpus()
+    return gpus_view(state, found, _session_of), round(time.monotonic() - probed, 3)
+
+
 async def status(request: web.Request) -> web.Response:
     side = request.app[READ_SIDE]
     state = side.state()
     ok, why = side.health()
     daemon = state.daemon
+    gpus, probed_s_ago = _gpus(side, state)
     return web.json_response(
         {
             "version": __version__,
@@ -128,10 +158,7 @@ async def status(request: web.Request) -> web.Response:
             "boot_id": daemon.boot_id if daemon else None,
             "daemon_starts": state.daemon_starts,
             "unclean_stops": state.unclean_stops,
-            "gpus": {
-                "count": len(daemon.gpus) if daemon else 0,
-                "memory_total_mib": sum(g.memory_total_mib for g in daemon.gpus) if daemon else 0,
-            },
+            "gpus": gpu_summary(gpus) | {"probed_s_ago": probed_s_ago},
             "jobs": job_counts(state),
             "datasets": len(state.datasets),
             "intake": intake_view(state),
@@ -213,10 +240,11 @@ def read_log_page(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
 
 async def job_logs(request: web.Request) -> web.Response:
     """A page of the job's log (every attempt's output, one after another), by byte offset."""
+    side = request.app[READ_SIDE]
     _, found = _job(request)
     offset = _int_param(request, "offset", 0, 0, 2**62)
     limit = _int_param(request, "limit", 65536, 1, MAX_LOG_PAGE)
-    path = Path(found.run.log) if found.run is not None else None
+    path = job_log_path(found, side.db_path.parent)
     data, size = (b"", 0) if path is None else await asyncio.to_thread(read_log_page, path, offset, limit)
     return web.json_response(
         {
@@ -272,12 +300,69 @@ async def state_at(request: web.Request) -> web.Response:
     return web.json_response(text=state_to_json(folded))
 
 
+async def gpus(request: web.Request) -> web.Response:
+    side = request.app[READ_SIDE]
+    found, probed_s_ago = _gpus(side, side.state())
+    return web.json_response({"gpus": found, "probed_s_ago": probed_s_ago})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    side, hub = request.app[READ_SIDE], request.app[SSE_HUB]
+    state = side.state()
+    found, _ = _gpus(side, state)
+    scrape = Scrape(
+        state=state,
+        now=time.time(),
+        version=__version__,
+        uptime_s=time.monotonic() - side.started_monotonic,
+        healthy=side.health()[0],
+        last_seq=side.store.last_seq,
+        gpus=found,
+        sse_clients=hub.clients(),
+        sse_dropped=hub.dropped,
+        sse_buffered_bytes=hub.buffered_bytes(),
+    )
+    return web.Response(body=render(scrape), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec())
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    after = _int_param(request, "after", -1, 0, 2**62)
+    try:
+        return await request.app[SSE_HUB].events(request, None if after < 0 else after)
+    except StreamRefused as e:
+        return _error(e.status, e.code, e.message)
+
+
+async def job_log_stream(request: web.Request) -> web.StreamResponse:
+    _, found = _job(request)
+    after = _int_param(request, "after", -1, 0, 2**62)
+    try:
+        return await request.app[SSE_HUB].job_log(request, found, None if after < 0 else after)
+    except StreamRefused as e:
+        return _error(e.status, e.code, e.message)
+
+
 def make_app(side: ReadSide) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_auth])
+    app = web.Application(middlewares=[_errors_and_auth], handler_args={"max_field_size": MAX_HEADER_FIELD})
     app[READ_SIDE] = side
+    hub = app[SSE_HUB] = SseHub(side.store, side.state, side.db_path.parent, side.sse)
+
+    async def start_sse(_: web.Application) -> None:
+        await hub.start()
+
+    async def close_sse(_: web.Application) -> None:
+        await hub.close()
+
+    app.on_startup.append(start_sse)
+    app.on_shutdown.append(close_sse)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/events/stream", events_stream)
     app.router.add_get("/v1/state", state_at)
     app.router.add_get("/v1/jobs", jobs)
     app.router.add_get("/v1/jobs/{job}", job)
@@ -285,8 +370,12 @@ def make_app(side: ReadSide) -> web.Application:
     app.router.add_get("/v1/jobs/{job}/metrics", job_metrics)
     app.router.add_get("/v1/jobs/{job}/artifacts", job_artifacts)
     app.router.add_get("/v1/jobs/{job}/logs", job_logs)
+    app.router.add_get("/v1/jobs/{job}/logs/stream", job_log_stream)
     app.router.add_get("/v1/datasets", datasets)
     app.router.add_get("/v1/datasets/{name}", dataset)
     app.router.add_get("/v1/projects", projects)
     app.router.add_get("/v1/projects/{name}", project)
+    app.router.add_get("/v1/gpus", gpus)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     return app

@@ -27,6 +27,7 @@ from .gpus import make_probe
 from .inbox import Inbox
 from .projector import Projector
 from .scheduling import Scheduling
+from .sse import SseSettings
 from .store import EventStore, LogDamaged, StoreError
 from .supervise import boot_id
 from .validate import local_swift_args
@@ -143,13 +144,23 @@ async def _run(cfg: Config, stop: asyncio.Event) -> None:
             ],
         )
         await store.append("daemon", [NewEvent(started)])
-        side = ReadSide(lambda: projector.state, store, cfg.db_path, time.monotonic(), cfg.api.token)
+        boot_probe = (gpus, time.monotonic())
+        side = ReadSide(
+            lambda: projector.state,
+            store,
+            cfg.db_path,
+            time.monotonic(),
+            cfg.api.token,
+            gpus=lambda: boot_probe,
+            sse=SseSettings.from_config(cfg.api),
+        )
         runner, url = await _start_api(cfg, side)
         endpoint = _write_endpoint(cfg, url)
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
         inbox = Inbox(cfg, store, lambda: projector.state, await asyncio.to_thread(local_swift_args))
         await inbox.start()
         scheduling = Scheduling(cfg, store, lambda: projector.state, probe)
+        side.gpus = lambda: scheduling.last_probe() or boot_probe
         projector.subscribe(scheduling.on_recorded)
         await scheduling.start()
         log.info(

@@ -42,6 +42,13 @@ class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535)
     token: str = ""
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    """Every SSE stream gets a comment line this often, so proxies keep idle streams open."""
+    sse_send_timeout_s: float = Field(default=10.0, gt=0)
+    """A stream whose write has not gone out after this long (its client stopped reading) is closed;
+    the client reconnects with Last-Event-ID and loses nothing."""
+    sse_max_streams: int = Field(default=1024, ge=1)
+    """Open SSE streams at most (each holds a socket); one more is answered 503."""
 
 
 class GpusConfig(_Section):

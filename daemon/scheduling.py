@@ -148,6 +148,11 @@ class Scheduling:
             except Exception:
                 log.exception("placement failed; trying again in %.0f s", self.cfg.runs.schedule_s)
 
+    def last_probe(self) -> tuple[list[GpuStatus], float] | None:
+        """The GPUs as the loop last probed them, and when (time.monotonic()); None before its first
+        probe. Read-only: the API shows it and never probes itself."""
+        return None if self._probed_at < 0 else (list(self._gpus), self._probed_at)
+
     async def _probe(self) -> list[GpuStatus]:
         now = time.monotonic()
         if now - self._probed_at >= self.cfg.runs.gpu_probe_s:

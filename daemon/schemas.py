@@ -1,4 +1,5 @@
-"""The published JSON Schemas in schemas/, generated from the models the daemon validates with.
+"""The published JSON Schemas in schemas/, generated from the models the daemon validates with, and
+the API's OpenAPI document.
 
 Editors and other tools read these files; `llmtraind schemas --check` (run by the tests) fails when
 they no longer match the code, so they cannot drift.
@@ -15,6 +16,7 @@ from .config import Config
 from .datasets import line_models
 from .events import EVENT_ADAPTER
 from .jobs import job_file_schema
+from .openapi import openapi_spec
 
 __all__ = ["SCHEMA_DIR", "check_schemas", "render_schemas", "write_schemas"]
 
@@ -45,6 +47,14 @@ _SOURCES.update(
 )
 
 
+_DOCUMENTS: dict[str, Callable[[], dict[str, Any]]] = {"openapi.json": openapi_spec}
+"""Published as they are (not JSON Schemas): the API's OpenAPI document, as /openapi.json serves it."""
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def render_schemas() -> dict[str, str]:
     out = {}
     for name, (title, make) in _SOURCES.items():
@@ -54,7 +64,8 @@ def render_schemas() -> dict[str, str]:
             "title": title,
         }
         schema.update({k: v for k, v in make().items() if k != "title"})
-        out[name] = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        out[name] = _dump(schema)
+    out.update({name: _dump(make()) for name, make in _DOCUMENTS.items()})
     return out
 
 

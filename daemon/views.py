@@ -6,21 +6,28 @@ Pure functions of the folded state, so the API, the CLI and the tests agree on o
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .events import JobProgress
+from .events import JobProgress, Recorded
 from .state import Dataset, Job, Run, State, Validation
+
+if TYPE_CHECKING:
+    from .gpus import GpuStatus
 
 __all__ = [
     "JOB_STATES",
     "artifacts_view",
     "dataset_view",
     "datasets_view",
+    "gpu_summary",
+    "gpus_view",
     "intake_view",
     "job_counts",
     "job_view",
     "jobs_view",
     "projects_view",
+    "recorded_json",
     "run_view",
 ]
 
@@ -211,4 +218,70 @@ def intake_view(state: State) -> dict[str, Any]:
         "duplicates": c.duplicates,
         "rejected": c.rejected,
         "validating": len(state.validating),
+    }
+
+
+def recorded_json(rec: Recorded) -> dict[str, Any]:
+    """One event as the API and the SSE feed show it."""
+    return {
+        "seq": rec.seq,
+        "stream": rec.stream,
+        "version": rec.version,
+        "ts": rec.ts,
+        "type": rec.event.type,
+        "data": rec.event.model_dump(mode="json", exclude={"type"}),
+    }
+
+
+def gpus_view(
+    state: State, gpus: Sequence[GpuStatus], session_of: Callable[[int], int | None]
+) -> list[dict[str, Any]]:
+    """The probed GPUs with our lease on each (the running job whose run holds it) and the processes
+    on it; a process outside every run's session (`session_of(pid)`) is foreign."""
+    leases: dict[str, Job] = {}
+    sessions: set[int] = set()
+    for job in state.jobs.values():
+        run = job.run
+        if job.state == "running" and run is not None:
+            leases.update(dict.fromkeys(run.gpu_uuids, job))
+            if run.session is not None:
+                sessions.add(run.session)
+    out = []
+    for g in gpus:
+        holder = leases.get(g.uuid)
+        procs = [
+            {"pid": p.pid, "used_mib": p.used_mib, "foreign": session_of(p.pid) not in sessions}
+            for p in g.processes
+        ]
+        lease = None
+        if holder is not None and holder.run is not None:
+            lease = {"job": holder.id, "name": holder.name, "attempt": holder.run.attempt}
+        out.append(
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "memory_total_mib": g.memory_total_mib,
+                "memory_used_mib": g.memory_used_mib,
+                "memory_free_mib": max(0, g.memory_total_mib - g.memory_used_mib),
+                "utilization_pct": g.utilization_pct,
+                "lease": lease,
+                "processes": procs,
+                "foreign_processes": sum(1 for p in procs if p["foreign"]),
+            }
+        )
+    return out
+
+
+def gpu_summary(view: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of `gpus_view` for /v1/status."""
+    n = len(view)
+    return {
+        "count": n,
+        "memory_total_mib": sum(g["memory_total_mib"] for g in view),
+        "memory_used_mib": sum(g["memory_used_mib"] for g in view),
+        "utilization_pct": round(sum(g["utilization_pct"] for g in view) / n, 1) if n else 0.0,
+        "leased": sum(1 for g in view if g["lease"] is not None),
+        "foreign": sum(1 for g in view if g["foreign_processes"]),
+        "free": sum(1 for g in view if g["lease"] is None and not g["foreign_processes"]),
     }

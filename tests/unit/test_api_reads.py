@@ -1,0 +1,186 @@
+"""The API's GPU view, status summary and /metrics, on a scripted state and a fake GPU probe (a real
+box's GPUs are not there to test with): leases come from the state, foreign processes are those
+outside every run's session, and a log path is only ever the state's, inside the state folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.api import ReadSide, make_app
+from daemon.events import JobProgress
+from daemon.gpus import FakeGpuProbe, GpuProcess, GpuStatus
+from daemon.state import Job, Run, State
+from daemon.store import EventStore
+
+pytestmark = pytest.mark.timeout(30)
+
+Client = TestClient[web.Request, web.Application]
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def job(job_id: int, state: str, submitted: float) -> Job:
+    return Job(
+        id=job_id,
+        name=f"j{job_id}",
+        project="p",
+        filename=f"j{job_id}.yaml",
+        sha256="0" * 64,
+        task="sft",
+        tuner="lora",
+        rlhf_type=None,
+        feeds="sft",
+        datasets=[],
+        priority=0,
+        after=[],
+        gpus=1,
+        gpu_ids=[],
+        min_free_memory_mib=None,
+        spec={},
+        submitted_ts=submitted,
+        submitted_seq=job_id,
+        state=state,
+    )
+
+
+def run(log: str, uuids: list[str], placed: float, session: int | None) -> Run:
+    return Run(
+        attempt=1,
+        gpu_uuids=uuids,
+        gpu_indices=[int(u[-1]) for u in uuids],
+        argv=[],
+        env={},
+        unset_env=[],
+        command="swift sft",
+        run_dir="/nonexistent",
+        output_dir="/nonexistent",
+        log=log,
+        inputs={},
+        resume_from=None,
+        timeout_s=None,
+        ends_by=None,
+        placed_ts=placed,
+        session=session,
+    )
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[tuple[Client, list[GpuStatus]]]:
+    now = time.time()
+    state = State()
+    running = job(1, "running", now - 100)
+    running.runs.append(run(str(tmp_path / "logs" / "1.log"), ["GPU-fake-0001"], now - 40, os.getsid(0)))
+    running.runs[0].progress = JobProgress(
+        job_id=1, attempt=1, kind="train", step=5, max_steps=10, percent=50.0, loss=0.25, train_speed=1.5
+    )
+    outside = job(3, "succeeded", now - 300)
+    outside.runs.append(run("/etc/hostname", [], now - 290, None))
+    state.jobs = {1: running, 2: job(2, "queued", now - 30), 3: outside}
+    state.job_names = {j.name: j.id for j in state.jobs.values()}
+    probe = FakeGpuProbe(2)
+    probe.set_processes(0, [GpuProcess(1, 700)])  # pid 1's session is not a run's
+    probe.set_processes(1, [GpuProcess(os.getpid(), 1000)])  # in the running job's session
+    gpus = await probe.snapshot()
+    store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
+    side = ReadSide(
+        lambda: state, store, store.path, time.monotonic(), gpus=lambda: (gpus, time.monotonic() - 1.5)
+    )
+    client: Client = TestClient(TestServer(make_app(side)))
+    await client.start_server()
+    try:
+        yield client, gpus
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def test_gpus_show_our_lease_and_foreign_processes(
+    world: tuple[Client, list[GpuStatus]],
+) -> None:
+    client, _ = world
+    resp = await client.get("/v1/gpus")
+    body = await resp.json()
+    assert resp.status == 200 and 1.4 < body["probed_s_ago"] < 10
+    g0, g1 = body["gpus"]
+    assert g0["lease"] is None and g0["foreign_processes"] == 1 and g0["memory_used_mib"] == 700
+    assert g1["lease"] == {"job": 1, "name": "j1", "attempt": 1} and g1["foreign_processes"] == 0
+    assert g1["processes"] == [{"pid": os.getpid(), "used_mib": 1000, "foreign": False}]
+    status = await (await client.get("/v1/status")).json()
+    assert status["gpus"] | {"probed_s_ago": 0} == {
+        "count": 2,
+        "memory_total_mib": 2 * 81_920,
+        "memory_used_mib": 1700,
+        "utilization_pct": 0.0,
+        "leased": 1,
+        "foreign": 1,
+        "free": 0,
+        "probed_s_ago": 0,
+    }
+
+
+async def test_metrics_are_computed_from_the_state_at_scrape_time(
+    world: tuple[Client, list[GpuStatus]],
+) -> None:
+    client, _ = world
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain; version=")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(await resp.text())
+        for s in fam.samples
+    }
+
+    def one(metric: str, /, **labels: str) -> float:
+        return samples[(metric, tuple(sorted(labels.items())))]
+
+    assert one("llmtraind_jobs", state="running") == 1 and one("llmtraind_jobs", state="queued") == 1
+    assert one("llmtraind_queue_length") == 1 and one("llmtraind_queue_oldest_wait_seconds") >= 30
+    assert one("llmtraind_queue_wait_seconds_count") == 2
+    assert 60 <= one("llmtraind_queue_wait_seconds_sum") <= 80  # 60 s and 10 s
+    assert one("llmtraind_queue_wait_seconds_bucket", le="15.0") == 1
+    key = {"job": "1", "name": "j1", "project": "p"}
+    assert one("llmtraind_job_progress_ratio", **key) == 0.5 and one("llmtraind_job_loss", **key) == 0.25
+    assert one("llmtraind_job_train_speed_seconds_per_iteration", **key) == 1.5
+    gpu1 = {"gpu": "1", "uuid": "GPU-fake-0001", "name": "Fake H100"}
+    assert one("llmtraind_gpu_leased", **gpu1) == 1
+    assert one("llmtraind_gpu_memory_used_bytes", **gpu1) == 1000 * 1024 * 1024
+    assert one("llmtraind_gpu_foreign_processes", gpu="0", uuid="GPU-fake-0000", name="Fake H100") == 1
+    assert one("llmtraind_sse_clients", feed="events") == 0 and one("llmtraind_sse_dropped_total") == 0
+    assert one("llmtraind_intake_rejected_total") == 0 and one("llmtraind_event_log_last_seq") == 0
+
+
+async def test_a_log_path_outside_the_state_folder_is_never_read(
+    world: tuple[Client, list[GpuStatus]],
+) -> None:
+    client, _ = world
+    page = await (await client.get("/v1/jobs/3/logs")).json()
+    assert page["text"] == "" and page["size"] == 0
+    resp = await client.get("/v1/jobs/3/logs/stream")
+    assert resp.status == 204  # finished, and nothing (of its own) to send
+    for ref in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "../../etc/passwd"):
+        resp = await client.get(f"/v1/jobs/{ref}/logs/stream")
+        assert resp.status == 404
+
+
+async def test_every_route_is_described_and_every_description_is_routed(
+    world: tuple[Client, list[GpuStatus]],
+) -> None:
+    client, _ = world
+    assert isinstance(client.server, TestServer)
+    routes = {
+        r.resource.canonical
+        for r in client.server.app.router.routes()
+        if r.resource is not None and r.method == "GET"
+    }
+    spec = await (await client.get("/openapi.json")).json()
+    assert set(spec["paths"]) == routes
+    assert spec == json.loads((SCHEMAS / "openapi.json").read_text())
