@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-slow lint check bench schemas clean
+.PHONY: setup run serve test test-slow test-browser lint check bench schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+# The status page in headless Chromium: Debian's chromium and chromium-driver (root, apt).
+test-browser: setup
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+	$(BIN)/python -m pytest tests/integration/test_page.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -346,6 +346,16 @@ async def job_log_stream(request: web.Request) -> web.StreamResponse:
         return _error(e.status, e.code, e.message)
 
 
+PAGE = Path(__file__).with_name("data") / "index.html"
+
+
+async def page(request: web.Request) -> web.Response:
+    """The read-only status page: one static file, no build step, nothing fetched from elsewhere;
+    its script reads this API and follows /v1/events/stream with EventSource."""
+    text = await asyncio.to_thread(PAGE.read_text, "utf-8")
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
 def make_app(side: ReadSide) -> web.Application:
     app = web.Application(middlewares=[_errors_and_auth], handler_args={"max_field_size": MAX_HEADER_FIELD})
     app[READ_SIDE] = side
@@ -378,4 +388,5 @@ def make_app(side: ReadSide) -> web.Application:
     app.router.add_get("/v1/gpus", gpus)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/", page)
     return app

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -21,8 +22,8 @@ from aiohttp import web
 
 from . import __version__
 from .api import ReadSide, make_app
-from .config import Config, config_digest
-from .events import DaemonStarted, DaemonStopped, GpuSeen, NewEvent
+from .config import Config, ConfigError, config_digest, load_config, merge_reload
+from .events import ConfigReloaded, DaemonStarted, DaemonStopped, GpuSeen, NewEvent
 from .gpus import make_probe
 from .inbox import Inbox
 from .projector import Projector
@@ -30,11 +31,15 @@ from .scheduling import Scheduling
 from .sse import SseSettings
 from .store import EventStore, LogDamaged, StoreError
 from .supervise import boot_id
+from .systemd import Notifier, watchdog_interval
 from .validate import local_swift_args
 
 __all__ = ["AlreadyRunning", "StateLock", "serve"]
 
 log = logging.getLogger("llmtraind")
+
+WEDGE_ENV = "LLMTRAIND_TEST_WEDGE_S"
+"""Test hook: SIGUSR2 blocks the event loop for this many seconds (never read as config)."""
 
 
 class AlreadyRunning(Exception):
@@ -127,7 +132,57 @@ async def _start_api(cfg: Config, side: ReadSide) -> tuple[web.AppRunner, str]:
     return runner, f"http://{cfg.api.host}:{port}"
 
 
-async def _run(cfg: Config, stop: asyncio.Event) -> None:
+async def _watchdog_loop(notifier: Notifier, interval: float, healthy: Callable[[], bool]) -> None:
+    """WATCHDOG=1 from the event loop itself, and only while the daemon's own checks pass: a wedged
+    loop or a dead scheduler stops the pings, and systemd restarts the daemon."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ok = healthy()
+        except Exception:
+            log.exception("health check failed; withholding the watchdog ping")
+            ok = False
+        if ok:
+            notifier.watchdog()
+
+
+async def _reload(
+    cfg: Config, inbox: Inbox, scheduling: Scheduling, store: EventStore, notifier: Notifier
+) -> Config:
+    """SIGHUP: read the config file again, apply what can change live, refuse the rest (logged and
+    recorded); a file that does not load changes nothing."""
+    notifier.reloading()
+    try:
+        new = await asyncio.to_thread(load_config, cfg.source)
+    except ConfigError as e:
+        log.error("reload refused, still running on the old config: %s", e)
+        notifier.ready("serving (reload refused: see the log)")
+        return cfg
+    merged, applied, refused = merge_reload(cfg, new)
+    for key in refused:
+        log.warning("reload: %s changed but takes a restart; the old value stays until then", key)
+    inbox.cfg = merged
+    scheduling.reconfigure(merged)
+    logging.getLogger().setLevel(getattr(logging, merged.daemon.log_level.upper()))
+    event = ConfigReloaded(config_digest=config_digest(merged), applied=applied, refused=refused)
+    await store.append("daemon", [NewEvent(event)])
+    log.info(
+        "reloaded %s: applied %s", cfg.source or "the embedded defaults", ", ".join(applied) or "nothing"
+    )
+    notifier.ready("serving")
+    return merged
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier: Notifier) -> None:
     store, projector = await _open(cfg)
     try:
         probe = make_probe(cfg.gpus.devices)
@@ -170,10 +225,26 @@ async def _run(cfg: Config, stop: asyncio.Event) -> None:
             cfg.paths.state,
             projector.state.last_seq,
         )
-        await stop.wait()
+        notifier.ready(f"serving on {url}")
+        interval = watchdog_interval()
+        watchdog = None
+        if interval is not None:
+
+            def healthy() -> bool:
+                return store.healthy and scheduling.healthy
+
+            watchdog = asyncio.create_task(_watchdog_loop(notifier, interval, healthy))
+        while not stop.is_set():
+            await _first(stop, reload)
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                cfg = await _reload(cfg, inbox, scheduling, store, notifier)
+        notifier.stopping()
         log.info("stopping")
+        if watchdog is not None:
+            watchdog.cancel()
         await inbox.stop()
-        await scheduling.stop()
+        await scheduling.stop(wait_s=max(0.0, cfg.daemon.stop_timeout_s - 3))
         health.cancel()
         endpoint.unlink(missing_ok=True)
         await runner.cleanup()
@@ -187,12 +258,17 @@ async def serve(cfg: Config) -> int:
     """Run until SIGTERM or SIGINT; the exit code says how it ended."""
     _check_bind(cfg)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    wedge = os.environ.get(WEDGE_ENV)
+    if wedge:  # a test hook: block the event loop, as a bug would, to see the watchdog go quiet
+        loop.add_signal_handler(signal.SIGUSR2, time.sleep, float(wedge))
+    notifier = Notifier()
     try:
         with StateLock(cfg.lock_path):
-            main = asyncio.create_task(_run(cfg, stop))
+            main = asyncio.create_task(_run(cfg, stop, reload, notifier))
             await stop_within(main, stop, cfg.daemon.stop_timeout_s)
     except AlreadyRunning as e:
         log.error("%s", e)

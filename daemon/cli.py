@@ -4,33 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
-import logging
+import os
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .client import Api, ApiError, job_detail, jobs_table, status_lines
 from .config import Config, ConfigError, load_config, resolve_config_path
 from .projector import load_state_at_path
 from .state import state_to_json
 from .store import LogDamaged
+from .systemd import setup_logging, systemd_version, unit_text
 
 __all__ = ["main"]
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # watchfiles logs every batch of changes at INFO; the inbox logs what it did with them.
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -41,8 +33,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
     cfg = _config(args)
-    _setup_logging(cfg.daemon.log_level)
+    setup_logging(cfg.daemon.log_level)
     return asyncio.run(serve(cfg))
+
+
+def _cmd_unit(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    if path is None:
+        print(
+            "llmtraind: unit: the service needs a config file (its paths decide what it may write); "
+            "pass --config FILE or run from the folder holding llmtraind.toml",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = load_config(path)
+    script = Path(sys.executable).with_name("llmtraind")
+    user = args.user if args.user is not None else (None if os.geteuid() == 0 else getpass.getuser())
+    print(
+        unit_text(
+            executable=str(script if script.exists() else sys.executable),
+            config=path.resolve(),
+            inbox=cfg.paths.inbox,
+            state=cfg.paths.state,
+            user=user or None,
+            stop_timeout_s=cfg.daemon.stop_timeout_s,
+            stop_grace_s=cfg.runs.stop_grace_s,
+            version=systemd_version(),
+        ),
+        end="",
+    )
+    return 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -144,60 +164,107 @@ def _base_url(args: argparse.Namespace, cfg: Config) -> str:
         return f"http://{cfg.api.host}:{cfg.api.port}"
 
 
-def _get(args: argparse.Namespace, path: str) -> Any:
+def _api(args: argparse.Namespace) -> Api:
     cfg = _config(args)
-    req = urllib.request.Request(_base_url(args, cfg) + path)  # noqa: S310 (http URL from our config)
-    if cfg.api.token:
-        req.add_header("Authorization", f"Bearer {cfg.api.token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (the URL is ours: http only)
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        body = json.loads(e.read() or b"{}")
-        message = body.get("error", {}).get("message", e.reason)
-        raise SystemExit(f"llmtraind: {path}: {e.code} {message}") from None
-    except urllib.error.URLError as e:
-        raise SystemExit(f"llmtraind: cannot reach the daemon at {req.full_url}: {e.reason}") from None
+    return Api(_base_url(args, cfg), cfg.api.token)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    body = _get(args, "/v1/status")
-    if args.json:
-        print(json.dumps(body, indent=2))
-        return 0
-    rows = [
-        ("version", body["version"]),
-        ("healthy", "yes" if body["healthy"] else f"NO: {body['health_reason']}"),
-        ("uptime", f"{body['uptime_s']:.0f} s"),
-        ("last event", body["last_seq"]),
-        ("GPUs", body["gpus"]["count"]),
-    ]
-    for k, v in rows:
-        print(f"{k:<12} {v}")
+def _client(fn: Callable[[argparse.Namespace, Api], int]) -> Callable[[argparse.Namespace], int]:
+    """A client command: API errors become one line on stderr and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args, _api(args))
+        except ApiError as e:
+            print(f"llmtraind: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+    return run
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _status(args: argparse.Namespace, api: Api) -> int:
+    body = api.get("/v1/status")
+    print(json.dumps(body, indent=2) if args.json else "\n".join(status_lines(body)))
     return 0
 
 
-def _print_events(events: list[dict[str, Any]], as_json: bool) -> None:
-    for e in events:
-        if as_json:
-            print(json.dumps(e), flush=True)
-        else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
-            print(
-                f"{e['seq']:>8} {stamp} {e['stream']:<24} {e['type']:<20} {json.dumps(e['data'])}", flush=True
-            )
+def _jobs_path(args: argparse.Namespace) -> str:
+    query = urllib.parse.urlencode({k: v for k, v in (("state", args.state), ("project", args.project)) if v})
+    return "/v1/jobs" + (f"?{query}" if query else "")
 
 
-def _cmd_events(args: argparse.Namespace) -> int:
+def _jobs(args: argparse.Namespace, api: Api) -> int:
+    """`--watch` redraws the table every second on a terminal (a live progress bar per running
+    job) and prints it again on a change elsewhere, until Ctrl-C."""
+    shown = ""
+    while True:
+        jobs = api.get(_jobs_path(args))["jobs"]
+        if args.json:
+            print(json.dumps(jobs, indent=2))
+            return 0
+        table = jobs_table(jobs, colour=_colour())
+        if table != shown:
+            if args.watch and sys.stdout.isatty():
+                print("\x1b[H\x1b[J", end="")
+            print(table, flush=True)
+            shown = table
+        if not args.watch:
+            return 0
+        time.sleep(1.0)
+
+
+def _show(args: argparse.Namespace, api: Api) -> int:
+    job = api.get(f"/v1/jobs/{urllib.parse.quote(args.job, safe='')}")
+    print(json.dumps(job, indent=2) if args.json else job_detail(job))
+    return 0
+
+
+def _logs(args: argparse.Namespace, api: Api) -> int:
+    """The job's whole log; with -f, then every new line until the job ends (the daemon ends the
+    stream after a finished job's last line), resuming by byte offset if the connection drops."""
+    ref = urllib.parse.quote(args.job, safe="")
+    if args.follow:
+        for event in api.stream(f"/v1/jobs/{ref}/logs/stream?after=0"):
+            if event.event == "message":  # the daemon's data lines are the line's CR-separated parts
+                print(event.data.replace("\n", "\r"), flush=True)
+        return 0
+    offset = 0
+    while True:
+        page = api.get(f"/v1/jobs/{ref}/logs?offset={offset}&limit=1048576")
+        sys.stdout.write(page["text"])
+        if page["next_offset"] == offset or page["next_offset"] >= page["size"]:
+            sys.stdout.flush()
+            return 0
+        offset = page["next_offset"]
+
+
+def _print_event(e: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(e), flush=True)
+        return
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
+    print(f"{e['seq']:>8} {stamp} {e['stream']:<24} {e['type']:<20} {json.dumps(e['data'])}", flush=True)
+
+
+def _events(args: argparse.Namespace, api: Api) -> int:
     after = args.after
     while True:
-        page = _get(args, f"/v1/events?after={after}&limit=1000")
-        _print_events(page["events"], args.json)
-        after = page["next_after"]
+        page = api.get(f"/v1/events?after={after}&limit=1000")
+        for e in page["events"]:
+            _print_event(e, args.json)
         if not page["events"]:
-            if not args.follow:
-                return 0
-            time.sleep(1.0)
+            break
+        after = page["next_after"]
+    if args.follow:
+        for event in api.stream("/v1/events/stream", after=str(after)):
+            _print_event(json.loads(event.data), args.json)
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,15 +296,32 @@ def _parser() -> argparse.ArgumentParser:
         control = sub.add_parser(action, parents=[common], help=f"{text} (drops a request into the inbox)")
         control.add_argument("job", metavar="JOB", help="the job's id or name")
         control.set_defaults(fn=_cmd_control)
+    unit = sub.add_parser("unit", parents=[common], help="print the systemd unit for this install")
+    unit.add_argument("--user", help="the account the service runs as (default: yours; none when root)")
+    unit.set_defaults(fn=_cmd_unit)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")
     schemas.set_defaults(fn=_cmd_schemas)
-    sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_cmd_status)
+    sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_client(_status))
+    jobs = sub.add_parser("jobs", parents=[client], help="a table of jobs with progress bars")
+    jobs.add_argument("--state", help="only jobs in this state")
+    jobs.add_argument("--project", help="only this project's jobs")
+    jobs.add_argument("-w", "--watch", action="store_true", help="redraw every second until Ctrl-C")
+    jobs.set_defaults(fn=_client(_jobs))
+    show = sub.add_parser(
+        "show", parents=[client], help="one job: command, progress, metrics, exit, artifacts"
+    )
+    show.add_argument("job", metavar="JOB", help="the job's id or name")
+    show.set_defaults(fn=_client(_show))
+    logs = sub.add_parser("logs", parents=[client], help="print (or follow) a job's log")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    logs.add_argument("job", metavar="JOB", help="the job's id or name")
+    logs.set_defaults(fn=_client(_logs))
     ev = sub.add_parser("events", parents=[client], help="print (or follow) the event log")
     ev.add_argument("-f", "--follow", action="store_true")
     ev.add_argument("--after", type=int, default=0, metavar="SEQ")
-    ev.set_defaults(fn=_cmd_events)
+    ev.set_defaults(fn=_client(_events))
     demo = sub.add_parser(
         "demo",
         parents=[common],

@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["Config", "ConfigError", "config_digest", "load_config", "resolve_config_path"]
+__all__ = [
+    "LIVE_KEYS",
+    "Config",
+    "ConfigError",
+    "config_digest",
+    "load_config",
+    "merge_reload",
+    "resolve_config_path",
+]
 
 ENV_PREFIX = "LLMTRAIND_"
 TEST_PREFIX = "LLMTRAIND_TEST_"
@@ -227,3 +235,44 @@ def config_digest(cfg: Config) -> str:
     """A short, stable fingerprint recorded in DaemonStarted so a changed config is visible in history."""
     blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+LIVE_KEYS = frozenset(
+    {
+        "gpus.cpu_slots",
+        "swift.python",
+        "swift.offline",
+        "limits.max_yaml_bytes",
+        "limits.max_dataset_bytes",
+        "intake.rescan_s",
+        "intake.settle_s",
+        "runs.stop_grace_s",
+        "runs.poll_s",
+        "runs.schedule_s",
+        "runs.gpu_probe_s",
+        "daemon.on_stop",
+        "daemon.log_level",
+    }
+)
+"""Keys a reload (SIGHUP) applies at once. The others name sockets, folders, thread pools or the
+GPUs the daemon manages, which only a restart changes safely."""
+
+
+def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """The config to run with after a reload: `new` where a key may change live, `old` elsewhere;
+    and the changed keys applied and refused, as `section.key`."""
+    was, now = old.model_dump(), new.model_dump()
+    applied: list[str] = []
+    refused: list[str] = []
+    merged = {section: dict(keys) for section, keys in was.items()}
+    for section, keys in now.items():
+        for key, value in keys.items():
+            if was[section][key] == value:
+                continue
+            name = f"{section}.{key}"
+            if name in LIVE_KEYS:
+                merged[section][key] = value
+                applied.append(name)
+            else:
+                refused.append(name)
+    return Config.model_validate({**merged, "source": old.source}), applied, refused

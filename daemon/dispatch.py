@@ -16,7 +16,7 @@ from .events import JobFailed, JobStarted, JobsWaiting
 from .jobs import DatasetRef, JobSpec, ModelRef
 from .layout import StateLayout
 from .scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
-from .state import Job, State
+from .state import WAITING, Job, State
 from .swift.command import CommandError, RunInputs, build_command
 
 __all__ = [
@@ -126,7 +126,7 @@ def _demand(state: State, job: Job, managed: bool) -> Demand:
 
 
 def demands(state: State, managed: bool) -> list[Demand]:
-    return [_demand(state, job, managed) for job in state.jobs.values() if job.state == "queued"]
+    return [_demand(state, job, managed) for job in state.jobs.values() if job.state in WAITING]
 
 
 def leases(state: State) -> tuple[dict[str, Lease], int]:
@@ -189,9 +189,14 @@ def _parent_output(state: State, ref: ModelRef | None, what: str) -> Path | None
 
 
 def _resume_from(job: Job) -> Path | None:
-    """An automatic retry continues from the failed attempt's last complete checkpoint."""
+    """An attempt after a reboot continues from the checkpoint recorded then; an automatic retry
+    from the failed attempt's last complete checkpoint."""
+    if job.spec.get("task") not in ("sft", "pretrain", "rlhf"):
+        return None
+    if job.resume_from is not None:
+        return Path(job.resume_from)
     run = job.run
-    if run is None or job.auto_retries == 0 or job.spec.get("task") == "export":
+    if run is None or job.auto_retries == 0:
         return None
     done = [a for a in run.artifacts if a.kind in ("checkpoint", "adapter") and a.complete and a.step]
     best = max(done, key=lambda a: a.step or 0, default=None)

@@ -23,9 +23,11 @@ __all__ = [
     "JobStarted",
     "JobsWaiting",
     "RunExited",
+    "RunInterrupted",
     "RunOutcome",
     "RunStarted",
     "CancelRequested",
+    "ConfigReloaded",
     "DaemonStarted",
     "DaemonStopped",
     "DatasetAccepted",
@@ -75,6 +77,15 @@ class DaemonStopped(_Event):
     type: Literal["DaemonStopped"] = "DaemonStopped"
     pid: int
     reason: str
+
+
+class ConfigReloaded(_Event):
+    """SIGHUP: the config file was read again; what changed live and what needs a restart."""
+
+    type: Literal["ConfigReloaded"] = "ConfigReloaded"
+    config_digest: str
+    applied: list[str]
+    refused: list[str]
 
 
 # -- intake: one terminal event per dropped file, keyed `drop:<drop id>` ---------------------------
@@ -315,6 +326,17 @@ class RunExited(_Event):
     duration_s: float | None = None
 
 
+class RunInterrupted(_Event):
+    """A run the log says was running did not survive a reboot of the machine: it runs again from
+    `resume_from`, its last complete checkpoint, or, without one, the job fails."""
+
+    type: Literal["RunInterrupted"] = "RunInterrupted"
+    job_id: int
+    attempt: int
+    reason: str
+    resume_from: str | None = None
+
+
 class JobFailed(_Event):
     """The scheduler gave up on a job that never started this attempt (a dependency failed, or its
     command cannot be built)."""
@@ -335,6 +357,7 @@ class JobsWaiting(_Event):
 _EVENT_CLASSES: tuple[type[_Event], ...] = (
     DaemonStarted,
     DaemonStopped,
+    ConfigReloaded,
     DatasetValidating,
     DatasetAccepted,
     JobSubmitted,
@@ -347,6 +370,7 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     JobProgress,
     ArtifactsFound,
     RunExited,
+    RunInterrupted,
     JobFailed,
     JobsWaiting,
 )
@@ -354,6 +378,7 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
 Event = Annotated[
     DaemonStarted
     | DaemonStopped
+    | ConfigReloaded
     | DatasetValidating
     | DatasetAccepted
     | JobSubmitted
@@ -366,6 +391,7 @@ Event = Annotated[
     | JobProgress
     | ArtifactsFound
     | RunExited
+    | RunInterrupted
     | JobFailed
     | JobsWaiting,
     Field(discriminator="type"),

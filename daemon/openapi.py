@@ -284,6 +284,13 @@ def _paths() -> dict[str, Any]:
             },
         ),
         "/openapi.json": _get("this document", _json(_OBJ, "OpenAPI 3.1")),
+        "/": _get(
+            "the status page: GPUs, queue with reasons, running jobs with progress and loss curves, events",
+            {
+                "description": "HTML, fed by /v1/events/stream",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+        ),
     }
 
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .events import FailureRecord, RunExited
+from .events import FailureRecord, RunExited, RunInterrupted
 from .state import Job
 from .swift.artifacts import Artifact, final_checkpoint, final_model
 from .swift.failures import Failure, classify_failure
 
-__all__ = ["EVIDENCE_LINES", "RunEnd", "exit_event"]
+__all__ = ["EVIDENCE_LINES", "RunEnd", "exit_event", "interrupted_event"]
 
 EVIDENCE_LINES = 30
 """Lines of the log's end kept in RunExited: the error and what led to it, for people."""
@@ -31,6 +31,8 @@ class RunEnd:
     artifacts: Sequence[Artifact]
     output_dir: Path
     duration_s: float | None
+    interrupted: bool = False
+    """The machine rebooted under the run: its processes are gone and its exit was never written."""
 
 
 def _absolute(output_dir: Path, artifact: Artifact | None) -> str | None:
@@ -78,3 +80,11 @@ def exit_event(job: Job, attempt: int, end: RunEnd, *, gpu_shared: bool = False)
     budget = retries if isinstance(retries, int) else 0
     retry = end.stopped == "shutdown" or (failure.transient and job.auto_retries < budget)
     return RunExited(**base, outcome="failed", failure=record, retry=retry)
+
+
+def interrupted_event(job: Job, attempt: int, end: RunEnd) -> RunInterrupted:
+    """A reboot ended the run: training continues from its last complete checkpoint, if any."""
+    training = job.spec.get("task") in ("sft", "pretrain", "rlhf")
+    resume = _absolute(end.output_dir, final_checkpoint(end.artifacts)) if training else None
+    reason = f"the machine rebooted during attempt {attempt}"
+    return RunInterrupted(job_id=job.id, attempt=attempt, reason=reason, resume_from=resume)

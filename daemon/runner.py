@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import supervise
 from .events import ArtifactRecord, ArtifactsFound, JobProgress, JobStarted, NewEvent, RunStarted
 from .outcome import RunEnd
 from .supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
@@ -79,6 +80,7 @@ class _Watch:
     log_offset: int = 0
     pid: int | None = None
     session: int | None = None
+    interrupted: bool = False
     pidfd: int | None = None
     cancel: str | None = None
     sampler: MetricsSampler = field(default_factory=MetricsSampler)
@@ -201,14 +203,17 @@ class Runner:
             self._signal(w)
         return True
 
-    async def stop(self, *, stop_runs: bool) -> None:
-        """Daemon shutdown: stop watching; the runs go on unless `stop_runs`."""
+    async def stop(self, *, stop_runs: bool, wait_s: float = 0.0) -> None:
+        """Daemon shutdown: stop watching; the runs go on unless `stop_runs`. Stopped runs that end
+        within `wait_s` are reported; the supervisors of the others finish stopping them and the
+        next daemon reads how they ended."""
         if stop_runs:
             for w in self._runs.values():
                 w.cancel = "shutdown"
                 self._signal(w)
             waits = [w.task for w in self._runs.values() if w.task is not None]
-            await asyncio.wait(waits, timeout=self.grace_s + 5) if waits else None
+            if waits and wait_s > 0:
+                await asyncio.wait(waits, timeout=wait_s)
         for w in list(self._runs.values()):
             if w.task is not None:
                 w.task.cancel()
@@ -254,8 +259,9 @@ class Runner:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.python,
-                "-m",
-                "daemon.supervise",
+                "-I",
+                "-S",
+                supervise.__file__,
                 str(w.run_dir),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
@@ -344,6 +350,7 @@ class Runner:
         if pid is None:
             return "the daemon stopped before the run's supervisor started"
         if boot != boot_id:
+            w.interrupted = True
             return "the machine rebooted while the run was running"
         if proc_start_ticks(pid) != ticks:
             return f"the run's supervisor (pid {pid}) is gone without recording an exit"
@@ -414,15 +421,8 @@ class Runner:
         tail = read_tail(w.log, w.log_offset)
         artifacts = scan_artifacts(w.output_dir)
         if info is None:
-            return RunEnd(
-                None,
-                w.cancel,
-                error or "the run ended without recording an exit",
-                tail,
-                artifacts,
-                w.output_dir,
-                None,
-            )
+            why = error or "the run ended without recording an exit"
+            return RunEnd(None, w.cancel, why, tail, artifacts, w.output_dir, None, w.interrupted)
         started, ended = info.get("started"), info.get("ended")
         duration = ended - started if isinstance(started, float) and isinstance(ended, float) else None
         return RunEnd(

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from .config import Config
 from .dispatch import Box, Environment, decide
-from .events import CancelRequested, NewEvent, Recorded, RunExited
+from .events import CancelRequested, NewEvent, Recorded
 from .gpus import GpuProbe, GpuStatus
 from .layout import StateLayout
-from .outcome import RunEnd, exit_event
+from .outcome import RunEnd, exit_event, interrupted_event
 from .runner import Adoptable, Runner
 from .scheduler import GpuView
-from .state import State
+from .state import WAITING, State
 from .store import Append, EventStore
 from .supervise import boot_id
 
@@ -42,6 +42,7 @@ _WAKES = frozenset(
         "DuplicateDropped",
         "RetryRequested",
         "RunExited",
+        "RunInterrupted",
         "JobFailed",
         "DaemonStarted",
     }
@@ -87,12 +88,29 @@ class Scheduling:
         self.state = state
         self.probe = probe
         self.layout = StateLayout(cfg.paths.state)
-        self.python = cfg.swift.python or sys.executable
         self.runner = Runner(self._report, self._ended, grace_s=cfg.runs.stop_grace_s, poll_s=cfg.runs.poll_s)
+        self.last_tick = time.monotonic()
+        """When the loop last came round: the watchdog pings only while this is recent."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._gpus: list[GpuStatus] = []
         self._probed_at = -1e18
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: the new [runs], [gpus] cpu_slots and [swift] apply to the next decision and
+        the next run; runs already going keep the grace they were started with."""
+        self.cfg = cfg
+        self.runner.grace_s, self.runner.poll_s = cfg.runs.stop_grace_s, cfg.runs.poll_s
+        self._wake.set()
+
+    @property
+    def healthy(self) -> bool:
+        """The loop came round recently (it does at least every `[runs] schedule_s`)."""
+        return (
+            self._task is not None
+            and not self._task.done()
+            and (time.monotonic() - self.last_tick < 3 * self.cfg.runs.schedule_s + 10)
+        )
 
     def on_recorded(self, state: State, batch: list[Recorded]) -> None:
         """Projector subscriber: wake the loop, and pass cancels of running jobs to the runner."""
@@ -131,18 +149,21 @@ class Scheduling:
                 self.runner.cancel(job.id)
         self._task = asyncio.create_task(self._loop(), name="scheduling")
 
-    async def stop(self) -> None:
+    async def stop(self, wait_s: float) -> None:
+        """Stop placing; with `[daemon] on_stop = "stop"`, stop the runs too, recording the ends
+        seen within `wait_s` (the next daemon records the others from their exit files)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.runner.stop(stop_runs=self.cfg.daemon.on_stop == "stop")
+        await self.runner.stop(stop_runs=self.cfg.daemon.on_stop == "stop", wait_s=wait_s)
 
     async def _loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.runs.schedule_s)
             self._wake.clear()
+            self.last_tick = time.monotonic()
             try:
                 await self.schedule_once()
             except Exception:
@@ -161,10 +182,10 @@ class Scheduling:
         return self._gpus
 
     async def schedule_once(self) -> None:
+        gpus = await self._probe()  # also while nothing waits: /v1/gpus and /metrics show this probe
         state = self.state()
-        if not any(job.state == "queued" for job in state.jobs.values()):
+        if not any(job.state in WAITING for job in state.jobs.values()):
             return
-        gpus = await self._probe()
         box = Box(
             gpus=gpu_views(gpus, self.runner.sessions()),
             managed=bool(gpus),
@@ -173,7 +194,8 @@ class Scheduling:
             stop_grace_s=self.cfg.runs.stop_grace_s,
             cpu_count=os.cpu_count() or 1,
         )
-        env = Environment(self.layout, self.python, self.cfg.swift.offline, free_port)
+        python = self.cfg.swift.python or sys.executable
+        env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
         decided = decide(state, box, env)
         parts = [Append(f"job:{f.job_id}", [NewEvent(f)]) for f in decided.failed]
         if decided.waiting is not None:
@@ -197,6 +219,15 @@ class Scheduling:
         job = self.state().jobs.get(job_id)
         if job is None:
             return
-        event: RunExited = exit_event(job, attempt, end)
+        if end.interrupted:
+            stopped = interrupted_event(job, attempt, end)
+            await self.store.append(
+                f"job:{job_id}", [NewEvent(stopped, f"run:{job_id}:{attempt}:interrupted")]
+            )
+            log.warning(
+                "job %d attempt %d: %s (resume from %s)", job_id, attempt, stopped.reason, stopped.resume_from
+            )
+            return
+        event = exit_event(job, attempt, end)
         await self.store.append(f"job:{job_id}", [NewEvent(event, f"run:{job_id}:{attempt}:exited")])
         log.info("job %d attempt %d %s", job_id, attempt, event.outcome)

@@ -17,6 +17,7 @@ from .events import (
     ArtifactRecord,
     ArtifactsFound,
     CancelRequested,
+    ConfigReloaded,
     DaemonStarted,
     DaemonStopped,
     DatasetAccepted,
@@ -32,6 +33,7 @@ from .events import (
     Recorded,
     RetryRequested,
     RunExited,
+    RunInterrupted,
     RunStarted,
 )
 
@@ -39,6 +41,7 @@ __all__ = [
     "LIVE",
     "STATE_SCHEMA",
     "TERMINAL",
+    "WAITING",
     "DaemonInfo",
     "Dataset",
     "IntakeCounts",
@@ -112,6 +115,8 @@ class IntakeCounts:
 LIVE = ("queued", "running", "interrupted")
 """Job states in which a name is taken and the same job file counts as a duplicate."""
 TERMINAL = ("succeeded", "failed", "cancelled")
+WAITING = ("queued", "interrupted")
+"""States in which a job waits for the scheduler; `interrupted` carries a checkpoint to resume."""
 
 
 @dataclass(slots=True)
@@ -186,6 +191,8 @@ class Job:
     ended_ts: float | None = None
     final_checkpoint: str | None = None
     final_model: str | None = None
+    resume_from: str | None = None
+    """The checkpoint the next attempt continues from, when a reboot interrupted the last one."""
 
     @property
     def run(self) -> Run | None:
@@ -249,6 +256,11 @@ def _daemon_started(state: State, rec: Recorded, ev: DaemonStarted) -> None:
 def _daemon_stopped(state: State, rec: Recorded, ev: DaemonStopped) -> None:
     if state.daemon is not None and state.daemon.pid == ev.pid:
         state.daemon.stopped_ts = rec.ts
+
+
+def _config_reloaded(state: State, rec: Recorded, ev: ConfigReloaded) -> None:
+    if state.daemon is not None:
+        state.daemon.config_digest = ev.config_digest
 
 
 def _resolve(state: State, job: Job, name: str) -> str | None:
@@ -337,9 +349,9 @@ def _cancel_requested(state: State, rec: Recorded, ev: CancelRequested) -> None:
     job = state.jobs.get(ev.job_id)
     if job is None:
         return
-    if job.state == "queued":
+    if job.state in WAITING:
         job.state, job.ended_ts = "cancelled", rec.ts
-        job.reason = f"cancelled by {ev.source} before it started"
+        job.reason = f"cancelled by {ev.source} while it waited to run"
     elif job.state in LIVE:
         job.cancel_requested = True
 
@@ -370,7 +382,7 @@ def _job_started(state: State, rec: Recorded, ev: JobStarted) -> None:
     if job is None:
         return
     job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id"}), placed_ts=rec.ts))
-    job.state, job.reason, job.attempts = "running", "", ev.attempt
+    job.state, job.reason, job.attempts, job.resume_from = "running", "", ev.attempt, None
     if job.started_ts is None:
         job.started_ts = rec.ts
 
@@ -433,16 +445,30 @@ def _run_exited(state: State, rec: Recorded, ev: RunExited) -> None:
         job.final_checkpoint, job.final_model = ev.final_checkpoint, ev.final_model
 
 
+def _run_interrupted(state: State, rec: Recorded, ev: RunInterrupted) -> None:
+    job, run = _run_of(state, ev.job_id, ev.attempt)
+    if job is None or run is None or job.state != "running":
+        return
+    run.ended_ts = rec.ts
+    if ev.resume_from is None:
+        job.state, job.ended_ts = "failed", rec.ts
+        job.reason = f"{ev.reason}, and it had saved no checkpoint to resume from; retry it to start over"
+        return
+    job.state, job.cancel_requested, job.resume_from = "interrupted", False, ev.resume_from
+    _refresh_inputs(state, job)
+    job.reason = job.reason or f"{ev.reason}; runs again from {ev.resume_from.rsplit('/', 1)[-1]}"
+
+
 def _job_failed(state: State, rec: Recorded, ev: JobFailed) -> None:
     job = state.jobs.get(ev.job_id)
-    if job is not None and job.state == "queued":
+    if job is not None and job.state in WAITING:
         job.state, job.ended_ts, job.reason = "failed", rec.ts, ev.reason
 
 
 def _waiting(state: State, _: Recorded, ev: JobsWaiting) -> None:
     for key, reason in ev.reasons.items():
         job = state.jobs.get(int(key))
-        if job is not None and job.state == "queued":
+        if job is not None and job.state in WAITING:
             job.reason = reason
 
 
@@ -460,9 +486,11 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     RunStarted: _run_started,
     ArtifactsFound: _artifacts,
     RunExited: _run_exited,
+    RunInterrupted: _run_interrupted,
     JobFailed: _job_failed,
     DaemonStarted: _daemon_started,
     DaemonStopped: _daemon_stopped,
+    ConfigReloaded: _config_reloaded,
 }
 """Event class -> its fold step; every event type has one (a test checks)."""
 

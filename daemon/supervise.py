@@ -1,4 +1,4 @@
-"""The supervisor of one run: `python -m daemon.supervise RUN_DIR`.
+"""The supervisor of one run: `python -I -S .../daemon/supervise.py RUN_DIR`.
 
 A training run takes hours; the daemon that started it may be restarted, upgraded or killed
 meanwhile. So the run belongs to this small process, not to the daemon: it is started in a
@@ -13,7 +13,9 @@ told to stop its runs. Either sends SIGTERM to swift's group, waits `grace_s`, t
 group. The job's timeout is enforced here too, so it holds while no daemon runs. When swift
 exits, whatever is left of its group (DataLoader workers) is killed before the exit is written.
 
-Standard library only and nothing from the daemon: it must start fast and outlive upgrades.
+Standard library only and nothing from the daemon: it must start fast and outlive upgrades. The
+runner starts it as a script in isolated mode without `site` (-I -S), which skips the virtual
+environment's start-up (about 40 ms, most of a slot hand-over) and anything on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXIT_FILE", "RUN_FILE", "SUPERVISOR_FILE", "boot_id", "main", "proc_start_ticks"]
+__all__ = ["BOOT_ID_ENV", "EXIT_FILE", "RUN_FILE", "SUPERVISOR_FILE", "boot_id", "main", "proc_start_ticks"]
 
 RUN_FILE = "run.json"
 """Written by the daemon: {"argv": [...], "log": path, "timeout_s": float|null, "grace_s": float}."""
@@ -37,6 +39,7 @@ SUPERVISOR_FILE = "supervisor.json"
 EXIT_FILE = "exit.json"
 """Written here when swift has exited: {"returncode", "stopped", "started", "ended", "error"}."""
 
+BOOT_ID_ENV = "LLMTRAIND_TEST_BOOT_ID"
 _PR_SET_PDEATHSIG = 1
 _STOPS: dict[int, str] = {signal.SIGTERM: "cancel", signal.SIGUSR1: "shutdown"}
 _WAKE = {signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD}
@@ -53,6 +56,9 @@ def proc_start_ticks(pid: int) -> int | None:
 
 
 def boot_id() -> str:
+    """This boot's id; $LLMTRAIND_TEST_BOOT_ID stands in for a reboot in tests."""
+    if os.environ.get(BOOT_ID_ENV):
+        return os.environ[BOOT_ID_ENV]
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -153,7 +159,7 @@ def _detach() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m daemon.supervise RUN_DIR", file=sys.stderr)
+        print("usage: python -I -S supervise.py RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(args[0]).resolve()
     run = _Run(run_dir, json.loads((run_dir / RUN_FILE).read_text()))

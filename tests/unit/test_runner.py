@@ -271,7 +271,7 @@ async def test_stop_with_stop_runs_shuts_the_runs_down(runs: Runs) -> None:
     runner = runs.runner(rec)
     await runner.launch(runs.started(1, SLEEPS))
     await rec.started(1)
-    await runner.stop(stop_runs=True)
+    await runner.stop(stop_runs=True, wait_s=10)
     end = await rec.end(1)
     assert (end.returncode, end.stopped) == (-signal.SIGTERM, "shutdown")
     assert runner.running == set()

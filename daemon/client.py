@@ -1,0 +1,292 @@
+"""The CLI's side of the HTTP API: requests, an SSE reader that resumes where it stopped, and the
+tables and progress bars people read. Formatting is pure; only `Api` touches the network.
+
+Standard library only (urllib), so the client commands start fast and need nothing the daemon
+does not already install.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Api",
+    "ApiError",
+    "SseEvent",
+    "SseReader",
+    "job_detail",
+    "jobs_table",
+    "progress_bar",
+    "status_lines",
+]
+
+_STATE_COLOUR = {"queued": "33", "running": "36", "succeeded": "32", "failed": "31", "cancelled": "35"}
+
+
+class ApiError(Exception):
+    """The daemon answered with an error, or could not be reached; the message says which."""
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    id: str
+    data: str
+    event: str = "message"
+
+
+class SseReader:
+    """Splits an SSE byte stream into events (WHATWG "interpreting an event stream", the parts
+    the daemon's feeds use: `id`, `data` on one or more lines, `event`, comments)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._id = ""
+        self._data: list[str] = []
+        self._event = ""
+        self.last_id = ""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        self._pending += chunk
+        out: list[SseEvent] = []
+        while True:
+            cut = min(
+                (i for i in (self._pending.find(b"\n"), self._pending.find(b"\r")) if i >= 0), default=-1
+            )
+            if cut < 0 or (self._pending[cut : cut + 1] == b"\r" and cut + 1 == len(self._pending)):
+                return out  # a CR at the end may be the first half of CRLF
+            line = self._pending[:cut].decode("utf-8", "replace")
+            step = 2 if self._pending[cut : cut + 2] == b"\r\n" else 1
+            self._pending = self._pending[cut + step :]
+            event = self._line(line)
+            if event is not None:
+                out.append(event)
+
+    def _line(self, line: str) -> SseEvent | None:
+        if not line:
+            if not self._data:
+                self._event = ""
+                return None
+            event = SseEvent(self._id, "\n".join(self._data), self._event or "message")
+            self.last_id = self._id
+            self._data, self._event = [], ""
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        elif name == "event":
+            self._event = value
+        return None
+
+
+class Api:
+    def __init__(self, base_url: str, token: str = "", timeout_s: float = 10.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _request(self, path: str, headers: Mapping[str, str] | None = None) -> urllib.request.Request:
+        req = urllib.request.Request(self.base + path, headers=dict(headers or {}))  # noqa: S310 (http URL from our config)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        return req
+
+    def get(self, path: str) -> Any:
+        req = self._request(path)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 (the URL is ours)
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            raise ApiError(f"{path}: {e.code} {_message(e)}") from None
+        except urllib.error.URLError as e:
+            raise ApiError(f"cannot reach the daemon at {req.full_url}: {e.reason}") from None
+
+    def stream(self, path: str, after: str | None = None, retries: int = 30) -> Iterator[SseEvent]:
+        """The events of an SSE feed; on a dropped connection, resume from the last id (the daemon
+        replays what was missed). Ends when the server ends the stream on purpose (a finished job's
+        log) or answers 204."""
+        last = after
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = last
+            reader = SseReader()
+            try:
+                with urllib.request.urlopen(self._request(path, headers), timeout=60) as resp:  # noqa: S310
+                    if resp.status == 204:
+                        return
+                    while chunk := resp.read1(65536):
+                        failures = 0
+                        for event in reader.feed(chunk):
+                            last = event.id or last
+                            yield event
+                return
+            except urllib.error.HTTPError as e:
+                raise ApiError(f"{path}: {e.code} {_message(e)}") from None
+            except (urllib.error.URLError, OSError) as e:
+                failures += 1
+                if failures > retries:
+                    raise ApiError(f"lost the stream {path}: {e}") from None
+                time.sleep(min(5.0, 0.2 * failures))
+
+
+def _message(e: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(e.read() or b"{}")
+    except ValueError:
+        return str(e.reason)
+    return str(body.get("error", {}).get("message", e.reason))
+
+
+# -- formatting (pure) ------------------------------------------------------------------------
+
+
+def progress_bar(percent: float | None, width: int = 20) -> str:
+    """`[#######.............]  35%`; blanks when there is no progress yet."""
+    if percent is None or not math.isfinite(percent):
+        return " " * (width + 7)
+    p = min(100.0, max(0.0, percent))
+    filled = int(round(width * p / 100))
+    return f"[{'#' * filled}{'.' * (width - filled)}] {p:3.0f}%"
+
+
+def _colour(state: str, colour: bool) -> str:
+    code = _STATE_COLOUR.get(state)
+    return f"\x1b[{code}m{state}\x1b[0m" if colour and code else state
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _what(job: Mapping[str, Any]) -> str:
+    """The column after the bar: the loss while running, else why it waits or how it ended."""
+    metrics = job.get("metrics") or {}
+    if job.get("state") == "running" and metrics.get("loss") is not None:
+        eta = _eta((job.get("progress") or {}).get("eta_s"))
+        return f"loss {metrics['loss']:.4g}" + (f", {eta} left" if eta else "")
+    return str(job.get("reason") or "")
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]], *, colour: bool = False, width: int | None = None) -> str:
+    """One line per job: id, name, state, task, GPUs, progress bar, and loss or reason."""
+    cols = width or shutil.get_terminal_size((120, 24)).columns
+    header = f"{'ID':>4}  {'NAME':<24} {'STATE':<10} {'TASK':<10} {'GPUS':>4}  {'PROGRESS':<27}  DETAIL"
+    lines = [header]
+    for job in jobs:
+        progress = job.get("progress") or {}
+        task = str(job.get("task_type", ""))
+        if job.get("tuner"):
+            task = f"{task}/{job['tuner']}"
+        state = str(job.get("state", ""))
+        pad = " " * max(0, 10 - len(state))
+        line = (
+            f"{job.get('id', ''):>4}  {str(job.get('name', ''))[:24]:<24} {_colour(state, colour)}{pad} "
+            f"{task[:10]:<10} {job.get('gpus') if job.get('gpus') is not None else '-':>4}  "
+            f"{progress_bar(progress.get('percent'))}  {_what(job)}"
+        )
+        lines.append(line if colour else line[:cols])
+    return "\n".join(lines)
+
+
+def _section(title: str, rows: Sequence[tuple[str, Any]]) -> list[str]:
+    out = [title]
+    out += [f"  {k:<16} {v}" for k, v in rows if v not in (None, "", [], {})]
+    return out
+
+
+def job_detail(job: Mapping[str, Any]) -> str:
+    """`llmtraind show JOB`: what a person asks about one job, in the order they ask it."""
+    progress = job.get("progress") or {}
+    lines = _section(
+        f"job {job.get('id')} {job.get('name')}",
+        [
+            ("state", job.get("state")),
+            ("reason", job.get("reason")),
+            ("task", f"{job.get('task_type')}" + (f" ({job.get('tuner')})" if job.get("tuner") else "")),
+            ("project", job.get("project")),
+            ("priority", job.get("priority")),
+            (
+                "datasets",
+                ", ".join(f"{k} ({(v or 'missing')[:12]})" for k, v in (job.get("datasets") or {}).items()),
+            ),
+            ("after", ", ".join(job.get("after") or [])),
+            ("attempts", job.get("attempts")),
+            (
+                "progress",
+                f"{progress_bar(progress.get('percent'))} step {progress.get('step')}/{progress.get('max_steps')}"
+                if progress
+                else None,
+            ),
+            ("final checkpoint", job.get("final_checkpoint")),
+            ("final model", job.get("final_model")),
+        ],
+    )
+    run = job.get("run")
+    if run:
+        metrics = run.get("metrics") or {}
+        lines += _section(
+            f"attempt {run.get('attempt')}",
+            [
+                ("gpus", ",".join(map(str, run.get("gpus") or [])) or "CPU slot"),
+                ("pid", run.get("pid")),
+                ("command", run.get("command")),
+                ("log", run.get("log")),
+                ("loss", metrics.get("loss")),
+                ("learning rate", metrics.get("learning_rate")),
+                ("grad norm", metrics.get("grad_norm")),
+                ("token accuracy", metrics.get("token_acc")),
+            ],
+        )
+        end = run.get("exit")
+        if end:
+            failure = end.get("failure") or {}
+            lines += _section(
+                "exit",
+                [
+                    ("outcome", end.get("outcome")),
+                    ("returncode", end.get("returncode")),
+                    ("stopped", end.get("stopped")),
+                    ("failure", failure.get("kind")),
+                    ("why", failure.get("reason")),
+                ],
+            )
+            if end.get("log_tail") and end.get("outcome") != "succeeded":
+                lines += ["  last lines of the log:"] + [f"    {line}" for line in end["log_tail"][-15:]]
+    artifacts = job.get("artifacts") or []
+    if artifacts:
+        lines.append("artifacts")
+        lines += [
+            f"  {a.get('kind', ''):<22} {a.get('bytes', 0):>12,} B  {a.get('path')}" for a in artifacts[:20]
+        ]
+    return "\n".join(lines)
+
+
+def status_lines(body: Mapping[str, Any]) -> list[str]:
+    counts = body.get("jobs") or {}
+    gpus = body.get("gpus") or {}
+    rows = [
+        ("version", body.get("version")),
+        ("healthy", "yes" if body.get("healthy") else f"NO: {body.get('health_reason')}"),
+        ("uptime", f"{body.get('uptime_s', 0):.0f} s"),
+        ("last event", body.get("last_seq")),
+        ("GPUs", gpus.get("count")),
+        ("jobs", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
+    ]
+    return [f"{k:<12} {v}" for k, v in rows]

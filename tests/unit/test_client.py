@@ -1,0 +1,108 @@
+"""The CLI client's pure parts: progress bars, tables, job details, and its SSE reader."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.client import SseReader, job_detail, jobs_table, progress_bar, status_lines
+
+RUNNING = {
+    "id": 3,
+    "name": "tune",
+    "state": "running",
+    "task_type": "sft",
+    "tuner": "lora",
+    "gpus": 1,
+    "progress": {"step": 7, "max_steps": 20, "percent": 35.0, "eta_s": 125.0},
+    "metrics": {"loss": 1.23456},
+    "reason": "",
+}
+WAITING = {
+    "id": 4,
+    "name": "merge",
+    "state": "queued",
+    "task_type": "export",
+    "gpus": 0,
+    "progress": None,
+    "reason": "after job tune (running)",
+}
+
+
+def test_progress_bar_fills_in_proportion_and_clamps() -> None:
+    assert progress_bar(35.0, width=20) == "[#######.............]  35%"
+    assert progress_bar(150.0, width=4) == "[####] 100%"
+    assert progress_bar(-3.0, width=4) == "[....]   0%"
+    assert progress_bar(None, width=4).strip() == ""
+
+
+def test_the_jobs_table_shows_progress_loss_and_why_a_job_waits() -> None:
+    lines = jobs_table([RUNNING, WAITING], width=200).splitlines()
+    assert lines[0].split()[:4] == ["ID", "NAME", "STATE", "TASK"]
+    assert "tune" in lines[1] and "sft/lora" in lines[1] and "35%" in lines[1]
+    assert "loss 1.235, 2m05s left" in lines[1]
+    assert lines[2].rstrip().endswith("after job tune (running)")
+    assert "\x1b[" not in "\n".join(lines)
+    assert "\x1b[36mrunning\x1b[0m" in jobs_table([RUNNING], colour=True)
+
+
+def test_job_detail_explains_a_failure_with_the_log_tail() -> None:
+    job = RUNNING | {
+        "state": "failed",
+        "reason": "model or adapter directory /nope does not exist",
+        "run": {
+            "attempt": 1,
+            "gpus": [],
+            "command": "python -m swift.cli.sft --model /nope",
+            "exit": {
+                "outcome": "failed",
+                "returncode": 1,
+                "failure": {
+                    "kind": "model_not_found",
+                    "reason": "model or adapter directory /nope does not exist",
+                },
+                "log_tail": ["Traceback (most recent call last):", "ValueError: path: '/nope' not found"],
+            },
+        },
+        "artifacts": [{"kind": "args", "bytes": 1234, "path": "/s/runs/3/1/output/args.json"}],
+    }
+    text = job_detail(job)
+    assert "model_not_found" in text and "CPU slot" in text and "ValueError: path: '/nope' not found" in text
+    assert "python -m swift.cli.sft --model /nope" in text and "1,234 B" in text
+
+
+def test_status_lines_count_jobs_by_state() -> None:
+    body = {
+        "version": "0.3.0",
+        "healthy": True,
+        "uptime_s": 5,
+        "last_seq": 9,
+        "gpus": {"count": 0},
+        "jobs": {"queued": 1, "running": 2, "failed": 0},
+    }
+    assert status_lines(body)[-1] == "jobs         1 queued, 2 running"
+
+
+def test_sse_reader_handles_crlf_cr_comments_and_multiline_data() -> None:
+    r = SseReader()
+    stream = b": hello\r\nretry: 1000\r\nid: 5\r\ndata: one\r\ndata: two\r\r\nid: 9\ndata: caf\xc3\xa9\n\n"
+    got = [e for i in range(len(stream)) for e in r.feed(stream[i : i + 1])]
+    assert [(e.id, e.data) for e in got] == [("5", "one\ntwo"), ("9", "café")]
+    assert r.last_id == "9"
+
+
+@given(
+    st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), max_size=20
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(1, 7),
+)
+def test_sse_reader_round_trips_any_lines_in_any_chunks(lines: list[str], size: int) -> None:
+    payload = "".join(f"id: {i}\ndata: {line}\n\n" for i, line in enumerate(lines)).encode()
+    r = SseReader()
+    got = [e for i in range(0, len(payload), size) for e in r.feed(payload[i : i + size])]
+    assert [e.data for e in got] == lines and [e.id for e in got] == [str(i) for i in range(len(lines))]
