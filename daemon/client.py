@@ -7,6 +7,7 @@ does not already install.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import shutil
@@ -136,7 +137,8 @@ class Api:
                 return
             except urllib.error.HTTPError as e:
                 raise ApiError(f"{path}: {e.code} {_message(e)}") from None
-            except (urllib.error.URLError, OSError) as e:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                # a daemon killed mid-stream cuts the chunked body (IncompleteRead): resume
                 failures += 1
                 if failures > retries:
                     raise ApiError(f"lost the stream {path}: {e}") from None

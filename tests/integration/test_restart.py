@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from daemon.client import Api
+from daemon.scheduling import free_port
 from daemon.supervise import BOOT_ID_ENV
 from tests.daemon_proc import Daemon, session_members
 from tests.fakeswift import fake_model, write_wrapper
@@ -64,6 +67,15 @@ def until(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def follow_log(d: Daemon, name: str, into: list[str]) -> None:
+    """`llmtraind logs -f`'s way: SSE from offset 0, reconnecting with Last-Event-ID whenever the
+    daemon is killed, until the daemon ends the stream after the finished job's last line."""
+    api = Api(d.url)
+    for event in api.stream(f"/v1/jobs/{name}/logs/stream?after=0", retries=400):
+        if event.event == "message":
+            into.append(event.data.replace("\n", "\r") + "\n")
+
+
 def kill_session(sid: int) -> None:
     """What a power cut does to a run."""
     for pid in session_members(sid):
@@ -84,6 +96,7 @@ def test_kill_9_twenty_times_while_runs_go_on(
     metrics have no repeat and no gap."""
     d = make(daemon_factory, tmp_path, wrapper, cpu_slots=3)
     d.env["FAKE_STEP_S"] = "0.25"  # the runs inherit the daemon's environment
+    d.env["LLMTRAIND_API_PORT"] = str(free_port())  # one address across restarts, for the SSE follower
     d.kill()
     d.start()
     d.drop("chat.jsonl", sft_rows())
@@ -97,6 +110,9 @@ def test_kill_9_twenty_times_while_runs_go_on(
     d.wait_for(
         "three runs started", lambda: all(maybe_job(d, n).get("state") == "running" for n in steps), 60
     )
+    followed: list[str] = []
+    follower = threading.Thread(target=follow_log, args=(d, "slow", followed), daemon=True)
+    follower.start()
     rng = random.Random(4)
     for _ in range(20):
         time.sleep(rng.uniform(0.3, 2.0))
@@ -111,6 +127,9 @@ def test_kill_9_twenty_times_while_runs_go_on(
         assert session_members(run_session(d, name)) == []
         seen = [m["step"] for m in d.get(f"/v1/jobs/{name}/metrics")[1]["metrics"] if m["kind"] == "train"]
         assert seen == list(range(1, count + 1)), (name, seen)
+    follower.join(60)
+    log = Path(job(d, "slow")["run"]["log"]).read_text()
+    assert "".join(followed) == log, "the log followed over SSE across 20 restarts has a gap or a repeat"
     starts = [e for e in d.get("/v1/events?limit=1000")[1]["events"] if e["type"] == "DaemonStarted"]
     assert len(starts) == 22
 
