@@ -12,7 +12,6 @@ CLOCK_MONOTONIC is system-wide, so the stamps the fake run writes compare with t
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.bench.measure import cpu_seconds, percentile, wait_quiet
 from tests.daemon_proc import Daemon
 from tests.integration.test_sse import dataset, sse_daemon, start_job
 
@@ -140,31 +140,6 @@ asyncio.run(main())
 """
 """`n` SSE clients in one process; after a warm-up, each line's delivery latency (now - the stamp the
 fake run wrote in it) for `seconds`."""
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def wait_quiet(label: str) -> None:
-    """Measure on a quiet machine: 1-minute load average under 1.0, waiting up to 60 s."""
-    deadline = time.monotonic() + 60
-    load = os.getloadavg()[0]
-    while load >= 1.0 and time.monotonic() < deadline:
-        time.sleep(2)
-        load = os.getloadavg()[0]
-    if load >= 1.0:
-        print(f"\nWARNING: {label}: machine not quiet (1-minute load average {load:.2f}); numbers are noisy")
 
 
 def load(url: str, seconds: float, script: str = LOAD, token: str = "") -> float:

@@ -27,11 +27,12 @@ from typing import Any
 
 import pytest
 
+from tests.bench.measure import CLK_TCK, cpu_seconds, percentile, wait_quiet
 from tests.daemon_proc import Daemon
+from tests.integration.test_runs import sft_rows
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(1800)]
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parents[2]
 
 TURNAROUND_FAKE = """#!{python} -IS
@@ -108,52 +109,15 @@ def write_fake(path: Path, template: str, **values: object) -> Path:
     return path
 
 
-def sft_rows(n: int) -> str:
-    return "".join(
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": f"What is {i} plus {i}?"},
-                    {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-                ]
-            }
-        )
-        + "\n"
-        for i in range(n)
-    )
-
-
 def job_yaml(**keys: object) -> str:
     """A management-API job file; identical files are one job (a duplicate), so give each a name."""
     return "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items())
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def wait_quiet(label: str) -> None:
-    """Measure on a quiet machine: 1-minute load average under 1.0, waiting up to 60 s."""
-    deadline = time.monotonic() + 60
-    load = os.getloadavg()[0]
-    while load >= 1.0 and time.monotonic() < deadline:
-        time.sleep(2)
-        load = os.getloadavg()[0]
-    if load >= 1.0:
-        print(f"\nWARNING: {label}: machine not quiet (1-minute load average {load:.2f}); numbers are noisy")
 
 
 def steal_seconds() -> float:
     """CPU time the hypervisor gave to others, all vCPUs together (the `steal` column of /proc/stat)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     return int(fields[8]) / CLK_TCK
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def wait_file(path: Path, timeout: float, step: float = 0.005) -> None:
