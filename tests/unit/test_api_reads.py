@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,18 @@ def run(log: str, uuids: list[str], placed: float, session: int | None) -> Run:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[tuple[Client, list[GpuStatus]]]:
+def stranger() -> Iterator[int]:
+    """A process in a session of its own: pid 1 will not do, since in a container it may share ours."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, stranger: int) -> AsyncIterator[tuple[Client, list[GpuStatus]]]:
     now = time.time()
     state = State()
     running = job(1, "running", now - 100)
@@ -87,7 +99,7 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[Client, list[GpuStatus]]]
     state.jobs = {1: running, 2: job(2, "queued", now - 30), 3: outside}
     state.job_names = {j.name: j.id for j in state.jobs.values()}
     probe = FakeGpuProbe(2)
-    probe.set_processes(0, [GpuProcess(1, 700)])  # pid 1's session is not a run's
+    probe.set_processes(0, [GpuProcess(stranger, 700)])  # its session is not a run's
     probe.set_processes(1, [GpuProcess(os.getpid(), 1000)])  # in the running job's session
     gpus = await probe.snapshot()
     store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
