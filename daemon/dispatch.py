@@ -144,6 +144,17 @@ def leases(state: State) -> tuple[dict[str, Lease], int]:
     return held, cpu
 
 
+def shared_runs(state: State, gpus: Sequence[GpuView]) -> set[tuple[int, int]]:
+    """(job, attempt) of the running jobs with a foreign process on one of their GPUs: an
+    out-of-memory there may be somebody else's doing, so it counts as transient (retried)."""
+    foreign = {g.uuid for g in gpus if g.foreign_processes}
+    return {
+        (job.id, job.run.attempt)
+        for job in state.jobs.values()
+        if job.state == "running" and job.run is not None and foreign.intersection(job.run.gpu_uuids)
+    }
+
+
 def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phase]]:
     phases: dict[int, tuple[str, Phase]] = {}
     for d in wanted:

@@ -2,17 +2,26 @@
 
 NVML calls block (and can take tens of milliseconds on a busy box), so every probe runs in a thread.
 All probes share one interface and one contract test suite.
+
+The fake is the hardware edge's stand-in where no GPU exists: in-process tests script it directly;
+a daemon under test reads it from the JSON file `LLMTRAIND_TEST_FAKE_GPUS` names, re-read at
+every probe so the test can start and stop "foreign" GPU processes while the daemon runs:
+`{"count": 2, "memory_mib": 81920, "processes": {"0": [[pid, used_mib], ...]}}`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "FAKE_GPUS_ENV",
     "FakeGpuProbe",
     "GpuProbe",
     "GpuProcess",
@@ -24,6 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _MIB = 1024 * 1024
+FAKE_GPUS_ENV = "LLMTRAIND_TEST_FAKE_GPUS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,23 +135,63 @@ class NvmlProbe:
 
 
 class FakeGpuProbe:
-    """A scripted box for tests: GPUs whose processes and memory the test changes at will."""
+    """A scripted box for tests: GPUs whose processes and memory the test changes at will, directly
+    (`set_processes`) or, for a daemon in another process, through a `script` file."""
 
     kind = "fake"
 
-    def __init__(self, count: int, memory_mib: int = 81_920, name: str = "Fake H100") -> None:
+    def __init__(
+        self,
+        count: int,
+        memory_mib: int = 81_920,
+        name: str = "Fake H100",
+        *,
+        script: Path | None = None,
+        devices: Sequence[int | str] | None = None,
+    ) -> None:
         self._gpus = [GpuStatus(i, f"GPU-fake-{i:04d}", name, memory_mib, 0, 0) for i in range(count)]
+        self.script = script
+        self.devices = devices
+
+    @classmethod
+    def from_script(cls, script: Path, devices: Sequence[int | str] | None = None) -> FakeGpuProbe:
+        spec = _read_script(script)
+        return cls(
+            int(spec.get("count", 1)), int(spec.get("memory_mib", 81_920)), script=script, devices=devices
+        )
 
     def set_processes(self, index: int, processes: Sequence[GpuProcess]) -> None:
         used = sum(p.used_mib for p in processes)
         self._gpus[index] = replace(self._gpus[index], processes=tuple(processes), memory_used_mib=used)
 
     async def snapshot(self) -> list[GpuStatus]:
-        await asyncio.sleep(0)
-        return list(self._gpus)
+        if self.script is not None:
+            spec = await asyncio.to_thread(_read_script, self.script)
+            procs: Mapping[str, Sequence[Sequence[int]]] = spec.get("processes", {})
+            for g in self._gpus:
+                self.set_processes(
+                    g.index, [GpuProcess(int(p), int(m)) for p, m in procs.get(str(g.index), [])]
+                )
+        else:
+            await asyncio.sleep(0)
+        return _selected(list(self._gpus), self.devices)
 
 
-def make_probe(devices: Literal["auto", "none"] | Sequence[int | str]) -> GpuProbe:
+def _read_script(path: Path) -> dict[str, Any]:
+    spec = json.loads(path.read_text())
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a fake GPU script is a JSON object")
+    return spec
+
+
+def make_probe(
+    devices: Literal["auto", "none"] | Sequence[int | str], environ: Mapping[str, str] = os.environ
+) -> GpuProbe:
     if devices == "none":
         return NoGpuProbe()
-    return NvmlProbe(None if devices == "auto" else list(devices))
+    selected = None if devices == "auto" else list(devices)
+    script = environ.get(FAKE_GPUS_ENV)
+    if script:
+        log.warning("GPUs are the fake ones scripted in %s (%s is set: a test hook)", script, FAKE_GPUS_ENV)
+        return FakeGpuProbe.from_script(Path(script), selected)
+    return NvmlProbe(selected)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import Config
-from .dispatch import Box, Environment, decide
+from .dispatch import Box, Environment, decide, shared_runs
 from .events import CancelRequested, NewEvent, Recorded
 from .gpus import GpuProbe, GpuStatus
 from .layout import StateLayout
@@ -95,6 +95,8 @@ class Scheduling:
         self._task: asyncio.Task[None] | None = None
         self._gpus: list[GpuStatus] = []
         self._probed_at = -1e18
+        self._shared: set[tuple[int, int]] = set()
+        """Runs that shared a GPU with a foreign process at some probe (kept until they end)."""
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: the new [runs], [gpus] cpu_slots and [swift] apply to the next decision and
@@ -179,6 +181,7 @@ class Scheduling:
         if now - self._probed_at >= self.cfg.runs.gpu_probe_s:
             self._gpus = await self.probe.snapshot()
             self._probed_at = now
+            self._shared |= shared_runs(self.state(), gpu_views(self._gpus, self.runner.sessions()))
         return self._gpus
 
     async def schedule_once(self) -> None:
@@ -216,6 +219,8 @@ class Scheduling:
         await self.store.append_batch([Append(f"job:{job_id}", [e]) for e in events])
 
     async def _ended(self, job_id: int, attempt: int, end: RunEnd) -> None:
+        shared = (job_id, attempt) in self._shared
+        self._shared.discard((job_id, attempt))
         job = self.state().jobs.get(job_id)
         if job is None:
             return
@@ -228,6 +233,6 @@ class Scheduling:
                 "job %d attempt %d: %s (resume from %s)", job_id, attempt, stopped.reason, stopped.resume_from
             )
             return
-        event = exit_event(job, attempt, end)
+        event = exit_event(job, attempt, end, gpu_shared=shared)
         await self.store.append(f"job:{job_id}", [NewEvent(event, f"run:{job_id}:{attempt}:exited")])
         log.info("job %d attempt %d %s", job_id, attempt, event.outcome)

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
-from daemon.gpus import FakeGpuProbe, GpuProbe, GpuProcess, GpuStatus, NoGpuProbe, NvmlProbe, make_probe
+from daemon.gpus import (
+    FAKE_GPUS_ENV,
+    FakeGpuProbe,
+    GpuProbe,
+    GpuProcess,
+    GpuStatus,
+    NoGpuProbe,
+    NvmlProbe,
+    make_probe,
+)
+
+pytestmark = pytest.mark.timeout(30)
 
 
-def probes() -> list[GpuProbe]:
-    return [NvmlProbe(), NoGpuProbe(), FakeGpuProbe(4), NvmlProbe(devices=[0])]
+def scripted(tmp: Path) -> GpuProbe:
+    script = tmp / "gpus.json"
+    script.write_text(json.dumps({"count": 3, "memory_mib": 1000, "processes": {"1": [[4242, 300]]}}))
+    return make_probe("auto", {FAKE_GPUS_ENV: str(script)})
 
 
-@pytest.mark.parametrize("probe", probes(), ids=lambda p: p.kind)
-async def test_probe_contract(probe: GpuProbe) -> None:
+PROBES: dict[str, Callable[[Path], GpuProbe]] = {
+    "nvml": lambda _: NvmlProbe(),
+    "nvml-selected": lambda _: NvmlProbe(devices=[0]),
+    "none": lambda _: NoGpuProbe(),
+    "fake": lambda _: FakeGpuProbe(4),
+    "fake-scripted": scripted,
+}
+
+
+@pytest.mark.parametrize("make", PROBES.values(), ids=PROBES.keys())
+async def test_probe_contract(make: Callable[[Path], GpuProbe], tmp_path: Path) -> None:
+    probe = make(tmp_path)
     gpus = await probe.snapshot()
     assert all(isinstance(g, GpuStatus) for g in gpus)
     assert [g.index for g in gpus] == sorted(g.index for g in gpus)
@@ -44,3 +71,15 @@ def test_make_probe_follows_the_config() -> None:
     assert make_probe("auto").kind == "nvml"
     probe = make_probe([0, "GPU-x"])
     assert isinstance(probe, NvmlProbe) and probe.devices == [0, "GPU-x"]
+
+
+async def test_a_scripted_fake_follows_its_file_and_the_device_selection(tmp_path: Path) -> None:
+    script = tmp_path / "gpus.json"
+    script.write_text(json.dumps({"count": 3, "memory_mib": 1000}))
+    probe = make_probe([0, "GPU-fake-0002"], {FAKE_GPUS_ENV: str(script)})
+    assert isinstance(probe, FakeGpuProbe)
+    assert [(g.index, g.processes) for g in await probe.snapshot()] == [(0, ()), (2, ())]
+    script.write_text(json.dumps({"count": 3, "processes": {"2": [[7, 100], [8, 50]]}}))
+    gpus = await probe.snapshot()
+    assert gpus[1].processes == (GpuProcess(7, 100), GpuProcess(8, 50)) and gpus[1].memory_used_mib == 150
+    assert make_probe("none", {FAKE_GPUS_ENV: str(script)}).kind == "none"
