@@ -40,12 +40,12 @@ def browser() -> Iterator[object]:
 
 
 def _progress(driver: object) -> int | None:
-    from selenium.webdriver.common.by import By
-
-    cells = driver.find_elements(By.CSS_SELECTOR, "#running td.progress")  # type: ignore[attr-defined]
-    if not cells:
-        return None
-    match = re.search(r"step (\d+)/", cells[0].text)
+    """The first running job's step, read in one script: the page re-renders its tables as events
+    arrive, so an element found in one call may be gone (stale) by the next."""
+    text = driver.execute_script(  # type: ignore[attr-defined]
+        "const c = document.querySelector('#running td.progress'); return c ? c.textContent : null"
+    )
+    match = re.search(r"step (\d+)/", text or "")
     return int(match.group(1)) if match else None
 
 
