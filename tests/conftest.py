@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,3 +31,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from daemon.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2")
+
+
+@pytest.fixture
+def stranger() -> Iterator[int]:
+    """Somebody else's process, in a session of its own: what a GPU probe reports as foreign. (pid 1
+    will not do: in a container it may share the tests' session.)"""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +44,6 @@ class FakeBox:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, self.path)
-
-
-@pytest.fixture
-def stranger() -> Iterator[int]:
-    """Somebody else's CUDA process: a process in a session of its own."""
-    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    try:
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def gpus(d: Daemon) -> list[dict[str, Any]]:

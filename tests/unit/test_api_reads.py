@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -72,17 +71,6 @@ def run(log: str, uuids: list[str], placed: float, session: int | None) -> Run:
         placed_ts=placed,
         session=session,
     )
-
-
-@pytest.fixture
-def stranger() -> Iterator[int]:
-    """A process in a session of its own: pid 1 will not do, since in a container it may share ours."""
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
