@@ -335,6 +335,27 @@ async def test_x2_a_job_log_resumes_exactly_100_times(daemon_factory: type[Daemo
     assert again.status == 204
 
 
+def test_an_http_1_0_client_follows_a_log_unchunked(daemon_factory: type[Daemon], tmp_path: Path) -> None:
+    """HTTP/1.0 has no chunked encoding: the frames come raw and the stream ends by closing."""
+    d = sse_daemon(daemon_factory, tmp_path / "d")
+    dataset(d)
+    start_job(d, "old", lines=200, gap=0.01)
+    host, port = d.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /v1/jobs/old/logs/stream HTTP/1.0\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")), head[:200]
+    assert b"transfer-encoding" not in head.lower()
+    strays = [x for x in re.split(rb"\r\n|\r|\n", body) if x and not re.match(rb"(id|data|event|retry)?:", x)]
+    assert strays == [], f"not SSE lines (chunk framing?): {strays[:3]}"
+    events = SseParser().feed(body, final=True)
+    log = Path(finished(d, "old")["run"]["log"]).read_bytes()
+    assert log_bytes_from(events, 0) == log and [e.type for e in events][-1] == "end"
+
+
 # -- X3: bad Last-Event-ID -------------------------------------------------------------------------
 
 BAD_IDS = ["abc", "-1", "1.5", "٣", "9" * 10_000, "x" * 10_000, "99999999999999999999", "1 2"]
