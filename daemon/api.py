@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from . import __version__
 from .events import JobProgress
-from .openapi import openapi_spec
+from .openapi import MAX_POSITION, openapi_spec
 from .projector import load_state_at_path
 from .promexport import CONTENT_TYPE, Scrape, render
 from .sse import SseHub, SseSettings, StreamRefused, job_log_path
@@ -141,16 +142,30 @@ def _gpus(side: ReadSide, state: State) -> tuple[list[dict[str, Any]], float]:
     return gpus_view(state, found, _session_of), round(time.monotonic() - probed, 3)
 
 
+@dataclass
+class _StatusCache:
+    """/v1/status as JSON left open at the end, for the state, probe and health it was made from:
+    dashboards poll it, and between two events only its clocks change."""
+
+    key: tuple[object, ...] = ()
+    head: str = ""
+    gpus: str = ""
+
+
+STATUS_CACHE = web.AppKey("status_cache", _StatusCache)
+
+
 async def status(request: web.Request) -> web.Response:
     side = request.app[READ_SIDE]
     state = side.state()
     ok, why = side.health()
-    daemon = state.daemon
-    gpus, probed_s_ago = _gpus(side, state)
-    return web.json_response(
-        {
+    found, probed = side.gpus()
+    cache = request.app[STATUS_CACHE]
+    key = (state.last_seq, probed, ok, why)
+    if cache.key != key:
+        daemon = state.daemon
+        head = {
             "version": __version__,
-            "uptime_s": round(time.monotonic() - side.started_monotonic, 3),
             "last_seq": state.last_seq,
             "healthy": ok,
             "health_reason": why,
@@ -158,12 +173,16 @@ async def status(request: web.Request) -> web.Response:
             "boot_id": daemon.boot_id if daemon else None,
             "daemon_starts": state.daemon_starts,
             "unclean_stops": state.unclean_stops,
-            "gpus": gpu_summary(gpus) | {"probed_s_ago": probed_s_ago},
             "jobs": job_counts(state),
             "datasets": len(state.datasets),
             "intake": intake_view(state),
         }
-    )
+        gpus = gpu_summary(gpus_view(state, found, _session_of))
+        cache.key, cache.head, cache.gpus = key, json.dumps(head)[:-1], json.dumps(gpus)[:-1]
+    now = time.monotonic()
+    uptime, ago = round(now - side.started_monotonic, 3), round(now - probed, 3)
+    text = f'{cache.head}, "uptime_s": {uptime!r}, "gpus": {cache.gpus}, "probed_s_ago": {ago!r}}}}}'
+    return web.Response(text=text, content_type="application/json")
 
 
 def _job(request: web.Request) -> tuple[State, Job]:
@@ -242,7 +261,7 @@ async def job_logs(request: web.Request) -> web.Response:
     """A page of the job's log (every attempt's output, one after another), by byte offset."""
     side = request.app[READ_SIDE]
     _, found = _job(request)
-    offset = _int_param(request, "offset", 0, 0, 2**62)
+    offset = _int_param(request, "offset", 0, 0, MAX_POSITION)
     limit = _int_param(request, "limit", 65536, 1, MAX_LOG_PAGE)
     path = job_log_path(found, side.db_path.parent)
     data, size = (b"", 0) if path is None else await asyncio.to_thread(read_log_page, path, offset, limit)
@@ -283,7 +302,7 @@ async def project(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.Response:
     side = request.app[READ_SIDE]
-    after = _int_param(request, "after", 0, 0, 2**62)
+    after = _int_param(request, "after", 0, 0, MAX_POSITION)
     limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
     page = await side.store.read(after, limit)
     next_after = page[-1].seq if page else after
@@ -293,7 +312,7 @@ async def events(request: web.Request) -> web.Response:
 async def state_at(request: web.Request) -> web.Response:
     side = request.app[READ_SIDE]
     live = side.state()
-    at = _int_param(request, "at", live.last_seq, 0, 2**62)
+    at = _int_param(request, "at", live.last_seq, 0, MAX_POSITION)
     if at >= live.last_seq:
         return web.json_response(text=state_to_json(live))
     folded = await asyncio.to_thread(load_state_at_path, side.db_path, at)
@@ -330,7 +349,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def events_stream(request: web.Request) -> web.StreamResponse:
-    after = _int_param(request, "after", -1, 0, 2**62)
+    after = _int_param(request, "after", -1, 0, MAX_POSITION)
     try:
         return await request.app[SSE_HUB].events(request, None if after < 0 else after)
     except StreamRefused as e:
@@ -339,7 +358,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
 
 async def job_log_stream(request: web.Request) -> web.StreamResponse:
     _, found = _job(request)
-    after = _int_param(request, "after", -1, 0, 2**62)
+    after = _int_param(request, "after", -1, 0, MAX_POSITION)
     try:
         return await request.app[SSE_HUB].job_log(request, found, None if after < 0 else after)
     except StreamRefused as e:
@@ -359,6 +378,7 @@ async def page(request: web.Request) -> web.Response:
 def make_app(side: ReadSide) -> web.Application:
     app = web.Application(middlewares=[_errors_and_auth], handler_args={"max_field_size": MAX_HEADER_FIELD})
     app[READ_SIDE] = side
+    app[STATUS_CACHE] = _StatusCache()
     hub = app[SSE_HUB] = SseHub(side.store, side.state, side.db_path.parent, side.sse)
 
     async def start_sse(_: web.Application) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import __version__
 
-__all__ = ["openapi_spec"]
+__all__ = ["MAX_POSITION", "openapi_spec"]
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _OBJ: dict[str, Any] = {"type": "object"}
@@ -24,10 +24,12 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _int_query(name: str, description: str, minimum: int, maximum: int | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
-    if maximum is not None:
-        schema["maximum"] = maximum
+MAX_POSITION = 2**62
+"""The largest seq or byte offset a query may name: far past any real log, and within int64."""
+
+
+def _int_query(name: str, description: str, minimum: int, maximum: int = MAX_POSITION) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum}
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 

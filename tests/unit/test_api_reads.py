@@ -184,3 +184,30 @@ async def test_every_route_is_described_and_every_description_is_routed(
     spec = await (await client.get("/openapi.json")).json()
     assert set(spec["paths"]) == routes
     assert spec == json.loads((SCHEMAS / "openapi.json").read_text())
+
+
+async def test_status_follows_each_event_and_its_clocks_run(tmp_path: Path) -> None:
+    """/v1/status is rebuilt when the state moves on (or the probe, or health); between two events
+    only its clocks change."""
+    state = State()
+    probed = time.monotonic() - 3.0
+    store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
+    side = ReadSide(lambda: state, store, store.path, time.monotonic() - 10.0, gpus=lambda: ([], probed))
+    client: Client = TestClient(TestServer(make_app(side)))
+    await client.start_server()
+    try:
+        first = await (await client.get("/v1/status")).json()
+        time.sleep(0.01)
+        second = await (await client.get("/v1/status")).json()
+        assert 10 <= first["uptime_s"] < second["uptime_s"]
+        assert 3 <= first["gpus"].pop("probed_s_ago") < second["gpus"].pop("probed_s_ago")
+        del first["uptime_s"], second["uptime_s"]
+        assert first == second
+        assert first["jobs"]["queued"] == 0 and first["gpus"]["count"] == 0 and first["healthy"]
+        state.jobs = {1: job(1, "queued", time.time())}
+        state.last_seq += 1
+        third = await (await client.get("/v1/status")).json()
+        assert third["jobs"]["queued"] == 1 and third["last_seq"] == first["last_seq"] + 1
+    finally:
+        await client.close()
+        await store.close()
