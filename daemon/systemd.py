@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 __all__ = [
     "Notifier",
     "journal_wanted",
@@ -120,6 +122,21 @@ class _JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in text.splitlines() or [""])
 
 
+class _RefusedRequests(logging.Filter):
+    """aiohttp logs a request it could not parse (a header over its limit, bad HTTP) as an ERROR
+    with a traceback; it is the client's mistake, answered 400, so it becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            first = str(exc).strip().splitlines()
+            record.msg, record.args = "%s: %s", (record.getMessage(), " ".join(first)[:200])
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger().isEnabledFor(logging.INFO)
+        return True
+
+
 def setup_logging(level: str, environ: Mapping[str, str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if journal_wanted(environ):
@@ -130,6 +147,9 @@ def setup_logging(level: str, environ: Mapping[str, str] | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, _RefusedRequests)]
+    server.addFilter(_RefusedRequests())
 
 
 def systemd_version() -> int | None:

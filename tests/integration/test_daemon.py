@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -121,6 +122,22 @@ def test_read_only_api_answers_405_and_requires_the_token(
     for bad in ("/v1/events?after=-1", "/v1/events?limit=0", "/v1/events?limit=x", "/v1/state?at=abc"):
         code, body = d.get(bad)
         assert code == 400 and body["error"]["code"] == "bad_request", bad
+
+
+def test_a_malformed_request_is_answered_400_and_logged_in_one_line(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    d = daemon_factory(tmp_path / "a").start()
+    host, port = d.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        answer = sock.recv(200)
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
+    assert d.get("/healthz")[0] == 200
+    d.stop()
+    line = d.wait_for("the refusal logged", lambda: [x for x in d.log().splitlines() if "16384" in x], 5)
+    assert " INFO aiohttp.server: Error handling request" in line[0], line
+    assert "Traceback" not in d.log() and " ERROR " not in d.log()
 
 
 def test_non_loopback_without_token_is_refused(daemon_factory: type[Daemon], tmp_path: Path) -> None:
