@@ -3,7 +3,9 @@ never the runner or the scheduler.
 
 Every answer is JSON (but the SSE streams, /metrics and /openapi.json); every error is
 `{"error": {"code", "message"}}` with its status; any method but GET and HEAD is 405, whatever the
-path; with `[api] token` set, every route but /healthz needs it.
+path; with `[api] token` set, every route but /healthz needs it. A browser cannot add a header to
+EventSource, so the status page is opened once as `/?token=T`: that sets the token as an HttpOnly,
+SameSite=Strict cookie (as Jupyter does) which every route then accepts in place of the header.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from . import __version__
 from .events import JobProgress
-from .openapi import MAX_POSITION, openapi_spec
+from .openapi import MAX_POSITION, TOKEN_COOKIE, openapi_spec
 from .projector import load_state_at_path
 from .promexport import CONTENT_TYPE, Scrape, render
 from .sse import SseHub, SseSettings, StreamRefused, job_log_path
@@ -101,6 +103,30 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return value
 
 
+_PAGE_LOGIN = (
+    "<!doctype html><title>llmtraind</title><p>This daemon has an <code>[api] token</code>. "
+    "Open <code>/?token=&lt;the token&gt;</code> once; the browser then keeps it as a cookie.</p>\n"
+)
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    return _same(header, f"Bearer {token}") or _same(request.cookies.get(TOKEN_COOKIE, ""), token)
+
+
+def _page_login(offered: str, token: str) -> web.Response:
+    """`/?token=T`: a right token is kept as a cookie and the address bar loses it (303 to `/`)."""
+    if not _same(offered, token):
+        return web.Response(status=401, text=_PAGE_LOGIN, content_type="text/html")
+    found = web.Response(status=303, headers={"Location": "/"})
+    found.set_cookie(TOKEN_COOKIE, token, path="/", httponly=True, samesite="Strict")
+    return found
+
+
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
@@ -109,8 +135,12 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
         return refused
     side = request.app[READ_SIDE]
     if side.token and request.path != "/healthz":
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {side.token}".encode()):
+        offered = request.query.get("token") if request.path == "/" else None
+        if offered is not None:
+            return _page_login(offered, side.token)
+        if not _authorized(request, side.token):
+            if request.path == "/":
+                return web.Response(status=401, text=_PAGE_LOGIN, content_type="text/html")
             return _error(401, "unauthorized", "send 'Authorization: Bearer <token>' ([api] token)")
     try:
         return await handler(request)

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import __version__
 
-__all__ = ["MAX_POSITION", "openapi_spec"]
+__all__ = ["MAX_POSITION", "TOKEN_COOKIE", "openapi_spec"]
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _OBJ: dict[str, Any] = {"type": "object"}
@@ -20,10 +20,16 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+TOKEN_COOKIE = "llmtraind_token"  # noqa: S105 (a cookie name, not a secret)
+"""Where a browser keeps `[api] token` for the status page (see api.py)."""
 MAX_POSITION = 2**62
 """The largest seq or byte offset a query may name: far past any real log, and within int64."""
 
@@ -286,13 +292,26 @@ def _paths() -> dict[str, Any]:
             },
         ),
         "/openapi.json": _get("this document", _json(_OBJ, "OpenAPI 3.1")),
-        "/": _get(
-            "the status page: GPUs, queue with reasons, running jobs with progress and loss curves, events",
-            {
-                "description": "HTML, fed by /v1/events/stream",
-                "content": {"text/html": {"schema": {"type": "string"}}},
-            },
-        ),
+        "/": {
+            "get": {
+                "summary": "the status page: GPUs, queue with reasons, running jobs with progress and loss "
+                "curves, events",
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": "[api] token, once: kept as a cookie, then a 303 to /",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _html("HTML, fed by /v1/events/stream"),
+                    "303": {"description": "the token was right and is now a cookie"},
+                    "401": _html("how to give the token"),
+                },
+            }
+        },
     }
 
 
@@ -309,7 +328,10 @@ def openapi_spec() -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "responses": {"Error": _json(_ref("Error"), 'an error: {"error": {"code", "message"}}')},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"cookie": []}],
     }

@@ -211,3 +211,32 @@ async def test_status_follows_each_event_and_its_clocks_run(tmp_path: Path) -> N
     finally:
         await client.close()
         await store.close()
+
+
+async def test_the_status_page_takes_the_token_once_and_keeps_it_as_a_cookie(tmp_path: Path) -> None:
+    """EventSource cannot send a header: `/?token=` sets an HttpOnly cookie every route accepts."""
+    store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
+    side = ReadSide(State, store, store.path, time.monotonic(), token="s3cret")
+    client: Client = TestClient(TestServer(make_app(side)))
+    await client.start_server()
+    try:
+        page = await client.get("/")
+        assert page.status == 401 and "/?token=" in await page.text()
+        assert (await client.get("/?token=wrong", allow_redirects=False)).status == 401
+        assert (await client.get("/v1/status")).status == 401
+        assert not client.session.cookie_jar.filter_cookies(client.make_url("/"))
+        login = await client.get("/?token=s3cret", allow_redirects=False)
+        assert login.status == 303 and login.headers["Location"] == "/"
+        cookie = login.cookies["llmtraind_token"]
+        assert cookie.value == "s3cret" and cookie["httponly"] and cookie["samesite"] == "Strict"
+        page = await client.get("/")
+        assert page.status == 200 and "EventSource" in await page.text()
+        assert (await client.get("/v1/status")).status == 200
+        assert (await client.get("/v1/events/stream", headers={"Last-Event-ID": "0"})).status == 200
+        client.session.cookie_jar.clear()
+        assert (await client.get("/v1/status")).status == 401
+        bearer = await client.get("/v1/status", headers={"Authorization": "Bearer s3cret"})
+        assert bearer.status == 200
+    finally:
+        await client.close()
+        await store.close()
