@@ -2,9 +2,9 @@
 
 The wrapper is what the daemon runs as its interpreter (`<wrapper> -m swift.cli.sft --model M ...`).
 When `--model` names a directory called `fake-model`, it plays swift: one logging.jsonl record and
-one stdout line per step, `--max_steps` steps of FAKE_STEP_S each, then the text in
-`fake-model/stderr` on stderr (an error swift would print) and the exit status in
-`fake-model/exit_status` (0 if absent). It writes the GPU environment it was given to
+one stdout line per step, `--max_steps` steps of FAKE_STEP_S each, a wait while `fake-model/hold`
+exists, then the text in `fake-model/stderr` on stderr (an error swift would print) and the exit
+status in `fake-model/exit_status` (0 if absent). It writes the GPU environment it was given to
 `<output_dir>/fake_env.json`. Any other model runs the real interpreter with the same
 arguments, so one daemon can run real swift and fake jobs side by side.
 """
@@ -32,8 +32,9 @@ step_s = float(os.environ.get("FAKE_STEP_S", "{step_s}"))
 start = int(value("--resume_from_checkpoint", "checkpoint-0").rsplit("-", 1)[-1]) + 1
 os.makedirs(out, exist_ok=True)
 gpu_env = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NPROC_PER_NODE", "MASTER_PORT", "OMP_NUM_THREADS")
-with open(os.path.join(out, "fake_env.json"), "w") as f:
+with open(os.path.join(out, "fake_env.json.tmp"), "w") as f:
     json.dump({{k: os.environ.get(k) for k in gpu_env}}, f)
+os.replace(os.path.join(out, "fake_env.json.tmp"), os.path.join(out, "fake_env.json"))
 for step in range(start, steps + 1):
     record = {{"loss": 1.0 / step, "learning_rate": 1e-4, "grad_norm": 1.0, "epoch": step / steps,
               "global_step/max_steps": f"{{step}}/{{steps}}", "elapsed_time": "0s",
@@ -42,6 +43,8 @@ for step in range(start, steps + 1):
         f.write(json.dumps(record) + "\\n")
     print(f"fake step {{step}}/{{steps}}", flush=True)
     time.sleep(step_s)
+while os.path.exists(os.path.join(model, "hold")):
+    time.sleep(0.05)
 error = os.path.join(model, "stderr")
 if os.path.exists(error):
     sys.stderr.write(open(error).read())

@@ -69,8 +69,9 @@ def test_placement_ownership_shared_oom_and_cancel_on_fake_gpus(
     d = daemon_factory(tmp_path / "d", extra_config=config(write_wrapper(tmp_path)), env=env).start()
     box.place({1: [stranger]})
     oom_model = fake_model(tmp_path / "a", exit_status=1, stderr=OOM)
+    (oom_model / "hold").touch()  # a ends (out of memory) when the test says
     d.drop("chat.jsonl", sft_rows())
-    d.drop("a.yaml", job_yaml(oom_model, "lora", dataset="chat", max_steps=100, retries=1, priority=5))
+    d.drop("a.yaml", job_yaml(oom_model, "lora", dataset="chat", max_steps=5, retries=1, priority=5))
     d.drop("b.yaml", job_yaml(fake_model(tmp_path / "b"), "lora", dataset="chat", max_steps=3000))
 
     # a takes GPU 0; GPU 1 has a foreign process, so b waits and says why.
@@ -82,7 +83,9 @@ def test_placement_ownership_shared_oom_and_cancel_on_fake_gpus(
     assert a["state"] == "running" and a["run"]["gpus"] == [0] and a["run"]["gpu_uuids"] == ["GPU-fake-0000"]
     b = wait_state(d, "b", ("queued",), 10)
     d.wait_for("b's reason", lambda: "foreign process" in (job(d, "b")["reason"] or ""), 10)
-    fake_env = json.loads((Path(a["run"]["output_dir"]) / "fake_env.json").read_text())
+    recorded = Path(a["run"]["output_dir"]) / "fake_env.json"
+    d.wait_for("the run's GPU environment recorded", recorded.exists, 30)
+    fake_env = json.loads(recorded.read_text())
     assert fake_env["CUDA_VISIBLE_DEVICES"] == "GPU-fake-0000"
     assert fake_env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert b["run"] is None
@@ -98,6 +101,8 @@ def test_placement_ownership_shared_oom_and_cancel_on_fake_gpus(
     box.place({0: [swift_pid(a), stranger]})
     b = d.wait_for("b running", lambda: (j := job(d, "b"))["state"] == "running" and j, 20)
     assert b["run"]["gpus"] == [1]
+    d.wait_for("the stranger seen on GPU 0", lambda: gpus(d)[0]["foreign_processes"] == 1, 10)
+    (oom_model / "hold").unlink()
     a = d.wait_for("a's first attempt to end", lambda: (j := job(d, "a"))["run"]["exit"] and j, 30)
     first = a["run"]["exit"]
     assert first["failure"]["kind"] == "out_of_memory" and first["failure"]["transient"], first
