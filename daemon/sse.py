@@ -186,6 +186,7 @@ class _Feed:
         return len(self.members)
 
     def reset(self, ring: Ring) -> None:
+        self.cancel()
         self.ring, self._pushed = ring, ring.head
 
     def publish(self, items: Iterable[tuple[int, bytes]]) -> None:
@@ -209,6 +210,8 @@ class _Feed:
             self.wake()
             return
         frames, after = ring.after(before, SEND_BUDGET)
+        if not frames:  # never write an empty chunk: it would end the stream
+            return
         data = b"".join(frames)
         chunk = b"%x\r\n%b\r\n" % (len(data), data)
         self._pushed = after
