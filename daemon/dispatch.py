@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .events import JobFailed, JobStarted, JobsWaiting
+from .events import GpuShared, JobFailed, JobStarted, JobsWaiting
 from .jobs import DatasetRef, JobSpec, ModelRef
 from .layout import StateLayout
 from .scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
@@ -144,15 +144,19 @@ def leases(state: State) -> tuple[dict[str, Lease], int]:
     return held, cpu
 
 
-def shared_runs(state: State, gpus: Sequence[GpuView]) -> set[tuple[int, int]]:
-    """(job, attempt) of the running jobs with a foreign process on one of their GPUs: an
-    out-of-memory there may be somebody else's doing, so it counts as transient (retried)."""
-    foreign = {g.uuid for g in gpus if g.foreign_processes}
-    return {
-        (job.id, job.run.attempt)
-        for job in state.jobs.values()
-        if job.state == "running" and job.run is not None and foreign.intersection(job.run.gpu_uuids)
-    }
+def shared_gpus(state: State, gpus: Sequence[GpuView]) -> list[GpuShared]:
+    """Running jobs with a foreign process on one of their GPUs that their run has not recorded yet:
+    an out-of-memory there may be somebody else's doing, so it counts as transient (retried)."""
+    foreign = {g.uuid: g.index for g in gpus if g.foreign_processes}
+    found = []
+    for job in state.jobs.values():
+        run = job.run
+        if job.state != "running" or run is None:
+            continue
+        new = sorted({foreign[u] for u in run.gpu_uuids if u in foreign} - set(run.gpu_shared))
+        if new:
+            found.append(GpuShared(job_id=job.id, attempt=run.attempt, gpus=new))
+    return found
 
 
 def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phase]]:

@@ -23,6 +23,7 @@ __all__ = [
     "JobStarted",
     "JobsWaiting",
     "RunExited",
+    "GpuShared",
     "RunInterrupted",
     "RunOutcome",
     "RunStarted",
@@ -326,6 +327,17 @@ class RunExited(_Event):
     duration_s: float | None = None
 
 
+class GpuShared(_Event):
+    """A GPU this run holds also carried a process that is not one of our runs' (seen by a probe): an
+    out-of-memory in this run may be that process's doing, so it counts as transient."""
+
+    type: Literal["GpuShared"] = "GpuShared"
+    job_id: int
+    attempt: int
+    gpus: list[int]
+    """The indices of the run's GPUs that had foreign processes."""
+
+
 class RunInterrupted(_Event):
     """A run the log says was running did not survive a reboot of the machine: it runs again from
     `resume_from`, its last complete checkpoint, or, without one, the job fails."""
@@ -371,6 +383,7 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     ArtifactsFound,
     RunExited,
     RunInterrupted,
+    GpuShared,
     JobFailed,
     JobsWaiting,
 )
@@ -392,6 +405,7 @@ Event = Annotated[
     | ArtifactsFound
     | RunExited
     | RunInterrupted
+    | GpuShared
     | JobFailed
     | JobsWaiting,
     Field(discriminator="type"),

@@ -53,9 +53,10 @@ def _failure(end: RunEnd, gpu_shared: bool) -> Failure:
     )
 
 
-def exit_event(job: Job, attempt: int, end: RunEnd, *, gpu_shared: bool = False) -> RunExited:
-    """The RunExited to record; `retry` follows the job's `retries` for transient failures, and a
-    run the daemon stopped on its way down runs again when a daemon is back."""
+def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
+    """The RunExited to record; `retry` follows the job's `retries` for transient failures (an
+    out-of-memory is one when the run's GPU was shared, GpuShared), and a run the daemon stopped on
+    its way down runs again when a daemon is back."""
     base = {
         "job_id": job.id,
         "attempt": attempt,
@@ -72,7 +73,8 @@ def exit_event(job: Job, attempt: int, end: RunEnd, *, gpu_shared: bool = False)
             final_checkpoint=_absolute(end.output_dir, final_checkpoint(end.artifacts)),
             final_model=_absolute(end.output_dir, final_model(end.artifacts)),
         )
-    failure = _failure(end, gpu_shared)
+    run = next((r for r in job.runs if r.attempt == attempt), None)
+    failure = _failure(end, run is not None and bool(run.gpu_shared))
     record = FailureRecord(**asdict(failure))
     if end.stopped == "cancel":
         return RunExited(**base, outcome="cancelled", failure=record)

@@ -372,11 +372,14 @@ class Runner:
         exited = loop.create_future()
         loop.add_reader(w.pidfd, _resolve, exited)
         try:
-            while not exited.done():
+            done = False
+            while not done:
                 await asyncio.wait([exited], timeout=self.poll_s)
-                if exited.done():  # a pidfd stays readable: stop watching before the last poll
+                # Decided once per round: an exit seen during a poll still gets its own final poll.
+                done = exited.done()
+                if done:  # a pidfd stays readable: stop watching before the last poll
                     loop.remove_reader(w.pidfd)
-                await self._poll(w, final=exited.done())
+                await self._poll(w, final=done)
         finally:
             loop.remove_reader(w.pidfd)
 

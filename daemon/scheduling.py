@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import Config
-from .dispatch import Box, Environment, decide, shared_runs
+from .dispatch import Box, Environment, decide, shared_gpus
 from .events import CancelRequested, NewEvent, Recorded
 from .gpus import GpuProbe, GpuStatus
 from .layout import StateLayout
@@ -95,8 +95,6 @@ class Scheduling:
         self._task: asyncio.Task[None] | None = None
         self._gpus: list[GpuStatus] = []
         self._probed_at = -1e18
-        self._shared: set[tuple[int, int]] = set()
-        """Runs that shared a GPU with a foreign process at some probe (kept until they end)."""
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: the new [runs], [gpus] cpu_slots and [swift] apply to the next decision and
@@ -177,11 +175,18 @@ class Scheduling:
         return None if self._probed_at < 0 else (list(self._gpus), self._probed_at)
 
     async def _probe(self) -> list[GpuStatus]:
+        """A fresh probe every `[runs] gpu_probe_s`. A foreign process on a running job's GPU is
+        recorded (GpuShared) before the probe is shown, so the API never shows one not yet recorded."""
         now = time.monotonic()
         if now - self._probed_at >= self.cfg.runs.gpu_probe_s:
-            self._gpus = await self.probe.snapshot()
-            self._probed_at = now
-            self._shared |= shared_runs(self.state(), gpu_views(self._gpus, self.runner.sessions()))
+            gpus = await self.probe.snapshot()
+            shared = shared_gpus(self.state(), gpu_views(gpus, self.runner.sessions()))
+            if shared:
+                key = "run:{0.job_id}:{0.attempt}:shared:{0.gpus}".format
+                await self.store.append_batch(
+                    [Append(f"job:{e.job_id}", [NewEvent(e, key(e))]) for e in shared]
+                )
+            self._gpus, self._probed_at = gpus, now
         return self._gpus
 
     async def schedule_once(self) -> None:
@@ -219,8 +224,6 @@ class Scheduling:
         await self.store.append_batch([Append(f"job:{job_id}", [e]) for e in events])
 
     async def _ended(self, job_id: int, attempt: int, end: RunEnd) -> None:
-        shared = (job_id, attempt) in self._shared
-        self._shared.discard((job_id, attempt))
         job = self.state().jobs.get(job_id)
         if job is None:
             return
@@ -233,6 +236,6 @@ class Scheduling:
                 "job %d attempt %d: %s (resume from %s)", job_id, attempt, stopped.reason, stopped.resume_from
             )
             return
-        event = exit_event(job, attempt, end, gpu_shared=shared)
+        event = exit_event(job, attempt, end)
         await self.store.append(f"job:{job_id}", [NewEvent(event, f"run:{job_id}:{attempt}:exited")])
         log.info("job %d attempt %d %s", job_id, attempt, event.outcome)

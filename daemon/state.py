@@ -25,6 +25,7 @@ from .events import (
     DuplicateDropped,
     FileRejected,
     GpuSeen,
+    GpuShared,
     JobFailed,
     JobProgress,
     JobStarted,
@@ -152,6 +153,8 @@ class Run:
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     exit: RunExited | None = None
     ended_ts: float | None = None
+    gpu_shared: list[int] = field(default_factory=list)
+    """Indices of this run's GPUs on which a foreign process was seen (GpuShared)."""
 
 
 @dataclass(slots=True)
@@ -459,6 +462,12 @@ def _run_interrupted(state: State, rec: Recorded, ev: RunInterrupted) -> None:
     job.reason = job.reason or f"{ev.reason}; runs again from {ev.resume_from.rsplit('/', 1)[-1]}"
 
 
+def _gpu_shared(state: State, rec: Recorded, ev: GpuShared) -> None:
+    _, run = _run_of(state, ev.job_id, ev.attempt)
+    if run is not None:
+        run.gpu_shared = sorted({*run.gpu_shared, *ev.gpus})
+
+
 def _job_failed(state: State, rec: Recorded, ev: JobFailed) -> None:
     job = state.jobs.get(ev.job_id)
     if job is not None and job.state in WAITING:
@@ -487,6 +496,7 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     ArtifactsFound: _artifacts,
     RunExited: _run_exited,
     RunInterrupted: _run_interrupted,
+    GpuShared: _gpu_shared,
     JobFailed: _job_failed,
     DaemonStarted: _daemon_started,
     DaemonStopped: _daemon_stopped,

@@ -138,6 +138,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "metrics": _metrics_json(run.progress),
         "eval": _metrics_json(run.last_eval),
         "metrics_recorded": run.metrics_count,
+        "gpu_shared": run.gpu_shared,
         "exit": _exit_json(run),
     }
 

@@ -104,11 +104,14 @@ def test_placement_ownership_shared_oom_and_cancel_on_fake_gpus(
     d.wait_for("the stranger seen on GPU 0", lambda: gpus(d)[0]["foreign_processes"] == 1, 10)
     (oom_model / "hold").unlink()
     a = d.wait_for("a's first attempt to end", lambda: (j := job(d, "a"))["run"]["exit"] and j, 30)
+    assert a["run"]["gpu_shared"] == [0], "GpuShared was recorded for a's run"
     first = a["run"]["exit"]
     assert first["failure"]["kind"] == "out_of_memory" and first["failure"]["transient"], first
     assert "another process was using the GPU" in first["failure"]["reason"] and first["retry"]
-    a = d.wait_for("a's retry waiting", lambda: (j := job(d, "a"))["reason"] and j, 10)
-    assert a["state"] == "queued" and "foreign process" in a["reason"], a["reason"]
+    a = d.wait_for(
+        "a's retry waiting", lambda: "foreign process" in ((j := job(d, "a"))["reason"] or "") and j, 10
+    )
+    assert a["state"] == "queued", a
 
     # The stranger leaves and the fixed model lets the retry succeed on GPU 0.
     (oom_model / "exit_status").unlink()
@@ -125,4 +128,4 @@ def test_placement_ownership_shared_oom_and_cancel_on_fake_gpus(
     assert session_members(sid) == []
     assert all(g["lease"] is None for g in gpus(d))
     types = [e["type"] for e in events_of(d, "a")]
-    assert types.count("JobStarted") == 2 and types.count("RunExited") == 2
+    assert types.count("JobStarted") == 2 and types.count("RunExited") == 2 and types.count("GpuShared") == 1

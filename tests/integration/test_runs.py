@@ -126,8 +126,11 @@ def test_lora_then_merge_dropped_together(daemon: Daemon, tiny_model: Path) -> N
 
     running = wait_state(d, "tune", ("running",), 60)
     assert running["gpus"] == 0
-    waiting = job(d, "merge")
-    assert waiting["state"] == "queued" and "after job tune" in waiting["reason"], waiting
+    # merge.yaml may be taken in after tune started: its reason comes with the next decision.
+    waiting = d.wait_for(
+        "merge's reason", lambda: "after job tune" in (j := job(d, "merge"))["reason"] and j, 30
+    )
+    assert waiting["state"] == "queued", waiting
 
     tune = finished(d, "tune")
     assert tune["state"] == "succeeded", tune

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from daemon.config import LimitsConfig
-from daemon.dispatch import Box, Decisions, Environment, decide, run_paths, shared_runs
+from daemon.dispatch import Box, Decisions, Environment, decide, run_paths, shared_gpus
 from daemon.events import (
     ArtifactRecord,
     ArtifactsFound,
@@ -186,10 +186,15 @@ def test_a_job_gets_one_gpu_by_default_on_a_box_with_gpus(tmp_path: Path) -> Non
     d.drop("c.yaml", lora_job("c"))
     third = d.step(GPU_BOX)
     assert third.launches == [] and third.waiting is not None and "3" in third.waiting.reasons
-    # A foreign process on GPU 1 makes b's run a shared one (its out-of-memory will be transient).
+    # A foreign process on GPU 1 makes b's run a shared one (its out-of-memory will be transient),
+    # recorded once.
     crowded = [gpu(0), replace(gpu(1), foreign_processes=1)]
-    assert shared_runs(d.state, crowded) == {(2, 1)}
-    assert shared_runs(d.state, GPU_BOX.gpus) == set()
+    assert shared_gpus(d.state, GPU_BOX.gpus) == []
+    (shared,) = shared_gpus(d.state, crowded)
+    assert (shared.job_id, shared.attempt, shared.gpus) == (2, 1, [1])
+    d.record(shared)
+    assert d.state.jobs[2].run is not None and d.state.jobs[2].run.gpu_shared == [1]
+    assert shared_gpus(d.state, crowded) == []
 
 
 def test_a_timeout_gives_the_run_an_end_by_time(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from daemon.events import (
     FailureRecord,
     FileRejected,
     GpuSeen,
+    GpuShared,
     JobFailed,
     JobProgress,
     JobStarted,
@@ -26,6 +27,7 @@ from daemon.events import (
     Recorded,
     RetryRequested,
     RunExited,
+    RunInterrupted,
     RunStarted,
 )
 from daemon.state import State, apply, fold, state_from_json, state_to_json
@@ -186,6 +188,10 @@ run_events: st.SearchStrategy[Event] = st.one_of(
         retry=st.booleans(),
         final_checkpoint=st.none() | names,
     ),
+    st.builds(
+        GpuShared, job_id=job_ids, attempt=attempts, gpus=st.lists(st.integers(0, 3), min_size=1, max_size=2)
+    ),
+    st.builds(RunInterrupted, job_id=job_ids, attempt=attempts, reason=names, resume_from=st.none() | names),
     st.builds(JobFailed, job_id=job_ids, reason=names),
     st.builds(JobsWaiting, reasons=st.dictionaries(st.sampled_from(["1", "2", "3"]), names, max_size=2)),
 )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from daemon.outcome import EVIDENCE_LINES, RunEnd, exit_event
-from daemon.state import Job
+from daemon.state import Job, Run
 from daemon.swift.artifacts import Artifact
 
 OUT = Path("/state/runs/1/1/output")
@@ -153,8 +153,29 @@ def test_a_lone_out_of_memory_runs_again_only_when_the_gpu_was_shared() -> None:
     tail = [*TRACE, OOM_ALONE]
     alone = exit_event(job(spec={"retries": 2}), 1, end(1, tail=tail))
     assert alone.failure is not None and alone.failure.kind == "out_of_memory" and alone.retry is False
-    shared = exit_event(job(spec={"retries": 2}), 1, end(1, tail=tail), gpu_shared=True)
-    assert shared.retry is True
+    crowded = job(spec={"retries": 2})
+    crowded.runs.append(
+        Run(
+            attempt=1,
+            gpu_uuids=["GPU-a"],
+            gpu_indices=[0],
+            argv=[],
+            env={},
+            unset_env=[],
+            command="swift sft",
+            run_dir=str(OUT.parent),
+            output_dir=str(OUT),
+            log=str(OUT.parent / "j.log"),
+            inputs={},
+            resume_from=None,
+            timeout_s=None,
+            ends_by=None,
+            placed_ts=0.0,
+            gpu_shared=[0],  # GpuShared: a probe saw a foreign process on GPU 0 during the run
+        )
+    )
+    shared = exit_event(crowded, 1, end(1, tail=tail))
+    assert shared.retry is True and shared.failure is not None and shared.failure.transient
 
 
 @pytest.mark.parametrize(("auto_retries", "retry"), [(0, True), (1, True), (2, False), (3, False)])

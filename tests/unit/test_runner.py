@@ -14,9 +14,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import BaseModel
@@ -163,6 +164,29 @@ async def runs(tmp_path: Path) -> AsyncIterator[Runs]:
 # A run from start to end
 
 
+class SlowDisk(Runner):
+    """The real runner on a slow disk: each poll while the run goes on takes 0.3 s to read."""
+
+    def _observe(self, w: Any, final: bool) -> list[NewEvent]:
+        if not final:
+            time.sleep(0.3)
+        return super()._observe(w, final)
+
+
+async def test_a_run_that_ends_during_a_poll_still_gets_its_final_poll(runs: Runs) -> None:
+    """The supervisor exits while a (slow) poll reads: the last metrics and artifacts are still
+    recorded, by a final poll after that one."""
+    rec = Recorder()
+    runner = SlowDisk(rec.report, rec.on_end, grace_s=2.0, poll_s=0.05)
+    runs.runners.append(runner)
+    await runner.launch(runs.started(1, "import time; time.sleep(0.15)\n" + TRAINS))
+    end = await rec.end(1)
+    assert end.returncode == 0
+    found = rec.of(ArtifactsFound, 1)
+    assert found and any(a.path.endswith("checkpoint-3") and a.complete for a in found[-1].artifacts)
+    assert [p.step for p in rec.of(JobProgress, 1)] == [1, 2, 3]
+
+
 async def test_a_run_reports_start_progress_artifacts_and_its_end(runs: Runs) -> None:
     rec = Recorder()
     runner = runs.runner(rec)
@@ -204,7 +228,7 @@ async def test_a_run_reports_start_progress_artifacts_and_its_end(runs: Runs) ->
     assert keys == [f"run:1:1:metrics:train:{step}" for step in (1, 2, 3)]
 
     found = rec.of(ArtifactsFound, 1)
-    assert found, "the output directory was scanned"
+    assert found, f"the output directory was scanned: {[e.event.type for _, e in rec.events]}"
     checkpoint = str(Path(started.output_dir) / "checkpoint-3")
     records = {a.path: a for a in found[-1].artifacts}
     assert checkpoint in records and Path(checkpoint).is_absolute()
