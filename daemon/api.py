@@ -118,10 +118,14 @@ def _authorized(request: web.Request, token: str) -> bool:
     return _same(header, f"Bearer {token}") or _same(request.cookies.get(TOKEN_COOKIE, ""), token)
 
 
+def _ask_for_token() -> web.Response:
+    return web.Response(status=401, text=_PAGE_LOGIN, content_type="text/html")
+
+
 def _page_login(offered: str, token: str) -> web.Response:
     """`/?token=T`: a right token is kept as a cookie and the address bar loses it (303 to `/`)."""
     if not _same(offered, token):
-        return web.Response(status=401, text=_PAGE_LOGIN, content_type="text/html")
+        return _ask_for_token()
     found = web.Response(status=303, headers={"Location": "/"})
     found.set_cookie(TOKEN_COOKIE, token, path="/", httponly=True, samesite="Strict")
     return found
@@ -140,7 +144,7 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
             return _page_login(offered, side.token)
         if not _authorized(request, side.token):
             if request.path == "/":
-                return web.Response(status=401, text=_PAGE_LOGIN, content_type="text/html")
+                return _ask_for_token()
             return _error(401, "unauthorized", "send 'Authorization: Bearer <token>' ([api] token)")
     try:
         return await handler(request)

@@ -73,8 +73,8 @@ def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
             final_checkpoint=_absolute(end.output_dir, final_checkpoint(end.artifacts)),
             final_model=_absolute(end.output_dir, final_model(end.artifacts)),
         )
-    run = next((r for r in job.runs if r.attempt == attempt), None)
-    failure = _failure(end, run is not None and bool(run.gpu_shared))
+    run = job.run  # GpuShared folds into the job's current run only, as every run event does
+    failure = _failure(end, run is not None and run.attempt == attempt and bool(run.gpu_shared))
     record = FailureRecord(**asdict(failure))
     if end.stopped == "cancel":
         return RunExited(**base, outcome="cancelled", failure=record)

@@ -142,6 +142,12 @@ class Ring:
             del self._keys[: self._first], self._frames[: self._first]
             self._first = 0
 
+    def reset(self, floor: int) -> None:
+        """Forget every frame: nobody reads this feed now, and the source has them."""
+        self._keys.clear()
+        self._frames.clear()
+        self._first, self.bytes, self.floor = 0, 0, floor
+
     def behind(self, pos: int) -> bool:
         return pos < self.floor
 
@@ -185,9 +191,11 @@ class _Feed:
     def clients(self) -> int:
         return len(self.members)
 
-    def reset(self, ring: Ring) -> None:
+    def reset(self, floor: int) -> None:
+        """Start over from `floor` with an empty ring, and no push pending."""
         self.cancel()
-        self.ring, self._pushed = ring, ring.head
+        self.ring.reset(floor)
+        self._pushed = floor
 
     def publish(self, items: Iterable[tuple[int, bytes]]) -> None:
         self.ring.publish(items)
@@ -408,7 +416,7 @@ class SseHub:
         if self._events.clients:
             self._events.publish((rec.seq, event_frame(rec)) for rec in batch)
         else:
-            self._events.reset(Ring(batch[-1].seq, *EVENTS_RING))
+            self._events.reset(batch[-1].seq)
         for rec in batch:
             if rec.stream.startswith("job:") and rec.stream[4:].isdigit():
                 feed = self._jobs.get(int(rec.stream[4:]))
@@ -620,7 +628,7 @@ class SseHub:
         if feed.tail is None:
             floor = await asyncio.to_thread(line_floor, path)
             if feed.tail is None:  # another follower may have started it meanwhile
-                feed.reset(Ring(floor, *LOG_RING))
+                feed.reset(floor)
                 feed.tail = asyncio.create_task(self._tail(feed, path), name=f"sse-tail-{feed.job_id}")
         ring = feed.ring
         pos = c.pos

@@ -38,6 +38,8 @@ def test_a_full_ring_forgets_its_oldest_frames_and_says_who_is_behind() -> None:
     small = Ring(0, max_frames=100, max_bytes=12)
     small.publish(frames([1, 2, 3, 4, 5]))
     assert small.bytes <= 12 and small.floor == 1
+    small.reset(50)
+    assert small.after(50, 100) == ([], 50) and small.bytes == 0 and small.behind(49)
 
 
 def test_a_cursor_inside_a_frame_is_told_where_that_frame_ends() -> None:
