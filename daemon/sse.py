@@ -3,22 +3,19 @@ resumable with Last-Event-ID, fanned out to many clients without one slow client
 or the others (reliability.md §5).
 
 Shape. Each feed keeps its recent frames, encoded once, in a bounded `Ring` shared by its clients;
-each client is its own request task holding only a cursor (the last id it was sent). New frames go
-straight into the sockets of the clients parked at the ring's head, one `transport.write` each, with
-no task woken: at 1,000 followers that is most of the fan-out's cost saved. Any other client wakes,
-takes the frames after its cursor (at most SEND_BUDGET bytes) and writes them in one go. A client
-behind the ring's oldest frame, a new one resuming from an old id, or one whose cursor fell off the
-ring while it was slow, reads the gap from the source instead (the store, or the log file): the log
-is the buffer, so the ring is the only "queue" and its size does not grow with the number of
-clients. A write that has not gone out within `[api] sse_send_timeout_s` (the client
+each client is its own request task holding only a cursor (the last id it was sent). A client wakes
+when its feed grows, takes the frames after its cursor (at most SEND_BUDGET bytes) and writes them in
+one go. A client behind the ring's oldest frame, a new one resuming from an old id, or one whose
+cursor fell off the ring while it was slow, reads the gap from the source instead (the store, or the
+log file): the log is the buffer, so the ring is the only "queue" and its size does not grow with
+the number of clients. A write that has not gone out within `[api] sse_send_timeout_s` (the client
 stopped reading, the kernel's buffers are full) gets the connection aborted: that client is dropped,
-and reconnects with Last-Event-ID if it is alive; a parked client whose socket has backed up is not
-pushed to but woken, so its own write meets that timeout. Memory per client: its cursor, one write of
-at most SEND_BUDGET bytes (PUSH_LIMIT when pushed to), and a kernel send buffer capped at SNDBUF.
+and reconnects with Last-Event-ID if it is alive. Memory per client: its cursor, one write of at most
+SEND_BUDGET bytes, and a kernel send buffer capped at SNDBUF.
 
 Job logs are read only while somebody follows them: the first follower of a job starts a tail of its
-log file (a stat every 20 ms, then a read of what was appended), and the last one to leave stops
-it. Every `[api] sse_keepalive_s` each stream gets a comment line; `retry:` is sent once at the
+log file (a stat every 20-50 ms, then a read of what was appended), and the last one to leave
+stops it. Every `[api] sse_keepalive_s` each stream gets a comment line; `retry:` is sent once at the
 start. On shutdown every stream is ended, so the daemon still exits within `[daemon] stop_timeout_s`.
 """
 
@@ -37,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
 from .config import ApiConfig
 from .events import Recorded
@@ -68,16 +65,11 @@ RETRY_MS = 2000
 """What EventSource waits before it reconnects (sent once, as `retry:`)."""
 SEND_BUDGET = 256 * 1024
 """Bytes one write takes from the ring or the source."""
-PUSH_LIMIT = 64 * 1024
-"""A parked client whose transport holds more than this unsent is not pushed to (see `_Client.push`)."""
 SNDBUF = 256 * 1024
 """Each stream's kernel send buffer (Linux doubles it): caps what a stalled client holds in the kernel."""
-LOG_POLL_S = 0.02
-"""How often a followed log file is checked for growth."""
-FANOUT_SHARE = 0.5
-"""The share of the event loop pushes to one feed's followers may take: after a push that took t
-seconds the next waits t * (1 / FANOUT_SHARE - 1). Many followers then get fewer, larger writes
-instead of a loop kept busy."""
+LOG_POLL_S = (0.02, 0.05)
+"""How often a followed log file is checked for growth: every 20 ms for a few followers, up to every
+50 ms (about half of the 100 ms latency budget) for 1,000, whose writes then carry more lines each."""
 STORE_PAGE = 256
 PAGES_KEPT = 16
 """Pages of the event log (encoded) kept for clients that replay it."""
@@ -173,69 +165,17 @@ class Ring:
 
 
 class _Feed:
-    """One feed's ring and its followers. New frames are pushed straight into the socket of every
-    follower parked where the last push left off (one `transport.write` each, no task switch); a
-    follower that is elsewhere (replaying, mid-write, behind, its socket backed up) is woken to catch
-    up on its own. Pushes are spaced so that they take at most FANOUT_SHARE of the loop: frames
-    published meanwhile (a burst of appends, a chatty log) go out together in the next one."""
-
     def __init__(self, ring: Ring) -> None:
         self.ring = ring
-        self.members: set[_Client] = set()
-        self._pushed = ring.head
-        """The ring's head as of the last push: parked followers are there."""
-        self._push_at = 0.0
-        self._pending: asyncio.TimerHandle | None = None
+        self.clients = 0
+        self._changed = asyncio.Event()
 
-    @property
-    def clients(self) -> int:
-        return len(self.members)
-
-    def reset(self, floor: int) -> None:
-        """Start over from `floor` with an empty ring, and no push pending."""
-        self.cancel()
-        self.ring.reset(floor)
-        self._pushed = floor
-
-    def publish(self, items: Iterable[tuple[int, bytes]]) -> None:
-        self.ring.publish(items)
-        if self._pending is None and self.ring.head > self._pushed:
-            loop = asyncio.get_running_loop()
-            self._pending = loop.call_at(max(loop.time(), self._push_at), self._push)
-
-    def cancel(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-
-    def _push(self) -> None:
-        self._pending = None
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        ring, before = self.ring, self._pushed
-        if ring.behind(before):  # more arrived than the ring keeps: everyone reads from the source
-            self._pushed = ring.head
-            self.wake()
-            return
-        frames, after = ring.after(before, SEND_BUDGET)
-        if not frames:  # never write an empty chunk: it would end the stream
-            return
-        data = b"".join(frames)
-        chunk = b"%x\r\n%b\r\n" % (len(data), data)
-        self._pushed = after
-        for c in self.members:
-            if c.pos == before and c.push(chunk if c.chunked else data):
-                c.pos = after
-            else:
-                c.wake()
-        spent = loop.time() - began
-        self._push_at = loop.time() + spent * (1 / FANOUT_SHARE - 1)
-        if after < ring.head:
-            self._pending = loop.call_at(self._push_at, self._push)
+    def waiter(self) -> asyncio.Event:
+        return self._changed
 
     def wake(self) -> None:
-        for c in self.members:
-            c.wake()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
 
 class _JobFeed(_Feed):
@@ -247,32 +187,15 @@ class _JobFeed(_Feed):
 
 
 class _Client:
-    __slots__ = (
-        "chunked",
-        "dropped",
-        "kind",
-        "parked",
-        "pinged",
-        "pos",
-        "resp",
-        "transport",
-        "writing_since",
-    )
+    __slots__ = ("dropped", "kind", "pinged", "resp", "transport", "writing_since")
 
     def __init__(self, kind: Kind, request: web.Request, pinged: int) -> None:
         self.kind = kind
         self.transport = request.transport
         self.resp = web.StreamResponse(headers=SSE_HEADERS)
-        self.chunked = request.version >= HttpVersion11
-        if self.chunked:  # what aiohttp does anyway; said outright because `push` frames the chunks
-            self.resp.enable_chunked_encoding()
         self.writing_since: float | None = None
         self.pinged = pinged
         self.dropped = False
-        self.pos = 0
-        """The id of the last frame this client was sent."""
-        self.parked: asyncio.Future[None] | None = None
-        """Set while the client's task waits for its feed to change: only then may `push` write."""
 
     async def send(self, data: bytes) -> bool:
         """Write; False when the stream is gone (closed by the client, or dropped as stalled)."""
@@ -286,34 +209,6 @@ class _Client:
         finally:
             self.writing_since = None
         return not self.dropped
-
-    def push(self, chunk: bytes) -> bool:
-        """Write a feed's new frames for a parked client, or say why not (False) so its task does.
-        The transport buffers what the socket does not take; past PUSH_LIMIT the client is left to
-        its task, whose write waits for the buffer to drain and is dropped if that takes too long."""
-        t = self.transport
-        if (
-            self.parked is None
-            or self.dropped
-            or t is None
-            or t.is_closing()
-            or t.get_write_buffer_size() > PUSH_LIMIT
-        ):
-            return False
-        t.write(chunk)
-        return True
-
-    async def park(self) -> None:
-        """Wait for `wake` (its feed changed in a way `push` did not cover, a ping, shutdown)."""
-        self.parked = asyncio.get_running_loop().create_future()
-        try:
-            await self.parked
-        finally:
-            self.parked = None
-
-    def wake(self) -> None:
-        if self.parked is not None and not self.parked.done():
-            self.parked.set_result(None)
 
 
 def parse_last_event_id(raw: str | None) -> tuple[int | None, str | None]:
@@ -391,8 +286,6 @@ class SseHub:
             if c.writing_since is not None:
                 self._drop(c, count=False)
         self._wake_all()
-        for feed in [self._events, *self._jobs.values()]:
-            feed.cancel()
         tasks = [t for t in [self._ticker, *(f.tail for f in self._jobs.values())] if t is not None]
         for t in tasks:
             t.cancel()
@@ -413,10 +306,12 @@ class SseHub:
     # -- feeding -----------------------------------------------------------------------------------
 
     def _on_batch(self, batch: list[Recorded]) -> None:
+        ring = self._events.ring
         if self._events.clients:
-            self._events.publish((rec.seq, event_frame(rec)) for rec in batch)
+            ring.publish((rec.seq, event_frame(rec)) for rec in batch)
+            self._events.wake()
         else:
-            self._events.reset(batch[-1].seq)
+            ring.reset(batch[-1].seq)
         for rec in batch:
             if rec.stream.startswith("job:") and rec.stream[4:].isdigit():
                 feed = self._jobs.get(int(rec.stream[4:]))
@@ -487,12 +382,11 @@ class SseHub:
             with contextlib.suppress(ConnectionError):
                 await c.resp.write_eof()
 
-    async def _ping_or_wait(self, c: _Client) -> bool:
+    async def _ping_or_wait(self, c: _Client, waiter: asyncio.Event) -> bool:
         if c.pinged != self._pings:
             c.pinged = self._pings
             return await c.send(PING)
-        if not self._closing:
-            await c.park()
+        await waiter.wait()
         return True
 
     # -- the event log ------------------------------------------------------------------------------
@@ -502,40 +396,39 @@ class SseHub:
         if request.method == "HEAD":
             return web.Response(headers=SSE_HEADERS)
         c = await self._open(request, "events", notes)
-        c.pos = start
-        self._events.members.add(c)
+        self._events.clients += 1
         try:
-            await self._pump_events(c)
+            await self._pump_events(c, start)
         finally:
-            self._events.members.discard(c)
+            self._events.clients -= 1
             await self._close(c)
         return c.resp
 
-    async def _pump_events(self, c: _Client) -> None:
+    async def _pump_events(self, c: _Client, pos: int) -> None:
         feed = self._events
         while not self._closing:
+            waiter = feed.waiter()
             ring = feed.ring
-            if ring.behind(c.pos):
+            if ring.behind(pos):
                 try:
-                    page = await self._page(c.pos // STORE_PAGE)
+                    page = await self._page(pos // STORE_PAGE)
                 except StoreError:
                     return
-                chunk = [frame for seq, frame in page if seq > c.pos]
+                chunk = [frame for seq, frame in page if seq > pos]
                 if not chunk:  # not readable yet (cannot happen: the ring's floor is committed)
                     await asyncio.sleep(0.05)
                     continue
+                pos = page[-1][0]
                 if not await c.send(b"".join(chunk)):
                     return
-                c.pos = page[-1][0]
                 continue
-            frames, pos = ring.after(c.pos, SEND_BUDGET)
+            frames, pos = ring.after(pos, SEND_BUDGET)
             if frames:
                 if not await c.send(b"".join(frames)):
                     return
-                c.pos = pos
                 if pos < ring.head:
                     continue
-            if not await self._ping_or_wait(c):
+            if not await self._ping_or_wait(c, waiter):
                 return
 
     async def _page(self, k: int) -> list[tuple[int, bytes]]:
@@ -589,49 +482,48 @@ class SseHub:
         feed = self._jobs.get(job.id)
         if feed is None:
             feed = self._jobs[job.id] = _JobFeed(job.id)
-        c.pos = start
-        feed.members.add(c)
+        feed.clients += 1
         try:
-            await self._pump_log(c, feed)
+            await self._pump_log(c, feed, start)
         finally:
-            feed.members.discard(c)
-            if not feed.members:
+            feed.clients -= 1
+            if feed.clients == 0:
                 self._jobs.pop(job.id, None)
-                feed.cancel()
                 if feed.tail is not None:
                     feed.tail.cancel()
             await self._close(c)
         return c.resp
 
-    async def _pump_log(self, c: _Client, feed: _JobFeed) -> None:
+    async def _pump_log(self, c: _Client, feed: _JobFeed, pos: int) -> None:
         while not self._closing:
+            waiter = feed.waiter()
             job = self.state().jobs.get(feed.job_id)
             if job is None:
                 return
             if feed.path is None:
                 feed.path = self._log_path(job)
             if job.state in TERMINAL:
-                await self._finish_log(c, feed.path, c.pos, job)
+                await self._finish_log(c, feed.path, pos, job)
                 return
             if feed.path is not None:
-                more = await self._send_log(c, feed, feed.path)
-                if more is None:
+                sent = await self._send_log(c, feed, feed.path, pos)
+                if sent is None:
                     return
+                pos, more = sent
                 if more:
                     continue
-            if not await self._ping_or_wait(c):
+            if not await self._ping_or_wait(c, waiter):
                 return
 
-    async def _send_log(self, c: _Client, feed: _JobFeed, path: Path) -> bool | None:
-        """Send what the client lacks (advancing `c.pos`): whether more may be ready at once (else it
+    async def _send_log(self, c: _Client, feed: _JobFeed, path: Path, pos: int) -> tuple[int, bool] | None:
+        """Send what the client lacks: its new cursor and whether more may be ready at once (else it
         has had all the ring holds and can wait), or None when the client is gone."""
         if feed.tail is None:
             floor = await asyncio.to_thread(line_floor, path)
             if feed.tail is None:  # another follower may have started it meanwhile
-                feed.reset(floor)
+                feed.ring = Ring(floor, *LOG_RING)
                 feed.tail = asyncio.create_task(self._tail(feed, path), name=f"sse-tail-{feed.job_id}")
         ring = feed.ring
-        pos = c.pos
         stop = ring.floor if ring.behind(pos) else ring.inside(pos)
         if stop is not None:
             frames, new = await asyncio.to_thread(read_frames, path, pos, stop, SEND_BUDGET)
@@ -640,8 +532,7 @@ class SseHub:
             frames, new = ring.after(pos, SEND_BUDGET)
         if frames and not await c.send(b"".join(frames)):
             return None
-        c.pos = new
-        return stop is not None or new < ring.head
+        return new, stop is not None or new < ring.head
 
     async def _finish_log(self, c: _Client, path: Path | None, pos: int, job: Job) -> None:
         """The job has ended, so its log is complete: send the rest, then an `end` event."""
@@ -659,8 +550,9 @@ class SseHub:
         cutter = LineCutter(feed.ring.floor)
         fd: int | None = None
         try:
+            fast, slow = LOG_POLL_S
             while True:
-                await asyncio.sleep(LOG_POLL_S)
+                await asyncio.sleep(min(slow, fast + (slow - fast) * feed.clients / 1000))
                 if fd is None:
                     try:
                         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -675,7 +567,8 @@ class SseHub:
                         break
                     events = cutter.feed(data)
                     if events:
-                        feed.publish((end, log_frame(end, text)) for end, text in events)
+                        feed.ring.publish((end, log_frame(end, text)) for end, text in events)
+                        feed.wake()
                     if len(data) == TAIL_READ:
                         await asyncio.sleep(0)  # a burst: let the clients write between reads
         finally:
