@@ -102,7 +102,8 @@ async def _health_loop(store: EventStore, interval: float) -> None:
 
 
 def _write_endpoint(cfg: Config, url: str) -> Path:
-    """state/daemon.json tells clients where this daemon listens (useful with port 0)."""
+    """state/daemon.json tells clients where this daemon listens (useful with port 0). It is written
+    once the inbox and the scheduler run, like READY=1, so a client that finds it can drop files."""
     path = cfg.paths.state / "daemon.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "version": __version__}))
@@ -210,7 +211,6 @@ async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier
             sse=SseSettings.from_config(cfg.api),
         )
         runner, url = await _start_api(cfg, side)
-        endpoint = _write_endpoint(cfg, url)
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
         inbox = Inbox(cfg, store, lambda: projector.state, await asyncio.to_thread(local_swift_args))
         await inbox.start()
@@ -218,6 +218,7 @@ async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier
         side.gpus = lambda: scheduling.last_probe() or boot_probe
         projector.subscribe(scheduling.on_recorded)
         await scheduling.start()
+        endpoint = _write_endpoint(cfg, url)
         log.info(
             "llmtraind %s serving on %s (state %s, last seq %d)",
             __version__,
