@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -56,6 +55,8 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+
+from .jobyaml import JobFileError, JobProblem, Report, load_document, show
 
 if TYPE_CHECKING:
     from daemon.swift_args import SwiftArgs
@@ -100,8 +101,6 @@ SwiftScalar = str | int | float | bool
 SwiftValue = SwiftScalar | list[SwiftScalar]
 _M = TypeVar("_M", bound=BaseModel)
 
-_MAX_DEPTH = 32
-"""Deepest nesting a job file may have; real jobs need 3, and deep nesting exhausts the stack."""
 _MAX_TIMEOUT_S = 366 * 86400
 
 _SWIFT_COMMAND: Mapping[str, str] = {
@@ -138,11 +137,6 @@ def _fail(message: str, hint: str = "") -> NoReturn:
     raise PydanticCustomError("job_file", "{message}", {"message": message, "hint": hint})
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _int_like(value: object) -> object:
     """YAML 1.1 reads `true` as a bool, which Python counts as 1; a number must be written as one."""
     if isinstance(value, bool):
@@ -160,7 +154,7 @@ def _text(value: object) -> object:
 
 def _word(value: object) -> object:
     if isinstance(value, str) and not re.fullmatch(r"[^\s\x00-\x1f\x7f]{1,256}", value):
-        _fail(f"{_show(value)} must be one word without spaces or control characters")
+        _fail(f"{show(value)} must be one word without spaces or control characters")
     return value
 
 
@@ -180,7 +174,7 @@ def _split_words(value: object) -> object:
 
 def _job_name(value: object) -> object:
     if isinstance(value, str) and not _NAME_RE.fullmatch(value):
-        _fail(f"{_show(value)} is not a valid name", f"use {_NAME_HINT} characters")
+        _fail(f"{show(value)} is not a valid name", f"use {_NAME_HINT} characters")
     return value
 
 
@@ -192,7 +186,7 @@ def _job_ref(value: object) -> str:
         _fail("a job is named by its name or id")
     ref = value.removeprefix("@")
     if not _REF_RE.fullmatch(ref):
-        _fail(f"{_show(value)} is not a job name or id", "job names are letters, digits, '.', '_' and '-'")
+        _fail(f"{show(value)} is not a job name or id", "job names are letters, digits, '.', '_' and '-'")
     return ref
 
 
@@ -202,7 +196,7 @@ def _duration(value: object) -> int:
         _fail("a timeout is a number of seconds or a string such as '2h', '30m' or '1h30m'")
     seconds = _duration_seconds(value) if isinstance(value, str) else value
     if not 0 < seconds <= _MAX_TIMEOUT_S:
-        _fail(f"timeout {_show(value)} must be more than 0 s and at most 366 days")
+        _fail(f"timeout {show(value)} must be more than 0 s and at most 366 days")
     return math.ceil(seconds)
 
 
@@ -216,7 +210,7 @@ def _duration_seconds(text: str) -> float:
     while pos < len(text):
         match = _DURATION_RE.match(text, pos)
         if match is None:
-            _fail(f"{_show(text)} is not a duration", "write seconds or e.g. '2h', '30m', '1h30m', '1d'")
+            _fail(f"{show(text)} is not a duration", "write seconds or e.g. '2h', '30m', '1h30m', '1d'")
         total += float(match[1]) * _UNITS[match[2]]
         pos = match.end()
     return total if text else _fail("an empty string is not a duration")
@@ -242,17 +236,17 @@ def _gpu_id(item: object) -> int | str:
             return item
     elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 10000:
         return item
-    _fail(f"{_show(item)} is not a GPU index or UUID", "write indices such as 0 or UUIDs such as GPU-5d3c...")
+    _fail(f"{show(item)} is not a GPU index or UUID", "write indices such as 0 or UUIDs such as GPU-5d3c...")
 
 
 def _check_name_path(text: str, what: str) -> None:
     """Files are named relative to the inbox: no absolute paths, no `..`, no backslashes."""
     if _CONTROL_RE.search(text) or "\\" in text:
-        _fail(f"{what} {_show(text)} contains a backslash or a control character")
+        _fail(f"{what} {show(text)} contains a backslash or a control character")
     if text.startswith(("/", "~")):
-        _fail(f"{what} {_show(text)} is an absolute path", _DATASET_HINT if what == "dataset" else "")
+        _fail(f"{what} {show(text)} is an absolute path", _DATASET_HINT if what == "dataset" else "")
     if any(part in ("", ".", "..") for part in text.split("/")):
-        _fail(f"{what} {_show(text)} contains an empty, '.' or '..' path segment", "")
+        _fail(f"{what} {show(text)} contains an empty, '.' or '..' path segment", "")
 
 
 def _split_sample(value: str) -> tuple[str, int | None]:
@@ -260,7 +254,7 @@ def _split_sample(value: str) -> tuple[str, int | None]:
     if not sep:
         return value, None
     if not re.fullmatch(r"[0-9]{1,9}", tail) or int(tail) == 0:
-        _fail(f"{_show(value)}: the part after '#' must be the number of rows to sample (1 or more)")
+        _fail(f"{show(value)}: the part after '#' must be the number of rows to sample (1 or more)")
     return base, int(tail)
 
 
@@ -279,16 +273,16 @@ def _dataset_ref(value: object) -> DatasetRef:
             break
     else:
         if name.lower().endswith(_OTHER_DATA_EXTS):
-            _fail(f"{_show(value)}: only .jsonl and .txt files are datasets", _DATASET_HINT)
+            _fail(f"{show(value)}: only .jsonl and .txt files are datasets", _DATASET_HINT)
     if not _DATASET_RE.fullmatch(name):
-        _fail(f"{_show(value)} is not a dataset name", _DATASET_HINT)
+        _fail(f"{show(value)} is not a dataset name", _DATASET_HINT)
     return DatasetRef(name=name, sample=sample)
 
 
 def _hub_dataset(base: str, sample: int | None) -> DatasetRef:
     if not _HUB_DATASET_RE.fullmatch(base) or base.lower().endswith(_DATASET_EXTS + _OTHER_DATA_EXTS):
         _fail(
-            f"{_show(base)} names a file in another folder",
+            f"{show(base)} names a file in another folder",
             "drop the file into the inbox and use its dataset name, or give a hub id such as "
             "AI-ModelScope/alpaca-gpt4-data-zh",
         )
@@ -301,15 +295,15 @@ def _model_ref(value: object) -> ModelRef:
     if value.startswith("@"):
         return ModelRef(kind="job", ref=_job_ref(value))
     if _CONTROL_RE.search(value) or "\\" in value:
-        _fail(f"{_show(value)} contains a backslash or a control character", _MODEL_HINT)
+        _fail(f"{show(value)} contains a backslash or a control character", _MODEL_HINT)
     if value.startswith("/"):
         path = value.rstrip("/")
         if not path or any(part in ("", ".", "..") for part in path.split("/")[1:]):
-            _fail(f"{_show(value)} is not a clean absolute directory (no '..', '.' or '//')", _MODEL_HINT)
+            _fail(f"{show(value)} is not a clean absolute directory (no '..', '.' or '//')", _MODEL_HINT)
         return ModelRef(kind="path", ref=path)
     if _HUB_MODEL_RE.fullmatch(value) and ".." not in value:
         return ModelRef(kind="hub", ref=value)
-    _fail(f"{_show(value)} is not an absolute directory, @JOB or a hub id", _MODEL_HINT)
+    _fail(f"{show(value)} is not an absolute directory, @JOB or a hub id", _MODEL_HINT)
 
 
 def _one_or_many(item: dict[str, Any]) -> WithJsonSchema:
@@ -530,7 +524,7 @@ def dataset_name_problem(name: str) -> str | None:
     if _DATASET_RE.fullmatch(name):
         return None
     return (
-        f"{_show(name)} cannot name a dataset: use letters, digits, '.', '_' and '-', starting with a "
+        f"{show(name)} cannot name a dataset: use letters, digits, '.', '_' and '-', starting with a "
         "letter or digit, at most 128 (rename the file)"
     )
 
@@ -693,67 +687,6 @@ def job_file_schema() -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Problems
-
-
-class JobProblem(_Frozen):
-    """One thing wrong with a job file, where it is, and how to fix it."""
-
-    field: str
-    """Dotted path of the key (`swift.lora_rank`, `datasets.1`); empty for the whole file."""
-    line: int | None = None
-    """1-based line in the file, where known."""
-    message: str
-    hint: str = ""
-
-    def render(self) -> str:
-        where = ", ".join(p for p in (f"line {self.line}" if self.line else "", self.field) if p)
-        text = f"- {where}: {self.message}" if where else f"- {self.message}"
-        return f"{text}\n  hint: {self.hint}" if self.hint else text
-
-
-class JobFileError(Exception):
-    """The file is not an acceptable job; `str()` is the text for inbox/rejected/NAME.error.txt."""
-
-    def __init__(self, filename: str, errors: Iterable[JobProblem]) -> None:
-        self.filename = filename
-        self.errors: list[JobProblem] = list(errors)
-        count = len(self.errors)
-        head = f"{filename}: rejected, {count} problem{'s' if count != 1 else ''}"
-        super().__init__("\n".join([head, *(problem.render() for problem in self.errors)]))
-
-
-class _Report:
-    """Collects problems, filling in the line of each field from the composed YAML."""
-
-    def __init__(self, lines: Mapping[str, int]) -> None:
-        self.lines = lines
-        self.problems: list[JobProblem] = []
-
-    def add(self, field: str, message: str, hint: str = "") -> None:
-        if field.endswith(".0") and field not in self.lines and field[:-2] in self.lines:
-            field = field[:-2]  # a single item written where a list is allowed
-        self.problems.append(JobProblem(field=field, line=self.line_of(field), message=message, hint=hint))
-
-    def line_of(self, field: str) -> int | None:
-        path = field
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = path.rpartition(".")[0]
-        return None
-
-    def error(self, filename: str) -> JobFileError:
-        """All problems, in file order; those without a line last."""
-        ordered = sorted(self.problems, key=lambda p: (p.line is None, p.line or 0))
-        return JobFileError(filename, ordered)
-
-
-def _file_error(filename: str, message: str, hint: str = "", line: int | None = None) -> JobFileError:
-    return JobFileError(filename, [JobProblem(field="", line=line, message=message, hint=hint)])
-
-
 def _suggest(key: str, known: Iterable[str]) -> str:
     """A did-you-mean hint: a known synonym first, then close spellings."""
     names = list(known)
@@ -766,158 +699,6 @@ def _suggest(key: str, known: Iterable[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Safe YAML
-
-
-class _Refused(yaml.YAMLError):
-    """A YAML feature job files do not allow, at a 1-based line."""
-
-    def __init__(self, message: str, hint: str, line: int) -> None:
-        super().__init__(message)
-        self.hint = hint
-        self.line = line
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases before anything is expanded, and deep nesting.
-
-    Refusing every anchor (rather than limiting expansion) is what makes an alias bomb cost
-    nothing: the first `&` stops the parse. Job files have no use for them.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
-        line = event.start_mark.line + 1 if event.start_mark else 0
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(
-                "anchors (&) and aliases (*) are not allowed", "write each value out in full", line
-            )
-        if self._depth >= _MAX_DEPTH:
-            raise _Refused(f"nested deeper than {_MAX_DEPTH} levels", "job files are flat mappings", line)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _load_document(data: bytes, filename: str, max_bytes: int) -> tuple[dict[str, Any], dict[str, int]]:
-    """Bytes -> the top-level mapping and a dotted-path -> line map, or JobFileError."""
-    if len(data) > max_bytes:
-        raise _file_error(
-            filename, f"the file is {len(data)} bytes; the limit is {max_bytes}", "a job file is small"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise _file_error(filename, "the file is not UTF-8 text", "save it as UTF-8", line) from None
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        raise _file_error(filename, "the file contains a NUL byte", "job files are UTF-8 text", line)
-    return _compose(text, filename)
-
-
-def _untab_json(text: str) -> str:
-    """PyYAML refuses tabs where JSON allows them; in valid JSON a tab can only be whitespace."""
-    if "\t" not in text or not text.lstrip().startswith(("{", "[")):
-        return text
-    try:
-        json.loads(text)
-    except (ValueError, RecursionError):
-        return text
-    return text.replace("\t", " ")
-
-
-def _compose(text: str, filename: str) -> tuple[dict[str, Any], dict[str, int]]:
-    lines: dict[str, int] = {}
-    try:
-        loader = _StrictLoader(_untab_json(text))
-    except yaml.YAMLError as exc:  # the reader refuses control characters up front
-        raise _file_error(filename, f"not valid YAML: {exc}", "job files are plain text") from None
-    try:
-        node = loader.get_single_node()
-        if not isinstance(node, yaml.MappingNode):
-            raise _file_error(
-                filename, "the top level must be a mapping", "write `key: value` lines, e.g. task_type: sft"
-            )
-        report = _Report(lines)
-        _index_node(node, "", lines, report)
-        if report.problems:
-            raise report.error(filename)
-        doc = loader.construct_document(node)
-    except _Refused as exc:
-        raise _file_error(filename, str(exc), exc.hint, exc.line) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise _file_error(filename, f"not valid YAML: {what}", line=mark.line + 1 if mark else None) from None
-    except (yaml.YAMLError, ValueError, TypeError) as exc:
-        raise _file_error(filename, f"not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    return doc, lines
-
-
-_PLAIN_TAGS = frozenset(
-    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map")
-)
-
-
-def _index_node(node: yaml.Node, path: str, lines: dict[str, int], report: _Report) -> None:
-    """Record the line of every key and list item; refuse what JSON could not have written.
-
-    That is: keys that are not strings, duplicate keys, `<<` merges, and typed values such as
-    dates, sets and binary, which no job key takes and which would only fail later, less clearly.
-    """
-    line = node.start_mark.line + 1
-    if node.tag not in _PLAIN_TAGS:
-        tag = str(node.tag).rpartition(":")[2]
-        report.problems.append(
-            JobProblem(
-                field=path,
-                line=line,
-                message=f"YAML type {tag!r} is not allowed here",
-                hint="quote the value to make it a string",
-            )
-        )
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[f"{path}.{i}"] = item.start_mark.line + 1
-            _index_node(item, f"{path}.{i}", lines, report)
-    elif isinstance(node, yaml.MappingNode):
-        _index_mapping(node, path, lines, report)
-
-
-def _index_mapping(node: yaml.MappingNode, path: str, lines: dict[str, int], report: _Report) -> None:
-    seen: set[str] = set()
-    for key, value in node.value:
-        if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
-            shown = _show(key.value) if isinstance(key, yaml.ScalarNode) else "a list or mapping"
-            report.problems.append(
-                JobProblem(
-                    field=path,
-                    line=key.start_mark.line + 1,
-                    message=f"key {shown} is not a name",
-                    hint="keys are plain names; quote a key YAML reads as a number, bool or null",
-                )
-            )
-            continue
-        sub = f"{path}.{key.value}" if path else key.value
-        if key.value in seen:
-            report.problems.append(
-                JobProblem(field=sub, line=key.start_mark.line + 1, message="key given twice")
-            )
-        seen.add(key.value)
-        lines.setdefault(sub, key.start_mark.line + 1)
-        _index_node(value, sub, lines, report)
-
-
-# ---------------------------------------------------------------------------------------------
 # Detection and validation
 
 
@@ -927,7 +708,7 @@ class _Ctx:
 
     filename: str
     swift_args: SwiftArgs
-    report: _Report
+    report: Report
     notes: list[str] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)
 
@@ -938,7 +719,7 @@ class _Ctx:
         return self.origin.get(target, target)
 
 
-def _detect(doc: Mapping[str, Any], report: _Report) -> tuple[str | None, str]:
+def _detect(doc: Mapping[str, Any], report: Report) -> tuple[str | None, str]:
     """The file's format, and why (for the message when keys of two formats are mixed)."""
     controls = [key for key in ("cancel", "retry") if key in doc]
     if len(controls) > 1:
@@ -961,11 +742,11 @@ def _detect(doc: Mapping[str, Any], report: _Report) -> tuple[str | None, str]:
     dialect = _TASK_DIALECT.get(task) if isinstance(task, str) else None
     if dialect is None:
         hint = _suggest(str(task), _TASK_DIALECT) or "one of: " + ", ".join(_TASK_DIALECT)
-        report.add("task_type", f"unknown task_type {_show(task)}", hint)
+        report.add("task_type", f"unknown task_type {show(task)}", hint)
     return dialect, f"it has task_type: {task}"
 
 
-def _check_keys(doc: Mapping[str, Any], dialect: str, why: str, report: _Report) -> dict[str, Any]:
+def _check_keys(doc: Mapping[str, Any], dialect: str, why: str, report: Report) -> dict[str, Any]:
     """Keep the keys the format knows; report the others, naming the format a key belongs to."""
     known = _FILE_MODELS[dialect].model_fields
     for key in doc:
@@ -995,7 +776,7 @@ def _describe(error: ErrorDetails) -> tuple[str, str]:
         return str(ctx.get("message", error["msg"])), str(ctx.get("hint", ""))
     if error["type"] == "missing":
         return "this key is required", ""
-    return f"{error['msg']} (got {_show(error.get('input'))})", ""
+    return f"{error['msg']} (got {show(error.get('input'))})", ""
 
 
 def _validate(model: type[_M], values: Mapping[str, Any], c: _Ctx) -> _M | None:
@@ -1095,7 +876,7 @@ def _swift_block(
         else:
             c.add(
                 f"swift.{key}",
-                f"{_show(value)} is not a swift argument value",
+                f"{show(value)} is not a swift argument value",
                 "use a string, number, true/false, a list of those, or a mapping (passed as JSON)",
             )
     return lifted, extras
@@ -1422,7 +1203,7 @@ def _default_name(c: _Ctx) -> str:
     if not _NAME_RE.fullmatch(name):
         c.add(
             "name",
-            f"the file name {_show(stem)} does not make a job name",
+            f"the file name {show(stem)} does not make a job name",
             f"add name: ({_NAME_HINT} characters)",
         )
     return name
@@ -1528,8 +1309,8 @@ def parse_job_file(
     `filename` gives the default job name and labels the error text. Raises JobFileError listing
     every problem found, each with its key, line and a hint; nothing else escapes.
     """
-    doc, lines = _load_document(data, filename, max_bytes)
-    c = _Ctx(filename=filename, swift_args=swift_args, report=_Report(lines))
+    doc, lines = load_document(data, filename, max_bytes)
+    c = _Ctx(filename=filename, swift_args=swift_args, report=Report(lines))
     dialect, why = _detect(doc, c.report)
     if dialect is None:
         raise c.report.error(filename)
