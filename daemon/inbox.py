@@ -31,10 +31,11 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from watchfiles import Change, awatch
 
@@ -61,6 +62,7 @@ from .validate import FileVerdict, check_file, dataset_name, file_kind
 __all__ = ["FAULT_ENV", "IGNORED_SUFFIXES", "STEPS", "Inbox", "ignored_name"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 IGNORED_SUFFIXES = (".part", ".tmp")
 STEPS = ("claimed", "examined", "published", "recorded", "stored", "done")
@@ -71,6 +73,10 @@ PROGRESS_EVERY_S = 1.0
 BUSY_RESCAN_S = 0.25
 NAME_IN_CLAIM_MAX = 200
 """Bytes of the original name kept in the claim's name (NAME_MAX is 255 with the drop id)."""
+RETRY_S = (1.0, 60.0)
+"""A step that failed on our side (the state's disk is full, an I/O error, a bug) is tried again
+after 1 s, then twice as long each time up to 60 s: intake resumes by itself once the cause is
+gone, and a claim is never given up (every step is safe to redo)."""
 
 
 def ignored_name(name: str) -> bool:
@@ -192,6 +198,9 @@ class Inbox:
         self._unsettled: dict[str, tuple[tuple[int, int], float]] = {}
         self._busy = False
         self._stopping = False
+        self._failures: dict[str, int] = {}
+        """Drop id -> how many times reading its claim failed in a row."""
+        self._retries: set[asyncio.TimerHandle] = set()
         self._ids = itertools.count(1)
         self._crash_at = os.environ.get(FAULT_ENV, "")
 
@@ -218,6 +227,8 @@ class Inbox:
         """Stop taking files. Reads in flight are abandoned; their claims are redone at the next start."""
         self._stopping = True
         self._watch_stop.set()
+        for handle in self._retries:
+            handle.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -366,12 +377,22 @@ class Inbox:
             except _Abandoned:
                 return
             except Exception:
-                log.exception(
-                    "reading %s failed; it stays claimed and is retried at the next start", claim.path
-                )
+                failures = self._failures[claim.drop] = self._failures.get(claim.drop, 0) + 1
+                delay = retry_delay(failures)
+                log.exception("reading %s failed; it stays claimed, next try in %.0f s", claim.path, delay)
+                self._retry_later(delay, claim)
                 continue
+            self._failures.pop(claim.drop, None)
             if read is not None:
                 self._read.put_nowait(read)
+
+    def _retry_later(self, delay: float, claim: Claim) -> None:
+        def again() -> None:
+            self._retries.discard(handle)
+            self._claims.put_nowait(claim)
+
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries.add(handle)
 
     def _examine(self, claim: Claim, loop: asyncio.AbstractEventLoop) -> _Read | None:
         filename = display_name(claim.name)
@@ -473,20 +494,24 @@ class Inbox:
                 if pending is not None:
                     with contextlib.suppress(Exception):
                         await pending
-            while True:
-                parts = decide(self.state(), [r.examined for r in batch], self._rejects)
-                await loop.run_in_executor(self._io, self._publish, batch)
-                try:
-                    results = await self.store.append_batch(parts)
-                except StoreError as e:
-                    log.error("cannot record %d dropped file(s), retrying in 1 s: %s", len(batch), e)
-                    await asyncio.sleep(1.0)
-                    continue
-                break
+            results = await _until_done(f"record {len(batch)} dropped file(s)", self._record, batch)
             self._fault("recorded")
-            await loop.run_in_executor(self._io, self._tidy, batch, [r[0].event for r in results])
+            events = [r[0].event for r in results]
+            await _until_done(
+                f"file away {len(batch)} recorded drop(s)",
+                loop.run_in_executor,
+                self._io,
+                self._tidy,
+                batch,
+                events,
+            )
             for read, recorded in zip(batch, results, strict=True):
                 _log_outcome(read.examined.filename, recorded[0])
+
+    async def _record(self, batch: Sequence[_Read]) -> list[list[Recorded]]:
+        parts = decide(self.state(), [r.examined for r in batch], self._rejects)
+        await asyncio.get_running_loop().run_in_executor(self._io, self._publish, batch)
+        return await self.store.append_batch(parts)
 
     def _publish(self, batch: Sequence[_Read]) -> None:
         """Make what the events will point at durable first: the claims, and new swift-ready copies."""
@@ -577,6 +602,24 @@ class Inbox:
         if os.path.lexists(read.claim.path):
             os.rename(read.claim.path, folder / event.kept_as)
         self._rejects.taken.update((event.kept_as, note.name))
+
+
+async def _until_done(what: str, step: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """Await `step(*args)` until it succeeds, waiting `retry_delay` between tries: it is safe to redo."""
+    for failures in itertools.count(1):
+        try:
+            return await step(*args)
+        except (StoreError, OSError) as e:
+            delay = retry_delay(failures)
+            log.error("cannot %s, next try in %.0f s: %s", what, delay, e)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the next try after `failures` failures in a row (RETRY_S)."""
+    first, most = RETRY_S
+    return float(min(most, first * 2 ** min(failures - 1, 16)))
 
 
 def _log_outcome(filename: str, rec: Recorded) -> None:

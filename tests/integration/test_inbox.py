@@ -385,3 +385,48 @@ def test_a_large_dataset_shows_validation_progress_while_it_is_read(
     assert 0 < seen["validation"]["percent"] < 100
     d.wait_for("accepted", lambda: d.get("/v1/datasets/big")[1]["state"] == "ready", timeout=90)
     assert d.get("/v1/datasets/big")[1]["rows"] == 150_000
+
+
+def _block(folder: Path) -> Path:
+    """Put a plain file where a state folder was, so that writing into it fails (as a full or
+    broken disk would) even for root; returns where the folder went."""
+    away = folder.with_name(folder.name + ".away")
+    os.rename(folder, away)
+    folder.write_text("")
+    return away
+
+
+def _unblock(folder: Path, away: Path) -> None:
+    folder.unlink()
+    os.rename(away, folder)
+
+
+@pytest.mark.timeout(120)
+def test_intake_resumes_by_itself_once_the_state_folder_can_be_written_again(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    d = daemon_factory(tmp_path / "d").start()
+    processing = d.inbox / ".processing"
+    # The swift-ready copy cannot be written: the file stays claimed and nothing is recorded.
+    scratch = d.state / "blobs" / "tmp"
+    away = _block(scratch)
+    d.drop("first.jsonl", sft(3))
+    d.wait_for("a failed read, logged", lambda: "first.jsonl failed; it stays claimed" in d.log())
+    assert intake_total(d) == 0 and inbox_root(d) == [] and len(os.listdir(processing)) == 1
+    _unblock(scratch, away)
+    wait_recorded(d, 1)
+    # The original cannot be kept once the event is recorded: the claim stays until it can be.
+    originals = d.state / "blobs" / "sha256"
+    away = _block(originals)
+    d.drop("second.jsonl", sft(4, 100))
+    wait_recorded(d, 2)
+    d.wait_for("a failed filing, logged", lambda: "cannot file away 1 recorded drop(s)" in d.log())
+    assert len(os.listdir(processing)) == 1
+    _unblock(originals, away)
+    d.wait_for("the claim filed away", lambda: os.listdir(processing) == [], timeout=30)
+    # Intake is still alive for the next drop.
+    d.drop("third.jsonl", sft(5, 200))
+    wait_recorded(d, 3)
+    names = sorted(ds["name"] for ds in d.get("/v1/datasets")[1]["datasets"])
+    assert names == ["first", "second", "third"] and len(os.listdir(originals)) == 3
+    assert os.listdir(processing) == [] and d.get("/healthz")[0] == 200
