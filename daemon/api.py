@@ -63,6 +63,10 @@ def _no_gpus() -> GpuReading:
     return [], time.monotonic()
 
 
+def _no_trouble() -> str:
+    return ""
+
+
 @dataclass
 class ReadSide:
     """What the API may look at: the live state, the log (read only), the last GPU probe (owned by
@@ -75,11 +79,14 @@ class ReadSide:
     token: str = ""
     gpus: Callable[[], GpuReading] = _no_gpus
     sse: SseSettings = field(default_factory=SseSettings)
+    intake_trouble: Callable[[], str] = _no_trouble
+    """What keeps the inbox from finishing its work (the state's disk is full, ...), or ""."""
 
     def health(self) -> tuple[bool, str]:
         if not self.store.healthy:
             return False, self.store.last_error
-        return True, ""
+        trouble = self.intake_trouble()
+        return (False, f"intake: {trouble}") if trouble else (True, "")
 
 
 READ_SIDE = web.AppKey("read_side", ReadSide)

@@ -214,6 +214,7 @@ async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
         inbox = Inbox(cfg, store, lambda: projector.state, await asyncio.to_thread(local_swift_args))
         await inbox.start()
+        side.intake_trouble = lambda: inbox.trouble
         scheduling = Scheduling(cfg, store, lambda: projector.state, probe)
         side.gpus = lambda: scheduling.last_probe() or boot_probe
         projector.subscribe(scheduling.on_recorded)

@@ -198,8 +198,9 @@ class Inbox:
         self._unsettled: dict[str, tuple[tuple[int, int], float]] = {}
         self._busy = False
         self._stopping = False
-        self._failures: dict[str, int] = {}
-        """Drop id -> how many times reading its claim failed in a row."""
+        self._failures: dict[str, tuple[int, str]] = {}
+        """What is failing on our side ("read <drop id>", "record", "file away") -> how many times in
+        a row, and the last error."""
         self._retries: set[asyncio.TimerHandle] = set()
         self._ids = itertools.count(1)
         self._crash_at = os.environ.get(FAULT_ENV, "")
@@ -376,13 +377,12 @@ class Inbox:
                 read = await loop.run_in_executor(self._pool, self._examine, claim, loop)
             except _Abandoned:
                 return
-            except Exception:
-                failures = self._failures[claim.drop] = self._failures.get(claim.drop, 0) + 1
-                delay = retry_delay(failures)
+            except Exception as e:
+                delay = self._failed(f"read {claim.drop}", f"cannot read {display_name(claim.name)}: {e}")
                 log.exception("reading %s failed; it stays claimed, next try in %.0f s", claim.path, delay)
                 self._retry_later(delay, claim)
                 continue
-            self._failures.pop(claim.drop, None)
+            self._failures.pop(f"read {claim.drop}", None)
             if read is not None:
                 self._read.put_nowait(read)
 
@@ -494,19 +494,43 @@ class Inbox:
                 if pending is not None:
                     with contextlib.suppress(Exception):
                         await pending
-            results = await _until_done(f"record {len(batch)} dropped file(s)", self._record, batch)
+            results = await self._until_done("record", len(batch), self._record, batch)
             self._fault("recorded")
             events = [r[0].event for r in results]
-            await _until_done(
-                f"file away {len(batch)} recorded drop(s)",
-                loop.run_in_executor,
-                self._io,
-                self._tidy,
-                batch,
-                events,
+            await self._until_done(
+                "file away", len(batch), loop.run_in_executor, self._io, self._tidy, batch, events
             )
             for read, recorded in zip(batch, results, strict=True):
                 _log_outcome(read.examined.filename, recorded[0])
+
+    @property
+    def trouble(self) -> str:
+        """What keeps intake from finishing its work right now ("" when nothing does)."""
+        return next((error for _, error in self._failures.values()), "")
+
+    def _failed(self, what: str, error: str) -> float:
+        """Count a failure of `what`; the seconds to wait before trying it again."""
+        failures = self._failures.get(what, (0, ""))[0] + 1
+        self._failures[what] = (failures, error)
+        return retry_delay(failures)
+
+    async def _until_done(self, what: str, files: int, step: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """Await `step(*args)` until it succeeds (it is safe to redo). A busy or unwritable event log
+        is the store's to report, and is retried every second; any other failure backs off."""
+        while True:
+            try:
+                result = await step(*args)
+            except StoreError as e:
+                log.error("cannot %s %d dropped file(s), next try in 1 s: %s", what, files, e)
+                await asyncio.sleep(1.0)
+                continue
+            except OSError as e:
+                delay = self._failed(what, f"cannot {what} dropped files: {e}")
+                log.error("cannot %s %d dropped file(s), next try in %.0f s: %s", what, files, delay, e)
+                await asyncio.sleep(delay)
+                continue
+            self._failures.pop(what, None)
+            return result
 
     async def _record(self, batch: Sequence[_Read]) -> list[list[Recorded]]:
         parts = decide(self.state(), [r.examined for r in batch], self._rejects)
@@ -602,18 +626,6 @@ class Inbox:
         if os.path.lexists(read.claim.path):
             os.rename(read.claim.path, folder / event.kept_as)
         self._rejects.taken.update((event.kept_as, note.name))
-
-
-async def _until_done(what: str, step: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    """Await `step(*args)` until it succeeds, waiting `retry_delay` between tries: it is safe to redo."""
-    for failures in itertools.count(1):
-        try:
-            return await step(*args)
-        except (StoreError, OSError) as e:
-            delay = retry_delay(failures)
-            log.error("cannot %s, next try in %.0f s: %s", what, delay, e)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def retry_delay(failures: int) -> float:

@@ -249,8 +249,8 @@ def _paths() -> dict[str, Any]:
                 "summary": "liveness (no token needed)",
                 "security": [],
                 "responses": {
-                    "200": _json(health, "the event log can be written"),
-                    "503": _json(health, "it cannot, and why"),
+                    "200": _json(health, "the event log can be written and intake is not held up"),
+                    "503": _json(health, "one of them is not, and why (`intake: ...` for intake)"),
                 },
             }
         },

@@ -413,15 +413,19 @@ def test_intake_resumes_by_itself_once_the_state_folder_can_be_written_again(
     d.drop("first.jsonl", sft(3))
     d.wait_for("a failed read, logged", lambda: "first.jsonl failed; it stays claimed" in d.log())
     assert intake_total(d) == 0 and inbox_root(d) == [] and len(os.listdir(processing)) == 1
+    code, health = d.get("/healthz")
+    assert code == 503 and health["reason"].startswith("intake: cannot read first.jsonl: [Errno 20]")
     _unblock(scratch, away)
     wait_recorded(d, 1)
+    d.wait_for("healthy again", lambda: d.get("/healthz")[0] == 200)
     # The original cannot be kept once the event is recorded: the claim stays until it can be.
     originals = d.state / "blobs" / "sha256"
     away = _block(originals)
     d.drop("second.jsonl", sft(4, 100))
     wait_recorded(d, 2)
-    d.wait_for("a failed filing, logged", lambda: "cannot file away 1 recorded drop(s)" in d.log())
+    d.wait_for("a failed filing, logged", lambda: "cannot file away 1 dropped file(s)" in d.log())
     assert len(os.listdir(processing)) == 1
+    assert d.get("/healthz")[1]["reason"].startswith("intake: cannot file away dropped files: [Errno 20]")
     _unblock(originals, away)
     d.wait_for("the claim filed away", lambda: os.listdir(processing) == [], timeout=30)
     # Intake is still alive for the next drop.
