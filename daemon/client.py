@@ -250,7 +250,7 @@ def job_detail(job: Mapping[str, Any]) -> str:
                 ("pid", run.get("pid")),
                 ("command", run.get("command")),
                 ("log", run.get("log")),
-                ("loss", metrics.get("loss")),
+                ("mean loss" if metrics.get("kind") == "summary" else "loss", metrics.get("loss")),
                 ("learning rate", metrics.get("learning_rate")),
                 ("grad norm", metrics.get("grad_norm")),
                 ("token accuracy", metrics.get("token_acc")),

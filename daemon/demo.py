@@ -275,9 +275,10 @@ def describe(job: Mapping[str, Any]) -> str:
     step, total = progress.get("step"), progress.get("max_steps")
     if step is not None:
         parts.append(f"step {step}/{total}" if total else f"step {step}")
-    loss = (job.get("metrics") or {}).get("loss")
-    if loss is not None:
-        parts.append(f"loss {_number(loss)}")
+    metrics = job.get("metrics") or {}
+    loss = metrics.get("loss")
+    if loss is not None:  # a finished run's summary holds swift's train_loss, the run's mean
+        parts.append(f"{'mean loss' if metrics.get('kind') == 'summary' else 'loss'} {_number(loss)}")
     if job.get("reason"):
         parts.append(str(job["reason"]))
     return " ".join(parts)

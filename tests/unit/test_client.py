@@ -71,6 +71,13 @@ def test_job_detail_explains_a_failure_with_the_log_tail() -> None:
     assert "python -m swift.cli.sft --model /nope" in text and "1,234 B" in text
 
 
+def test_job_detail_calls_a_finished_runs_loss_its_mean() -> None:
+    run = {"attempt": 1, "gpus": [0], "metrics": {"kind": "train", "step": 9, "loss": 0.5}}
+    assert "  loss" in job_detail(RUNNING | {"run": run})
+    done = run | {"metrics": {"kind": "summary", "step": 10, "loss": 0.7}}
+    assert "  mean loss" in job_detail(RUNNING | {"state": "succeeded", "run": done})
+
+
 def test_status_lines_count_jobs_by_state() -> None:
     body = {
         "version": "0.3.0",

@@ -155,6 +155,10 @@ def test_describe_shows_what_the_job_has() -> None:
     )
     assert describe(running) == "40% step 4/10 loss 6.024"
     assert describe(job("a", "running", metrics={"loss": 6.037514})) == "loss 6.038"
+    done = job(
+        "a", "succeeded", progress={"step": 10, "max_steps": 10}, metrics={"kind": "summary", "loss": 6.1}
+    )
+    assert describe(done) == "100% step 10/10 mean loss 6.1"
     assert describe(job("a", "running", progress={"step": 2, "max_steps": 8})) == "25% step 2/8"
     assert (
         describe(job("a", "queued", reason="waiting for dataset demo_sft")) == "waiting for dataset demo_sft"
