@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .client import Api, ApiError, job_detail, jobs_table, status_lines
+from .client import Api, ApiError, gpus_table, job_detail, jobs_table, status_lines
 from .config import Config, ConfigError, load_config, resolve_config_path
 from .projector import load_state_at_path
 from .state import state_to_json
@@ -194,6 +194,12 @@ def _status(args: argparse.Namespace, api: Api) -> int:
     return 0
 
 
+def _gpus(args: argparse.Namespace, api: Api) -> int:
+    body = api.get("/v1/gpus")
+    print(json.dumps(body, indent=2) if args.json else gpus_table(body))
+    return 0
+
+
 def _jobs_path(args: argparse.Namespace) -> str:
     query = urllib.parse.urlencode({k: v for k, v in (("state", args.state), ("project", args.project)) if v})
     return "/v1/jobs" + (f"?{query}" if query else "")
@@ -304,6 +310,9 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")
     schemas.set_defaults(fn=_cmd_schemas)
     sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_client(_status))
+    sub.add_parser(
+        "gpus", parents=[client], help="each GPU: memory, use, its job, foreign processes"
+    ).set_defaults(fn=_client(_gpus))
     jobs = sub.add_parser("jobs", parents=[client], help="a table of jobs with progress bars")
     jobs.add_argument("--state", help="only jobs in this state")
     jobs.add_argument("--project", help="only this project's jobs")

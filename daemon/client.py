@@ -280,15 +280,42 @@ def job_detail(job: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def gpus_table(body: Mapping[str, Any]) -> str:
+    """`/v1/gpus` as nvidia-smi-like lines: memory, utilisation, the job holding each GPU, and
+    the processes on it that are not ours (a GPU with one is never given to a job)."""
+    gpus = body.get("gpus") or []
+    if not gpus:
+        return "no GPUs (jobs run in the CPU slots: gpus: 0, or no gpus key)"
+    lines = [f"{'GPU':>3}  {'NAME':<24} {'MEMORY USED':>22}  {'UTIL':>4}  {'JOB':<20} FOREIGN PROCESSES"]
+    for g in gpus:
+        lease = g.get("lease")
+        job = f"{lease['job']} {lease['name']}" if lease else "-"
+        foreign = [p for p in g.get("processes") or [] if p.get("foreign")]
+        strangers = ", ".join(f"pid {p['pid']} ({p['used_mib']:,} MiB)" for p in foreign) or "-"
+        memory = f"{g.get('memory_used_mib', 0):,} / {g.get('memory_total_mib', 0):,} MiB"
+        lines.append(
+            f"{g.get('index', ''):>3}  {str(g.get('name', ''))[:24]:<24} {memory:>22}  "
+            f"{g.get('utilization_pct', 0):>3.0f}%  {job[:20]:<20} {strangers}"
+        )
+    lines.append(f"(probed {body.get('probed_s_ago', 0):.0f} s ago)")
+    return "\n".join(lines)
+
+
+def _gpu_line(gpus: Mapping[str, Any]) -> str:
+    n = gpus.get("count") or 0
+    if not n:
+        return "none (CPU slots)"
+    return f"{n}: {gpus.get('leased', 0)} running a job, {gpus.get('free', 0)} free, {gpus.get('foreign', 0)} with foreign processes"
+
+
 def status_lines(body: Mapping[str, Any]) -> list[str]:
     counts = body.get("jobs") or {}
-    gpus = body.get("gpus") or {}
     rows = [
         ("version", body.get("version")),
         ("healthy", "yes" if body.get("healthy") else f"NO: {body.get('health_reason')}"),
         ("uptime", f"{body.get('uptime_s', 0):.0f} s"),
         ("last event", body.get("last_seq")),
-        ("GPUs", gpus.get("count")),
+        ("GPUs", _gpu_line(body.get("gpus") or {})),
         ("jobs", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
     ]
     return [f"{k:<12} {v}" for k, v in rows]

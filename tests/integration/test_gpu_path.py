@@ -96,6 +96,12 @@ def test_placement_ownership_shared_oom_and_cancel_on_fake_gpus(
     g0, g1 = gpus(d)
     assert g0["lease"]["name"] == "a" and g0["foreign_processes"] == 0
     assert g1["lease"] is None and g1["foreign_processes"] == 1 and g1["processes"][0]["pid"] == stranger
+    table = d.cli("gpus").stdout.splitlines()
+    assert (
+        f"{a['id']} a" in table[1]
+        and table[1].endswith(" -")
+        and table[2].endswith(f"pid {stranger} (1,000 MiB)")
+    )
 
     # The stranger moves onto a's GPU: b gets GPU 1, and a's out-of-memory counts as transient.
     box.place({0: [swift_pid(a), stranger]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.client import SseReader, job_detail, jobs_table, progress_bar, status_lines
+from daemon.client import SseReader, gpus_table, job_detail, jobs_table, progress_bar, status_lines
 
 RUNNING = {
     "id": 3,
@@ -88,6 +88,37 @@ def test_status_lines_count_jobs_by_state() -> None:
         "jobs": {"queued": 1, "running": 2, "failed": 0},
     }
     assert status_lines(body)[-1] == "jobs         1 queued, 2 running"
+    assert "GPUs         none (CPU slots)" in status_lines(body)
+    body["gpus"] = {"count": 4, "leased": 2, "free": 1, "foreign": 1}
+    assert "GPUs         4: 2 running a job, 1 free, 1 with foreign processes" in status_lines(body)
+
+
+def test_the_gpus_table_shows_each_gpus_job_and_foreign_processes() -> None:
+    gpu = {"index": 0, "name": "NVIDIA H200", "memory_total_mib": 143771, "utilization_pct": 97.0}
+    body = {
+        "gpus": [
+            gpu
+            | {"memory_used_mib": 20480, "lease": {"job": 3, "name": "tune", "attempt": 1}, "processes": []},
+            gpu
+            | {
+                "index": 1,
+                "memory_used_mib": 81920,
+                "utilization_pct": 12.0,
+                "lease": None,
+                "processes": [
+                    {"pid": 4242, "used_mib": 81000, "foreign": True},
+                    {"pid": 77, "used_mib": 920, "foreign": False},
+                ],
+            },
+        ],
+        "probed_s_ago": 2.4,
+    }
+    header, first, second, footer = gpus_table(body).splitlines()
+    assert header.split()[:3] == ["GPU", "NAME", "MEMORY"]
+    assert "20,480 / 143,771 MiB" in first and " 97%" in first and "3 tune" in first and first.endswith(" -")
+    assert second.endswith("pid 4242 (81,000 MiB)") and "pid 77" not in second
+    assert footer == "(probed 2 s ago)"
+    assert gpus_table({"gpus": [], "probed_s_ago": 0}).startswith("no GPUs")
 
 
 def test_sse_reader_handles_crlf_cr_comments_and_multiline_data() -> None:
