@@ -180,6 +180,8 @@ def _eta(seconds: float | None) -> str:
 def _what(job: Mapping[str, Any]) -> str:
     """The column after the bar: the loss while running, else why it waits or how it ended."""
     metrics = job.get("metrics") or {}
+    if job.get("serving"):
+        return f"serving {job['serving']['openai_base']}"
     if job.get("state") == "running" and metrics.get("loss") is not None:
         eta = _eta((job.get("progress") or {}).get("eta_s"))
         return f"loss {metrics['loss']:.4g}" + (f", {eta} left" if eta else "")
@@ -205,6 +207,13 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], *, colour: bool = False, width
         )
         lines.append(line if colour else line[:cols])
     return "\n".join(lines)
+
+
+def _serving(serving: Mapping[str, Any] | None, *, live: bool) -> str | None:
+    if not serving:
+        return None
+    models = ", ".join(serving.get("models") or []) or "?"
+    return f"{serving['openai_base']} (models: {models})" + ("" if live else ", no longer")
 
 
 def _section(title: str, rows: Sequence[tuple[str, Any]]) -> list[str]:
@@ -250,6 +259,7 @@ def job_detail(job: Mapping[str, Any]) -> str:
                 ("pid", run.get("pid")),
                 ("command", run.get("command")),
                 ("log", run.get("log")),
+                ("serving", _serving(run.get("serving"), live=job.get("state") == "running")),
                 ("mean loss" if metrics.get("kind") == "summary" else "loss", metrics.get("loss")),
                 ("learning rate", metrics.get("learning_rate")),
                 ("grad norm", metrics.get("grad_norm")),

@@ -26,6 +26,7 @@ __all__ = [
     "GpuShared",
     "RunInterrupted",
     "RunOutcome",
+    "RunServing",
     "RunStarted",
     "CancelRequested",
     "ConfigReloaded",
@@ -338,6 +339,19 @@ class GpuShared(_Event):
     """The indices of the run's GPUs that had foreign processes."""
 
 
+class RunServing(_Event):
+    """A deploy run answers requests: swift said where its server listens (it moves to the next free
+    port when the one asked for is taken) and that address's /health returned 200."""
+
+    type: Literal["RunServing"] = "RunServing"
+    job_id: int
+    attempt: int
+    url: str
+    """The server's base URL as swift printed it; its OpenAI API is under /v1."""
+    models: list[str]
+    """The model names that API serves (GET /v1/models)."""
+
+
 class RunInterrupted(_Event):
     """A run the log says was running did not survive a reboot of the machine: it runs again from
     `resume_from`, its last complete checkpoint, or, without one, the job fails."""
@@ -383,6 +397,7 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     ArtifactsFound,
     RunExited,
     RunInterrupted,
+    RunServing,
     GpuShared,
     JobFailed,
     JobsWaiting,
@@ -405,6 +420,7 @@ Event = Annotated[
     | ArtifactsFound
     | RunExited
     | RunInterrupted
+    | RunServing
     | GpuShared
     | JobFailed
     | JobsWaiting,

@@ -129,6 +129,15 @@ def _schemas() -> dict[str, Any]:
                         "eta_s": {"type": ["number", "null"]},
                     },
                 },
+                "serving": {
+                    "type": ["object", "null"],
+                    "description": "where a running deploy job answers (null for other jobs)",
+                    "properties": {
+                        "url": {"type": "string"},
+                        "openai_base": {"type": "string"},
+                        "models": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
             },
         },
         "Event": {

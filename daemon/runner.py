@@ -22,16 +22,19 @@ import re
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import supervise
-from .events import ArtifactRecord, ArtifactsFound, JobProgress, JobStarted, NewEvent, RunStarted
+from .events import ArtifactRecord, ArtifactsFound, JobProgress, JobStarted, NewEvent, RunServing, RunStarted
 from .outcome import RunEnd
 from .supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
 from .swift.artifacts import Artifact, scan_artifacts
+from .swift.deploy import listening_url, local_url, serves
 from .swift.failures import TAIL_LINES
 from .swift.progress import MetricsSampler, StepMetrics, parse_metrics
 
@@ -68,6 +71,8 @@ class Adoptable:
     session: int | None
     last_step: int | None
     """The last train step recorded, so that no metrics record is kept twice."""
+    serves: bool = False
+    """A deploy run: the daemon watches for its server to answer."""
 
 
 @dataclass
@@ -89,6 +94,12 @@ class _Watch:
     artifacts: tuple[ArtifactRecord, ...] = ()
     polls: int = 0
     task: asyncio.Task[None] | None = None
+    serves: bool = False
+    serve_offset: int = 0
+    url: str | None = None
+    """Where a deploy run's server said it listens."""
+    serving: bool = False
+    """Its server has answered (RunServing is recorded)."""
 
 
 def read_tail(path: Path, start: int, limit: int = _TAIL_BYTES) -> list[str]:
@@ -119,6 +130,29 @@ def _read_new(path: Path, offset: int) -> tuple[bytes, int]:
         return b"", offset
     end = data.rfind(b"\n") + 1
     return data[:end], offset + end
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Requests to our own runs' servers never go through an http_proxy from the environment."""
+
+
+def probe_server(url: str, timeout: float = 2.0) -> list[str] | None:
+    """The model names a swift deploy server at `url` serves, or None while its /health does not
+    answer 200. Blocking (a thread's work). A server that wants an api_key for /v1/models still
+    counts as answering, with no names."""
+    try:
+        with _DIRECT.open(f"{url}/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+    except (OSError, ValueError):
+        return None
+    try:
+        with _DIRECT.open(f"{url}/v1/models", timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError):
+        return []
+    data = body.get("data") if isinstance(body, dict) else None
+    return [str(m["id"]) for m in data or [] if isinstance(m, dict) and "id" in m]
 
 
 def _progress_event(w: _Watch, m: StepMetrics) -> NewEvent:
@@ -181,6 +215,7 @@ class Runner:
             Path(started.output_dir),
             Path(started.log),
         )
+        w.serves = serves(started.argv)
         self._runs[w.job_id] = w
         w.task = asyncio.create_task(self._launch_and_watch(w, started), name=f"run-{w.job_id}")
 
@@ -188,6 +223,7 @@ class Runner:
         """Watch a run an earlier daemon started: its end may already be in exit.json."""
         w = _Watch(run.job_id, run.attempt, run.run_dir, run.output_dir, run.log, run.log_offset)
         w.session = run.session
+        w.serves = run.serves
         if run.last_step is not None:
             w.sampler.seen(run.last_step)
         self._runs[w.job_id] = w
@@ -393,6 +429,8 @@ class Runner:
         now = time.monotonic()
         events = [_progress_event(w, m) for m in self._new_metrics(w) if w.sampler.offer(m, now)]
         w.polls += 1
+        if w.serves and not w.serving and not final:
+            events += self._serving(w)
         if final or w.polls % _ARTIFACT_EVERY == 0:
             found = _records(w.output_dir, scan_artifacts(w.output_dir))
             if _changed(w.artifacts, found, sizes=final):
@@ -401,6 +439,18 @@ class Runner:
                 event = ArtifactsFound(job_id=w.job_id, attempt=w.attempt, artifacts=list(found))
                 events.append(NewEvent(event, f"run:{w.job_id}:{w.attempt}:artifacts:{digest}"))
         return events
+
+    @staticmethod
+    def _serving(w: _Watch) -> list[NewEvent]:
+        """Once a deploy run's server has said where it listens and answers there: RunServing."""
+        data, w.serve_offset = _read_new(w.log, max(w.serve_offset, w.log_offset))
+        w.url = listening_url(data) or w.url
+        models = None if w.url is None else probe_server(local_url(w.url))
+        if w.url is None or models is None:
+            return []
+        w.serving = True
+        event = RunServing(job_id=w.job_id, attempt=w.attempt, url=w.url, models=models)
+        return [NewEvent(event, f"run:{w.job_id}:{w.attempt}:serving")]
 
     def _new_metrics(self, w: _Watch) -> list[StepMetrics]:
         """From logging.jsonl; from the log's stdout records while swift has written no logging.jsonl."""

@@ -30,6 +30,7 @@ from .scheduler import GpuView
 from .state import WAITING, State
 from .store import Append, EventStore
 from .supervise import boot_id
+from .swift.deploy import serves
 
 __all__ = ["Scheduling"]
 
@@ -143,6 +144,7 @@ class Scheduling:
                 boot_id=run.boot_id,
                 session=run.session,
                 last_step=last,
+                serves=serves(run.argv),
             )
             await self.runner.adopt(adoptable, me)
             if job.cancel_requested:

@@ -35,6 +35,7 @@ from .events import (
     RetryRequested,
     RunExited,
     RunInterrupted,
+    RunServing,
     RunStarted,
 )
 
@@ -155,6 +156,8 @@ class Run:
     ended_ts: float | None = None
     gpu_shared: list[int] = field(default_factory=list)
     """Indices of this run's GPUs on which a foreign process was seen (GpuShared)."""
+    serving: RunServing | None = None
+    """Where a deploy run answers, once it does."""
 
 
 @dataclass(slots=True)
@@ -462,6 +465,12 @@ def _run_interrupted(state: State, rec: Recorded, ev: RunInterrupted) -> None:
     job.reason = job.reason or f"{ev.reason}; runs again from {ev.resume_from.rsplit('/', 1)[-1]}"
 
 
+def _run_serving(state: State, rec: Recorded, ev: RunServing) -> None:
+    _, run = _run_of(state, ev.job_id, ev.attempt)
+    if run is not None:
+        run.serving = ev
+
+
 def _gpu_shared(state: State, rec: Recorded, ev: GpuShared) -> None:
     _, run = _run_of(state, ev.job_id, ev.attempt)
     if run is not None:
@@ -497,6 +506,7 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     RunExited: _run_exited,
     RunInterrupted: _run_interrupted,
     GpuShared: _gpu_shared,
+    RunServing: _run_serving,
     JobFailed: _job_failed,
     DaemonStarted: _daemon_started,
     DaemonStopped: _daemon_stopped,

@@ -139,8 +139,16 @@ def run_view(run: Run) -> dict[str, Any]:
         "eval": _metrics_json(run.last_eval),
         "metrics_recorded": run.metrics_count,
         "gpu_shared": run.gpu_shared,
+        "serving": _serving_json(run),
         "exit": _exit_json(run),
     }
+
+
+def _serving_json(run: Run | None) -> dict[str, Any] | None:
+    ev = run.serving if run is not None else None
+    if ev is None:
+        return None
+    return {"url": ev.url, "openai_base": f"{ev.url}/v1", "models": ev.models}
 
 
 def artifacts_view(job: Job) -> list[dict[str, Any]]:
@@ -173,6 +181,7 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "final_checkpoint": job.final_checkpoint,
         "final_model": job.final_model,
+        "serving": _serving_json(run) if job.state == "running" else None,
     }
     if detail:
         body["filename"] = job.filename

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,45 @@ def test_failures_are_classified_with_their_evidence(daemon: Daemon, tiny_model:
     failure = body["run"]["exit"]["failure"]
     assert failure["kind"] == "bad_dataset", failure
     assert failure["row"] == 4 and failure["path"] == str(converted)
+
+
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def test_a_deployment_serves_where_swift_really_listens_until_cancelled(
+    daemon: Daemon, tiny_model: Path
+) -> None:
+    """swift deploy moves off a port already taken without saying so in its arguments: the job
+    shows the address it really answers on, the OpenAI API there works, and cancel stops it."""
+    d = daemon
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d.drop(
+            "serve.yaml",
+            f"task_type: deploy\nmodel: {json.dumps(str(tiny_model))}\nmodel_type: qwen2\ntemplate: qwen\n"
+            f"port: {port}\n",
+        )
+        serving = d.wait_for("the deployment serving", lambda: maybe_job(d, "serve").get("serving"), 120)
+    base = serving["openai_base"]
+    assert serving["url"].startswith("http://127.0.0.1:") and serving["url"] != f"http://127.0.0.1:{port}"
+    assert serving["models"] == ["tiny-qwen2"] and base == serving["url"] + "/v1"
+    ask = {"model": "tiny-qwen2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    req = urllib.request.Request(
+        base + "/chat/completions",
+        data=json.dumps(ask).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with DIRECT.open(req, timeout=60) as resp:
+        assert json.loads(resp.read())["choices"][0]["message"]["role"] == "assistant"
+    assert "serving http://127.0.0.1:" in d.cli("jobs").stdout
+    assert f"{base} (models: tiny-qwen2)" in d.cli("show", "serve").stdout
+
+    assert d.cli("cancel", "serve").returncode == 0
+    body = finished(d, "serve", 60)
+    assert body["state"] == "cancelled" and body["serving"] is None
+    assert body["run"]["serving"]["url"] == serving["url"]
+    assert_no_process_left(d, body)
+    with pytest.raises(OSError):
+        DIRECT.open(serving["url"] + "/health", timeout=5)

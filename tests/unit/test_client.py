@@ -78,6 +78,15 @@ def test_job_detail_calls_a_finished_runs_loss_its_mean() -> None:
     assert "  mean loss" in job_detail(RUNNING | {"state": "succeeded", "run": done})
 
 
+def test_a_deployment_shows_where_it_serves() -> None:
+    serving = {"url": "http://127.0.0.1:8001", "openai_base": "http://127.0.0.1:8001/v1", "models": ["tiny"]}
+    live = RUNNING | {"task_type": "deploy", "serving": serving, "run": {"attempt": 1, "serving": serving}}
+    assert jobs_table([live], width=200).splitlines()[1].endswith("serving http://127.0.0.1:8001/v1")
+    assert "http://127.0.0.1:8001/v1 (models: tiny)" in job_detail(live)
+    ended = live | {"state": "cancelled", "serving": None}
+    assert "(models: tiny), no longer" in job_detail(ended)
+
+
 def test_status_lines_count_jobs_by_state() -> None:
     body = {
         "version": "0.3.0",

@@ -28,6 +28,7 @@ from daemon.events import (
     RetryRequested,
     RunExited,
     RunInterrupted,
+    RunServing,
     RunStarted,
 )
 from daemon.state import State, apply, fold, state_from_json, state_to_json
@@ -192,6 +193,7 @@ run_events: st.SearchStrategy[Event] = st.one_of(
         GpuShared, job_id=job_ids, attempt=attempts, gpus=st.lists(st.integers(0, 3), min_size=1, max_size=2)
     ),
     st.builds(RunInterrupted, job_id=job_ids, attempt=attempts, reason=names, resume_from=st.none() | names),
+    st.builds(RunServing, job_id=job_ids, attempt=attempts, url=names, models=st.lists(names, max_size=2)),
     st.builds(JobFailed, job_id=job_ids, reason=names),
     st.builds(JobsWaiting, reasons=st.dictionaries(st.sampled_from(["1", "2", "3"]), names, max_size=2)),
 )

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import BaseModel
 
-from daemon.events import ArtifactsFound, JobProgress, JobStarted, NewEvent, RunStarted
+from daemon.events import ArtifactsFound, JobProgress, JobStarted, NewEvent, RunServing, RunStarted
 from daemon.outcome import RunEnd
 from daemon.runner import Adoptable, Runner, read_tail
 from daemon.supervise import EXIT_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
@@ -62,6 +62,34 @@ print("released", flush=True)
 """A swift that runs until the test creates `release` in its output directory, then exits 0."""
 
 SLEEPS = "import time\ntime.sleep(60)\n"
+
+SERVES = """\
+import http.server, json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+asked = []
+
+class Api(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        asked.append(self.path)
+        if self.path == "/health":  # not ready at the first question
+            code, body = (503, {}) if asked.count("/health") == 1 else (200, {})
+        else:
+            code, body = 200, {"data": [{"id": "tiny", "object": "model"}], "object": "list"}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Api)
+print(f"INFO:     Uvicorn running on http://0.0.0.0:{server.server_port} (Press CTRL+C to quit)", flush=True)
+server.serve_forever()
+"""
+"""A swift deploy: says where it listens (bound everywhere, as swift's default host does) and
+answers /health (503 once, then 200) and /v1/models until it is stopped."""
 
 _E = TypeVar("_E", bound=BaseModel)
 
@@ -118,14 +146,17 @@ class Runs:
         self.runners.append(runner)
         return runner
 
-    def started(self, job_id: int, script: str, *, timeout_s: float | None = None) -> JobStarted:
-        """The JobStarted `dispatch` would make, with a fake swift that gets the output dir."""
+    def started(
+        self, job_id: int, script: str, *, timeout_s: float | None = None, tail: tuple[str, ...] = ()
+    ) -> JobStarted:
+        """The JobStarted `dispatch` would make, with a fake swift that gets the output dir (and
+        `tail`: more arguments, such as the module name a deploy command has)."""
         run_dir = self.root / "runs" / str(job_id) / "1"
         output_dir = run_dir / "output"
         path = self.root / f"fake_swift_{job_id}.py"
         path.write_text(script)
         self.run_dirs.append(run_dir)
-        argv = [sys.executable, str(path), str(output_dir)]
+        argv = [sys.executable, str(path), str(output_dir), *tail]
         return JobStarted(
             job_id=job_id,
             attempt=1,
@@ -185,6 +216,21 @@ async def test_a_run_that_ends_during_a_poll_still_gets_its_final_poll(runs: Run
     found = rec.of(ArtifactsFound, 1)
     assert found and any(a.path.endswith("checkpoint-3") and a.complete for a in found[-1].artifacts)
     assert [p.step for p in rec.of(JobProgress, 1)] == [1, 2, 3]
+
+
+async def test_a_deploy_run_is_recorded_serving_once_its_server_answers(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, SERVES, tail=("swift.cli.deploy",)))
+    await rec.until(lambda: bool(rec.of(RunServing, 1)), "RunServing")
+    (serving,) = rec.of(RunServing, 1)
+    assert serving.url.startswith("http://0.0.0.0:") and serving.models == ["tiny"]
+    keys = [e.idem_key for _, e in rec.events if isinstance(e.event, RunServing)]
+    assert keys == ["run:1:1:serving"]
+    await asyncio.sleep(0.3)  # more polls: recorded once
+    assert len(rec.of(RunServing, 1)) == 1
+    assert runner.cancel(1)
+    assert (await rec.end(1)).stopped == "cancel"
 
 
 async def test_a_run_reports_start_progress_artifacts_and_its_end(runs: Runs) -> None:
