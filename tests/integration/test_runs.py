@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,20 @@ def test_a_deployment_serves_where_swift_really_listens_until_cancelled(
         assert json.loads(resp.read())["choices"][0]["message"]["role"] == "assistant"
     assert "serving http://127.0.0.1:" in d.cli("jobs").stdout
     assert f"{base} (models: tiny-qwen2)" in d.cli("show", "serve").stdout
+
+    # The server outlives a kill -9 of the daemon, which finds it again, serving, recorded once.
+    d.kill()
+    with DIRECT.open(serving["url"] + "/health", timeout=10) as resp:
+        assert resp.status == 200
+    d.start()
+    d.wait_for(
+        "the deployment adopted", lambda: job(d, "serve")["run"]["pid"] and d.cli("jobs").returncode == 0
+    )
+    time.sleep(1.0)  # a few watch polls after the adoption
+    body = job(d, "serve")
+    assert body["state"] == "running" and body["serving"] == serving
+    events = d.get("/v1/jobs/serve/events")[1]["events"]
+    assert [e["type"] for e in events].count("RunServing") == 1
 
     assert d.cli("cancel", "serve").returncode == 0
     body = finished(d, "serve", 60)
