@@ -271,11 +271,8 @@ def test_a_deployment_serves_where_swift_really_listens_until_cancelled(
     d.kill()
     with DIRECT.open(serving["url"] + "/health", timeout=10) as resp:
         assert resp.status == 200
-    d.start()
-    d.wait_for(
-        "the deployment adopted", lambda: job(d, "serve")["run"]["pid"] and d.cli("jobs").returncode == 0
-    )
-    time.sleep(1.0)  # a few watch polls after the adoption
+    d.start()  # up once the log's running runs are adopted
+    time.sleep(1.0)  # a few watch polls after the adoption, each of which may find the server again
     body = job(d, "serve")
     assert body["state"] == "running" and body["serving"] == serving
     events = d.get("/v1/jobs/serve/events")[1]["events"]
