@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .state import State
+from .swift.deploy import serves
 from .views import JOB_STATES
 
 __all__ = ["CONTENT_TYPE", "QUEUE_WAIT_BUCKETS", "Scrape", "families", "render"]
@@ -174,8 +175,23 @@ def _sse(s: Scrape) -> Iterable[Metric]:
     )
 
 
+def _deployments(s: Scrape) -> Iterable[Metric]:
+    up = GaugeMetricFamily(
+        "llmtraind_deployment_up",
+        "1 once a running deploy job's server has answered at url, 0 while it starts.",
+        labels=["job", "name", "project", "url"],
+    )
+    for job in s.state.jobs.values():
+        run = job.run
+        if job.state == "running" and run is not None and serves(run.argv):
+            url = run.serving.url if run.serving is not None else ""
+            up.add_metric([str(job.id), job.name, job.project, url], 1 if run.serving is not None else 0)
+    yield up
+
+
 def families(s: Scrape) -> list[Metric]:
-    return [m for part in (_daemon, _jobs, _running, _gpus, _intake, _sse) for m in part(s)]
+    parts = (_daemon, _jobs, _running, _deployments, _gpus, _intake, _sse)
+    return [m for part in parts for m in part(s)]
 
 
 class _Once(Collector):

@@ -16,8 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.api import ReadSide, make_app
-from daemon.events import JobProgress
+from daemon.events import JobProgress, RunServing
 from daemon.gpus import FakeGpuProbe, GpuProcess, GpuStatus
+from daemon.promexport import Scrape, families
 from daemon.state import Job, Run, State
 from daemon.store import EventStore
 
@@ -101,6 +102,26 @@ async def world(tmp_path: Path, stranger: int) -> AsyncIterator[tuple[Client, li
     finally:
         await client.close()
         await store.close()
+
+
+def test_a_deployment_is_up_once_its_server_answers() -> None:
+    state = State()
+    for job_id, ready in ((1, True), (2, False)):
+        serve = job(job_id, "running", 0.0)
+        serve.runs.append(run("/nonexistent", [], 1.0, None))
+        serve.runs[0].argv = ["/venv/bin/python", "-m", "swift.cli.deploy", "--model", "/m"]
+        if ready:
+            serve.runs[0].serving = RunServing(job_id=1, attempt=1, url="http://127.0.0.1:8001", models=["m"])
+        state.jobs[job_id] = serve
+    trains = job(3, "running", 0.0)
+    trains.runs.append(run("/nonexistent", [], 1.0, None))
+    state.jobs[3] = trains
+    scrape = Scrape(state=state, now=2.0, version="0", uptime_s=1.0, healthy=True, last_seq=0)
+    (up,) = [f for f in families(scrape) if f.name == "llmtraind_deployment_up"]
+    assert [(s.labels["job"], s.labels["url"], s.value) for s in up.samples] == [
+        ("1", "http://127.0.0.1:8001", 1),
+        ("2", "", 0),
+    ]
 
 
 async def test_gpus_show_our_lease_and_foreign_processes(
