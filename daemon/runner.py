@@ -22,7 +22,6 @@ import re
 import signal
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -445,8 +444,10 @@ class Runner:
         """Once a deploy run's server has said where it listens and answers there: RunServing."""
         data, w.serve_offset = _read_new(w.log, max(w.serve_offset, w.log_offset))
         w.url = listening_url(data) or w.url
-        models = None if w.url is None else probe_server(local_url(w.url))
-        if w.url is None or models is None:
+        if w.url is None:
+            return []
+        models = probe_server(local_url(w.url))
+        if models is None:
             return []
         w.serving = True
         event = RunServing(job_id=w.job_id, attempt=w.attempt, url=w.url, models=models)
