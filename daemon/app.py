@@ -20,19 +20,19 @@ from types import TracebackType
 
 from aiohttp import web
 
-from . import __version__
-from .api import ReadSide, make_app
-from .config import Config, ConfigError, config_digest, load_config, merge_reload
-from .events import ConfigReloaded, DaemonStarted, DaemonStopped, GpuSeen, NewEvent
-from .gpus import make_probe
-from .inbox import Inbox
-from .projector import Projector
-from .scheduling import Scheduling
-from .sse import SseSettings
-from .store import EventStore, LogDamaged, StoreError
-from .supervise import boot_id
-from .systemd import Notifier, watchdog_interval
-from .validate import local_swift_args
+from daemon import __version__
+from daemon.core.config import Config, ConfigError, config_digest, load_config, merge_reload
+from daemon.core.events import ConfigReloaded, DaemonStarted, DaemonStopped, GpuSeen, NewEvent
+from daemon.http.api import ReadSide, make_app
+from daemon.http.sse import SseSettings
+from daemon.intake.inbox import Inbox
+from daemon.intake.validate import local_swift_args
+from daemon.log.projector import Projector
+from daemon.log.store import EventStore, LogDamaged, StoreError
+from daemon.runs.gpus import make_probe
+from daemon.runs.loop import Scheduling
+from daemon.runs.supervise import boot_id
+from daemon.systemd import Notifier, watchdog_interval
 
 __all__ = ["AlreadyRunning", "StateLock", "serve"]
 

@@ -28,7 +28,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[Daemon]]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The deterministic random Qwen2 of reference/swift-cpu.md §2, built once per test session."""
-    from daemon.tinymodel import build_tiny_model
+    from daemon.cli.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2")
 

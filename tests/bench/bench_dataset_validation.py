@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.datasets import DatasetValidator
+from daemon.core.datasets import DatasetValidator
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
 

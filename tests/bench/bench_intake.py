@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from watchfiles import awatch
 
-from daemon.config import load_config
-from daemon.events import Recorded
-from daemon.inbox import Inbox
-from daemon.projector import Projector
-from daemon.store import EventStore
-from daemon.validate import local_swift_args
+from daemon.core.config import load_config
+from daemon.core.events import Recorded
+from daemon.intake.inbox import Inbox
+from daemon.intake.validate import local_swift_args
+from daemon.log.projector import Projector
+from daemon.log.store import EventStore
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(1800)]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.scheduler import Demand, GpuView, Lease, Phase, place
+from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, place
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
 

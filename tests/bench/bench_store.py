@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.events import DaemonStarted, DaemonStopped, NewEvent
-from daemon.projector import Projector, load_state_at_path
-from daemon.state import STATE_SCHEMA, state_to_json
-from daemon.store import EventStore
+from daemon.core.events import DaemonStarted, DaemonStopped, NewEvent
+from daemon.core.state import STATE_SCHEMA, state_to_json
+from daemon.log.projector import Projector, load_state_at_path
+from daemon.log.store import EventStore
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(1800)]
 

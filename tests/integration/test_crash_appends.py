@@ -12,14 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.events import DaemonStopped, NewEvent
-from daemon.store import EventStore, check_log
+from daemon.core.events import DaemonStopped, NewEvent
+from daemon.log.store import EventStore, check_log
 
 APPENDER = """
 import asyncio, sys
 from pathlib import Path
-from daemon.events import DaemonStopped, NewEvent
-from daemon.store import EventStore
+from daemon.core.events import DaemonStopped, NewEvent
+from daemon.log.store import EventStore
 
 async def main():
     store = await EventStore.open(Path(sys.argv[1]))

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import daemon
-from daemon.projector import load_state_at_path
-from daemon.state import state_to_json
+from daemon.core.state import state_to_json
+from daemon.log.projector import load_state_at_path
 from tests.daemon_proc import Daemon
 
 ROUTES = ["/healthz", "/v1/status", "/v1/events", "/v1/state", "/v1/nope"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from daemon.gpus import FAKE_GPUS_ENV
+from daemon.runs.gpus import FAKE_GPUS_ENV
 from tests.daemon_proc import Daemon, session_members
 from tests.fakeswift import fake_model, write_wrapper
 from tests.integration.test_restart import config, events_of

@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection
 
-from daemon.openapi import openapi_spec
+from daemon.http.openapi import openapi_spec
 from tests.daemon_proc import Daemon
 from tests.integration.test_sse import ROW, dataset, finished, sse_daemon, start_job
 

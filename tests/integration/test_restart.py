@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from daemon.client import Api
-from daemon.scheduling import free_port
-from daemon.supervise import BOOT_ID_ENV
+from daemon.cli.client import Api
+from daemon.runs.loop import free_port
+from daemon.runs.supervise import BOOT_ID_ENV
 from tests.daemon_proc import Daemon, session_members
 from tests.fakeswift import fake_model, write_wrapper
 from tests.integration.test_runs import finished, job, job_yaml, maybe_job, sft_rows, wait_state

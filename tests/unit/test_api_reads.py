@@ -15,12 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.api import ReadSide, make_app
-from daemon.events import JobProgress, RunServing
-from daemon.gpus import FakeGpuProbe, GpuProcess, GpuStatus
-from daemon.promexport import Scrape, families
-from daemon.state import Job, Run, State
-from daemon.store import EventStore
+from daemon.core.events import JobProgress, RunServing
+from daemon.core.state import Job, Run, State
+from daemon.http.api import ReadSide, make_app
+from daemon.http.metrics import Scrape, families
+from daemon.log.store import EventStore
+from daemon.runs.gpus import FakeGpuProbe, GpuProcess, GpuStatus
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.client import SseReader, gpus_table, job_detail, jobs_table, progress_bar, status_lines
+from daemon.cli.client import SseReader, gpus_table, job_detail, jobs_table, progress_bar, status_lines
 
 RUNNING = {
     "id": 3,

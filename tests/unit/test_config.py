@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, config_digest, load_config, resolve_config_path
+from daemon.core.config import ConfigError, config_digest, load_config, resolve_config_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from daemon import datasets
-from daemon.datasets import DatasetReport, DatasetValidator, LineError, can_feed, line_models
+from daemon.core import datasets
+from daemon.core.datasets import DatasetReport, DatasetValidator, LineError, can_feed, line_models
 
 BOM = b"\xef\xbb\xbf"
 

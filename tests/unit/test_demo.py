@@ -9,10 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.cli import main
-from daemon.config import LimitsConfig, load_config
-from daemon.datasets import can_feed
-from daemon.demo import (
+from daemon.cli.demo import (
     DPO,
     MERGE,
     PT,
@@ -30,9 +27,12 @@ from daemon.demo import (
     outcomes,
     rejections,
 )
-from daemon.intake import feeds
-from daemon.jobs import JobSpec, ModelRef
-from daemon.validate import FileVerdict, check_file, local_swift_args
+from daemon.cli.main import main
+from daemon.core.config import LimitsConfig, load_config
+from daemon.core.datasets import can_feed
+from daemon.core.jobs import JobSpec, ModelRef
+from daemon.intake.decide import feeds
+from daemon.intake.validate import FileVerdict, check_file, local_swift_args
 
 MODEL = Path("/srv/llmtraind/state/demo/tiny-qwen2")
 

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from daemon.config import LimitsConfig
-from daemon.dispatch import Box, Decisions, Environment, decide, run_paths, shared_gpus
-from daemon.events import (
+from daemon.core.config import LimitsConfig
+from daemon.core.events import (
     ArtifactRecord,
     ArtifactsFound,
     Event,
@@ -24,13 +23,14 @@ from daemon.events import (
     Recorded,
     RunExited,
 )
-from daemon.intake import Examined
-from daemon.intake import decide as intake
-from daemon.layout import StateLayout
-from daemon.scheduler import GpuView
-from daemon.state import State, apply
-from daemon.swift_args import bundled
-from daemon.validate import check_file
+from daemon.core.layout import StateLayout
+from daemon.core.state import State, apply
+from daemon.core.swift_args import bundled
+from daemon.intake.decide import Examined
+from daemon.intake.decide import decide as intake
+from daemon.intake.validate import check_file
+from daemon.runs.dispatch import Box, Decisions, Environment, decide, run_paths, shared_gpus
+from daemon.runs.scheduler import GpuView
 
 SFT = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 SFT_SHA = hashlib.sha256(SFT).hexdigest()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.events import EVENT_TYPES, DaemonStopped, Event, decode_event, upcast
+from daemon.core.events import EVENT_TYPES, DaemonStopped, Event, decode_event, upcast
 
 
 def test_current_schema_decodes_straight() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.projector import load_state_at_path
-from daemon.store import EventStore
+from daemon.log.projector import load_state_at_path
+from daemon.log.store import EventStore
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

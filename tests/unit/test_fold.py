@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events import (
+from daemon.core.events import (
     ArtifactRecord,
     ArtifactsFound,
     CancelRequested,
@@ -31,7 +31,7 @@ from daemon.events import (
     RunServing,
     RunStarted,
 )
-from daemon.state import State, apply, fold, state_from_json, state_to_json
+from daemon.core.state import State, apply, fold, state_from_json, state_to_json
 
 pids = st.integers(min_value=1, max_value=5)
 gpus = st.lists(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.gpus import (
+from daemon.runs.gpus import (
     FAKE_GPUS_ENV,
     FakeGpuProbe,
     GpuProbe,

@@ -6,12 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from daemon.config import LimitsConfig
-from daemon.events import Recorded
-from daemon.intake import Examined, decide
-from daemon.state import State, apply
-from daemon.swift_args import bundled
-from daemon.validate import check_file
+from daemon.core.config import LimitsConfig
+from daemon.core.events import Recorded
+from daemon.core.state import State, apply
+from daemon.core.swift_args import bundled
+from daemon.intake.decide import Examined, decide
+from daemon.intake.validate import check_file
 
 SFT = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 DPO = b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'

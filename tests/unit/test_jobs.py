@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.jobs import (
+from daemon.core.jobs import (
     ControlRequest,
     DatasetRef,
     JobFileError,
@@ -27,7 +27,7 @@ from daemon.jobs import (
     parse_job_file,
     references,
 )
-from daemon.swift_args import SwiftArgs, bundled
+from daemon.core.swift_args import SwiftArgs, bundled
 from tests.seeds import SEED_LORA, SEED_PRETRAIN, SEED_RL, SEED_SFT, SEED_TRAINER_JSON
 
 SWIFT = bundled()

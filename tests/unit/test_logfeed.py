@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import daemon.logfeed as logfeed
-from daemon.logfeed import LineCutter, line_floor, log_frame, read_frames
+import daemon.http.logfeed as logfeed
+from daemon.http.logfeed import LineCutter, line_floor, log_frame, read_frames
 from tests.sse_client import SseParser
 
 pytestmark = pytest.mark.timeout(60)

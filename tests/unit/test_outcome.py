@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from daemon.outcome import EVIDENCE_LINES, RunEnd, exit_event
-from daemon.state import Job, Run
-from daemon.swift.artifacts import Artifact
+from daemon.core.state import Job, Run
+from daemon.runs.outcome import EVIDENCE_LINES, RunEnd, exit_event
+from daemon.runs.swift.artifacts import Artifact
 
 OUT = Path("/state/runs/1/1/output")
 

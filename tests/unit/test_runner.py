@@ -2,7 +2,7 @@
 
 Each test hands `Runner` a JobStarted whose argv is a small Python script standing in for swift,
 and collects what the runner reports (the events it would record) and how it says the run
-ended (`on_end`). The supervisor is the real `daemon.supervise`, so these tests cover the whole
+ended (`on_end`). The supervisor is the real `daemon.runs.supervise`, so these tests cover the whole
 process tree of a run, on any machine, in about a second each.
 """
 
@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import BaseModel
 
-from daemon.events import ArtifactsFound, JobProgress, JobStarted, NewEvent, RunServing, RunStarted
-from daemon.outcome import RunEnd
-from daemon.runner import Adoptable, Runner, read_tail
-from daemon.supervise import EXIT_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
-from daemon.swift.failures import TAIL_LINES
+from daemon.core.events import ArtifactsFound, JobProgress, JobStarted, NewEvent, RunServing, RunStarted
+from daemon.runs.outcome import RunEnd
+from daemon.runs.runner import Adoptable, Runner, read_tail
+from daemon.runs.supervise import EXIT_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
+from daemon.runs.swift.failures import TAIL_LINES
 
 WAIT_S = 10.0
 """Upper bound for anything here; the runs themselves take a fraction of a second."""

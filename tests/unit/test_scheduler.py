@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.scheduler import Demand, GpuView, Lease, Phase, Plan, Reservation, place
+from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, Plan, Reservation, place
 
 NOW = 1_000_000.0
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.schemas import check_schemas, render_schemas, write_schemas
+from daemon.cli.schemas import check_schemas, render_schemas, write_schemas
 
 
 def test_checked_in_schemas_are_current() -> None:

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from daemon.events import DaemonStopped, Recorded
-from daemon.sse import Ring, event_frame, parse_last_event_id
-from daemon.views import recorded_json
+from daemon.core.events import DaemonStopped, Recorded
+from daemon.http.sse import Ring, event_frame, parse_last_event_id
+from daemon.http.views import recorded_json
 from tests.sse_client import SseEvent, SseParser
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.events import DaemonStarted, DaemonStopped, NewEvent, Recorded
-from daemon.store import (
+from daemon.core.events import DaemonStarted, DaemonStopped, NewEvent, Recorded
+from daemon.log.store import (
     Append,
     ConcurrencyConflict,
     EventStore,

@@ -1,4 +1,4 @@
-"""The per-run supervisor, run for real: `python -m daemon.supervise RUN_DIR` around fake swifts.
+"""The per-run supervisor, run for real: `python -m daemon.runs.supervise RUN_DIR` around fake swifts.
 
 Each test starts the supervisor the way the runner does (its own session, wait for the detaching
 parent), then drives it with signals and reads what it leaves behind: supervisor.json, exit.json
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from daemon.supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
+from daemon.runs.supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
 
 WAIT_S = 10.0
 """Upper bound for anything the supervisor does; the tests normally wait milliseconds."""
@@ -121,7 +121,7 @@ class Run:
         (self.dir / RUN_FILE).write_text(json.dumps(spec))
         with open(self.dir.parent / "supervisor.out", "ab") as out:
             self.parent = subprocess.Popen(
-                [sys.executable, "-m", "daemon.supervise", str(self.dir)],
+                [sys.executable, "-m", "daemon.runs.supervise", str(self.dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -279,6 +279,6 @@ def test_swift_dies_with_a_killed_supervisor(run: Run) -> None:
 
 def test_usage_error_without_a_run_dir() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "daemon.supervise"], capture_output=True, text=True, timeout=WAIT_S
+        [sys.executable, "-m", "daemon.runs.supervise"], capture_output=True, text=True, timeout=WAIT_S
     )
     assert done.returncode == 2 and "usage" in done.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.swift_args import (
+from daemon.core.swift_args import (
     BUNDLED_VERSION,
     COMMAND_CLASSES,
     SwiftArgs,
@@ -49,7 +49,7 @@ def test_json_round_trip_is_stable() -> None:
 
 
 def test_bundled_file_is_in_canonical_form() -> None:
-    path = Path(__file__).parents[2] / "daemon" / "data" / f"swift_args-{BUNDLED_VERSION}.json"
+    path = Path(__file__).parents[2] / "daemon" / "core" / "data" / f"swift_args-{BUNDLED_VERSION}.json"
     assert path.read_text(encoding="utf-8") == bundled().to_json()
 
 
@@ -103,7 +103,7 @@ async def test_introspect_garbage_output(tmp_path: Path) -> None:
 @pytest.mark.swift
 @pytest.mark.skipif(importlib.util.find_spec("swift") is None, reason="ms-swift is not installed")
 async def test_installed_swift_matches_bundled_list() -> None:
-    """The bundled file is what `python -m daemon.swift_args` prints for ms-swift 4.6.0."""
+    """The bundled file is what `python -m daemon.core.swift_args` prints for ms-swift 4.6.0."""
     found = await introspect(sys.executable)
     if found.version != BUNDLED_VERSION:
         pytest.skip(f"installed ms-swift is {found.version}, the bundled list is {BUNDLED_VERSION}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.swift.artifacts import Artifact, final_checkpoint, final_model, scan_artifacts
+from daemon.runs.swift.artifacts import Artifact, final_checkpoint, final_model, scan_artifacts
 
 LORA_FILES = {
     "README.md": 100,

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.jobs import JobSpec, parse_job_file
-from daemon.swift.command import CommandError, RunInputs, SwiftCommand, build_command, format_value
-from daemon.swift_args import bundled
+from daemon.core.jobs import JobSpec, parse_job_file
+from daemon.core.swift_args import bundled
+from daemon.runs.swift.command import CommandError, RunInputs, SwiftCommand, build_command, format_value
 from tests.seeds import SEED_LORA, SEED_PRETRAIN, SEED_RL, SEED_SFT, SEED_TRAINER_JSON
 
 SWIFT = bundled()

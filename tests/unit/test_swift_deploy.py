@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.swift.deploy import listening_url, local_url, serves
+from daemon.runs.swift.deploy import listening_url, local_url, serves
 
 LOG = (
     b"[INFO:swift] model_list: ['tiny-qwen2']\n"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.swift.failures import TAIL_LINES, Failure, classify_failure
+from daemon.runs.swift.failures import TAIL_LINES, Failure, classify_failure
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "swift"
 CASES: dict[str, dict[str, object]] = json.loads((FIXTURES / "cases.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.swift.progress import (
+from daemon.runs.swift.progress import (
     MetricsSampler,
     RunSummary,
     StepMetrics,

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from daemon import tinymodel
-from daemon.jobs import JobSpec, parse_job_file
-from daemon.swift.artifacts import final_checkpoint, final_model, scan_artifacts
-from daemon.swift.command import EXPORT_DIR, RunInputs, SwiftCommand, build_command
-from daemon.swift.failures import classify_failure
-from daemon.swift.progress import MetricsSampler, parse_metrics, parse_summary
-from daemon.swift_args import bundled
-from daemon.tinymodel import build_tiny_model
+from daemon.cli import tinymodel
+from daemon.cli.tinymodel import build_tiny_model
+from daemon.core.jobs import JobSpec, parse_job_file
+from daemon.core.swift_args import bundled
+from daemon.runs.swift.artifacts import final_checkpoint, final_model, scan_artifacts
+from daemon.runs.swift.command import EXPORT_DIR, RunInputs, SwiftCommand, build_command
+from daemon.runs.swift.failures import classify_failure
+from daemon.runs.swift.progress import MetricsSampler, parse_metrics, parse_summary
 
 needs_training_stack = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ("torch", "transformers", "tokenizers")),

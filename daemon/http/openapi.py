@@ -1,0 +1,346 @@
+"""The API described as OpenAPI 3.1: served at /openapi.json and published as schemas/openapi.json.
+
+Written by hand next to the routes (a test checks that every route is described and every described
+path is routed); the shapes are the ones `views` builds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon import __version__
+
+__all__ = ["MAX_POSITION", "TOKEN_COOKIE", "openapi_spec"]
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+_OBJ: dict[str, Any] = {"type": "object"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+TOKEN_COOKIE = "llmtraind_token"  # noqa: S105 (a cookie name, not a secret)
+"""Where a browser keeps `[api] token` for the status page (see api.py)."""
+MAX_POSITION = 2**62
+"""The largest seq or byte offset a query may name: far past any real log, and within int64."""
+
+
+def _int_query(name: str, description: str, minimum: int, maximum: int = MAX_POSITION) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum}
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_JOB_PARAM = {
+    "name": "job",
+    "in": "path",
+    "required": True,
+    "description": "the job's id (digits) or name (the newest job of that name)",
+    "schema": {"type": "string", "minLength": 1},
+}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "where a reconnecting client left off; anything but a non-negative integer is ignored",
+    "schema": {"type": "string"},
+}
+_SSE = {
+    "description": "an SSE stream (text/event-stream)",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+def _get(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[str, ...] = ("401",),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok, **(extra or {})}
+    for code in errors:
+        responses[code] = _ERROR
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    return {"get": op}
+
+
+def _job_route(
+    summary: str, ok: dict[str, Any], params: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return _get(summary, ok, params=[_JOB_PARAM, *(params or [])], errors=("400", "401", "404"))
+
+
+def _schemas() -> dict[str, Any]:
+    counts = {"type": "object", "additionalProperties": {"type": "integer"}}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["version", "uptime_s", "last_seq", "healthy", "gpus", "jobs", "intake"],
+            "properties": {
+                "version": {"type": "string"},
+                "uptime_s": {"type": "number"},
+                "last_seq": {"type": "integer"},
+                "healthy": {"type": "boolean"},
+                "gpus": {"type": "object", "required": ["count", "memory_total_mib", "leased", "free"]},
+                "jobs": counts,
+                "intake": _OBJ,
+            },
+        },
+        "Job": {
+            "type": "object",
+            "required": ["id", "name", "state", "reason", "task_type", "project", "progress"],
+            "properties": {
+                "id": {"type": "integer"},
+                "name": {"type": "string"},
+                "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]},
+                "reason": {"type": "string"},
+                "task_type": {"type": "string"},
+                "project": {"type": "string"},
+                "progress": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "step": {"type": "integer"},
+                        "max_steps": {"type": "integer"},
+                        "percent": {"type": "number"},
+                        "eta_s": {"type": ["number", "null"]},
+                    },
+                },
+                "serving": {
+                    "type": ["object", "null"],
+                    "description": "where a running deploy job answers (null for other jobs)",
+                    "properties": {
+                        "url": {"type": "string"},
+                        "openai_base": {"type": "string"},
+                        "models": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "Event": {
+            "type": "object",
+            "required": ["seq", "stream", "version", "ts", "type", "data"],
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "stream": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1},
+                "ts": {"type": "number"},
+                "type": {"type": "string"},
+                "data": _OBJ,
+            },
+        },
+        "Gpu": {
+            "type": "object",
+            "required": ["index", "uuid", "name", "memory_total_mib", "memory_used_mib", "utilization_pct"],
+            "properties": {
+                "index": {"type": "integer"},
+                "uuid": {"type": "string"},
+                "name": {"type": "string"},
+                "memory_total_mib": {"type": "integer"},
+                "memory_used_mib": {"type": "integer"},
+                "memory_free_mib": {"type": "integer"},
+                "utilization_pct": {"type": "integer"},
+                "lease": {"type": ["object", "null"]},
+                "processes": {"type": "array", "items": _OBJ},
+                "foreign_processes": {"type": "integer"},
+            },
+        },
+    }
+
+
+def _jobs_paths() -> dict[str, Any]:
+    job_states = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    list_of = {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
+    }
+    events = {
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": {"type": "array", "items": _ref("Event")}},
+    }
+    after = _int_query("after", "start after this byte offset (Last-Event-ID wins when both are given)", 0)
+    return {
+        "/v1/jobs": _get(
+            "jobs, optionally of one state or project",
+            _json(list_of, "the jobs"),
+            params=[
+                {"name": "state", "in": "query", "required": False, "schema": {"enum": job_states}},
+                {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}},
+            ],
+            errors=("400", "401"),
+        ),
+        "/v1/jobs/{job}": _job_route(
+            "one job: command line, metrics summary, artifacts, exit", _json(_ref("Job"), "the job")
+        ),
+        "/v1/jobs/{job}/events": _job_route("the job's events", _json(events, "its events, oldest first")),
+        "/v1/jobs/{job}/metrics": _job_route(
+            "every metrics record swift logged, all attempts", _json(_OBJ, "records")
+        ),
+        "/v1/jobs/{job}/artifacts": _job_route(
+            "checkpoints, adapters, merged models", _json(_OBJ, "artifacts")
+        ),
+        "/v1/jobs/{job}/logs": _job_route(
+            "a page of the job's log by byte offset (whole lines)",
+            _json(
+                {"type": "object", "required": ["job", "offset", "next_offset", "size", "text"]},
+                "the page",
+            ),
+            [_int_query("offset", "byte offset", 0), _int_query("limit", "bytes", 1, 1 << 20)],
+        ),
+        "/v1/jobs/{job}/logs/stream": {
+            "get": {
+                "summary": "SSE: the job's log, a line per event, `id:` = the byte offset after the line; "
+                "ends (event `end`) after the last line of a finished job",
+                "parameters": [_JOB_PARAM, after, _LAST_EVENT_ID],
+                "responses": {
+                    "200": _SSE,
+                    "204": {"description": "the job has finished and the client has its whole log"},
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "404": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    named = _get("one dataset", _json(_OBJ, "the dataset"), params=[_NAME_PARAM], errors=("401", "404"))
+    project = _get(
+        "one project's jobs", _json(_OBJ, "the project"), params=[_NAME_PARAM], errors=("401", "404")
+    )
+    page = {
+        "type": "object",
+        "required": ["events", "next_after"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_after": {"type": "integer"},
+        },
+    }
+    gpus = {
+        "type": "object",
+        "required": ["gpus", "probed_s_ago"],
+        "properties": {
+            "gpus": {"type": "array", "items": _ref("Gpu")},
+            "probed_s_ago": {"type": ["number", "null"]},
+        },
+    }
+    health = {"type": "object", "required": ["ok", "reason"]}
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "liveness (no token needed)",
+                "security": [],
+                "responses": {
+                    "200": _json(health, "the event log can be written and intake is not held up"),
+                    "503": _json(health, "one of them is not, and why (`intake: ...` for intake)"),
+                },
+            }
+        },
+        "/v1/status": _get(
+            "version, uptime, last event seq, GPU summary, job counts",
+            _json(_ref("Status"), "the daemon's status"),
+        ),
+        **_jobs_paths(),
+        "/v1/datasets": _get("datasets", _json(_OBJ, "every dataset by name")),
+        "/v1/datasets/{name}": named,
+        "/v1/projects": _get("jobs grouped by project", _json(_OBJ, "projects")),
+        "/v1/projects/{name}": project,
+        "/v1/gpus": _get(
+            "per GPU: memory, utilisation, our lease, foreign processes", _json(gpus, "the last probe")
+        ),
+        "/v1/events": _get(
+            "a page of the event log",
+            _json(page, "events with seq > after"),
+            params=[_int_query("after", "seq", 0), _int_query("limit", "events", 1, 1000)],
+            errors=("400", "401"),
+        ),
+        "/v1/events/stream": _get(
+            "SSE: the event log, `id:` = seq, then live",
+            _SSE,
+            params=[_int_query("after", "start after this seq (Last-Event-ID wins)", 0), _LAST_EVENT_ID],
+            errors=("400", "401", "503"),
+        ),
+        "/v1/state": _get(
+            "the whole state folded up to a seq",
+            _json(_OBJ, "the state"),
+            params=[_int_query("at", "seq (default: now)", 0)],
+            errors=("400", "401"),
+        ),
+        "/metrics": _get(
+            "Prometheus metrics",
+            {
+                "description": "text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        ),
+        "/openapi.json": _get("this document", _json(_OBJ, "OpenAPI 3.1")),
+        "/": {
+            "get": {
+                "summary": "the status page: GPUs, queue with reasons, running jobs with progress and loss "
+                "curves, events",
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": "[api] token, once: kept as a cookie, then a 303 to /",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _html("HTML, fed by /v1/events/stream"),
+                    "303": {"description": "the token was right and is now a cookie"},
+                    "401": _html("how to give the token"),
+                },
+            }
+        },
+    }
+
+
+def openapi_spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "llmtraind",
+            "version": __version__,
+            "description": "The read-only API of llmtraind. Every method but GET and HEAD answers 405. With "
+            "[api] token set, every route but /healthz needs `Authorization: Bearer <token>`.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": {"Error": _json(_ref("Error"), 'an error: {"error": {"code", "message"}}')},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE},
+            },
+        },
+        "security": [{"bearer": []}, {"cookie": []}],
+    }

@@ -1,0 +1,297 @@
+"""The state as people and scripts see it: the JSON shapes of the API (and of the CLI's --json).
+
+Pure functions of the folded state, so the API, the CLI and the tests agree on one shape.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from daemon.core.events import JobProgress, Recorded
+from daemon.core.state import Dataset, Job, Run, State, Validation
+
+if TYPE_CHECKING:
+    from daemon.runs.gpus import GpuStatus
+
+__all__ = [
+    "JOB_STATES",
+    "artifacts_view",
+    "dataset_view",
+    "datasets_view",
+    "gpu_summary",
+    "gpus_view",
+    "intake_view",
+    "job_counts",
+    "job_view",
+    "jobs_view",
+    "projects_view",
+    "recorded_json",
+    "run_view",
+]
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+
+def _progress(v: Validation) -> dict[str, Any]:
+    percent = 100.0 * v.bytes_done / v.bytes_total if v.bytes_total else 0.0
+    return {
+        "bytes_done": v.bytes_done,
+        "bytes_total": v.bytes_total,
+        "rows_done": v.rows_done,
+        "percent": round(percent, 1),
+    }
+
+
+def _validating_by_name(state: State) -> dict[str, Validation]:
+    return {v.name: v for v in state.validating.values()}
+
+
+def dataset_view(state: State, name: str) -> dict[str, Any] | None:
+    """A dataset by any name it was dropped under; while a new drop of it is read, its progress."""
+    return _dataset_entry(state, name, _validating_by_name(state).get(name))
+
+
+def _dataset_entry(state: State, name: str, validating: Validation | None) -> dict[str, Any] | None:
+    sha = state.dataset_names.get(name)
+    if sha is None:
+        if validating is None:
+            return None
+        return {"name": name, "state": "validating", "validation": _progress(validating)}
+    return _dataset_json(name, state.datasets[sha], validating)
+
+
+def _dataset_json(name: str, ds: Dataset, validating: Validation | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "state": "validating" if validating else "ready",
+        "validation": _progress(validating) if validating else None,
+        "sha256": ds.sha256,
+        "format": ds.format,
+        "task_types": ds.task_types,
+        "rlhf_types": ds.rlhf_types,
+        "rows": ds.rows,
+        "bytes": ds.bytes,
+        "stats": ds.stats,
+        "lora_hints": ds.lora_hints,
+        "filename": ds.filename,
+        "names": ds.names,
+        "drops": ds.drops,
+        "accepted_at": ds.accepted_ts,
+    }
+
+
+def datasets_view(state: State) -> list[dict[str, Any]]:
+    validating = _validating_by_name(state)
+    names = sorted(set(state.dataset_names) | set(validating))
+    return [view for name in names if (view := _dataset_entry(state, name, validating.get(name))) is not None]
+
+
+def _progress_json(run: Run | None) -> dict[str, Any] | None:
+    p = run.progress if run is not None else None
+    if p is None:
+        return None
+    return {"step": p.step, "max_steps": p.max_steps, "percent": p.percent, "eta_s": p.eta_s}
+
+
+def _metrics_json(p: JobProgress | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return p.model_dump(exclude={"type", "job_id", "attempt", "raw"}) | {"raw": dict(p.raw)}
+
+
+def _exit_json(run: Run) -> dict[str, Any] | None:
+    ev = run.exit
+    if ev is None:
+        return None
+    return {
+        "outcome": ev.outcome,
+        "returncode": ev.returncode,
+        "signal": ev.signal,
+        "stopped": ev.stopped,
+        "failure": None if ev.failure is None else ev.failure.model_dump(),
+        "log_tail": ev.log_tail,
+        "duration_s": ev.duration_s,
+        "retry": ev.retry,
+    }
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    return {
+        "attempt": run.attempt,
+        "gpus": run.gpu_indices,
+        "gpu_uuids": run.gpu_uuids,
+        "command": run.command,
+        "argv": run.argv,
+        "env": run.env,
+        "run_dir": run.run_dir,
+        "output_dir": run.output_dir,
+        "log": run.log,
+        "resume_from": run.resume_from,
+        "timeout_s": run.timeout_s,
+        "pid": run.pid,
+        "placed": run.placed_ts,
+        "started": run.started_ts,
+        "ended": run.ended_ts,
+        "progress": _progress_json(run),
+        "metrics": _metrics_json(run.progress),
+        "eval": _metrics_json(run.last_eval),
+        "metrics_recorded": run.metrics_count,
+        "gpu_shared": run.gpu_shared,
+        "serving": _serving_json(run),
+        "exit": _exit_json(run),
+    }
+
+
+def _serving_json(run: Run | None) -> dict[str, Any] | None:
+    ev = run.serving if run is not None else None
+    if ev is None:
+        return None
+    return {"url": ev.url, "openai_base": f"{ev.url}/v1", "models": ev.models}
+
+
+def artifacts_view(job: Job) -> list[dict[str, Any]]:
+    """Every attempt's artifacts, newest attempt first."""
+    return [a.model_dump() | {"attempt": run.attempt} for run in reversed(job.runs) for a in run.artifacts]
+
+
+def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
+    run = job.run
+    body: dict[str, Any] = {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "reason": job.reason,
+        "task_type": job.task,
+        "tuner": job.tuner,
+        "rlhf_type": job.rlhf_type,
+        "project": job.project,
+        "priority": job.priority,
+        "gpus": job.gpus if run is None else len(run.gpu_uuids),
+        "gpu_ids": job.gpu_ids if run is None else run.gpu_indices,
+        "after": job.after,
+        "datasets": job.inputs,
+        "progress": _progress_json(run),
+        "metrics": _metrics_json(run.progress if run is not None else None),
+        "created": job.submitted_ts,
+        "started": job.started_ts,
+        "ended": job.ended_ts,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "final_checkpoint": job.final_checkpoint,
+        "final_model": job.final_model,
+        "serving": _serving_json(run) if job.state == "running" else None,
+    }
+    if detail:
+        body["filename"] = job.filename
+        body["sha256"] = job.sha256
+        body["spec"] = job.spec
+        body["run"] = None if run is None else run_view(run)
+        body["runs"] = [run_view(r) for r in job.runs[:-1]]
+        body["artifacts"] = artifacts_view(job)
+    return body
+
+
+def jobs_view(
+    state: State, *, job_state: str | None = None, project: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        job_view(state, j)
+        for j in state.jobs.values()
+        if (job_state is None or j.state == job_state) and (project is None or j.project == project)
+    ]
+
+
+def job_counts(state: State) -> dict[str, int]:
+    counts = Counter(j.state for j in state.jobs.values())
+    return {s: counts.get(s, 0) for s in JOB_STATES}
+
+
+def projects_view(state: State) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for job in state.jobs.values():
+        entry = out.setdefault(job.project, {"name": job.project, "jobs": [], "counts": Counter()})
+        entry["jobs"].append(job.id)
+        entry["counts"][job.state] += 1
+    for entry in out.values():
+        entry["counts"] = dict(entry["counts"])
+    return out
+
+
+def intake_view(state: State) -> dict[str, Any]:
+    c = state.intake
+    return {
+        "datasets": c.datasets,
+        "jobs": c.jobs,
+        "controls": c.controls,
+        "duplicates": c.duplicates,
+        "rejected": c.rejected,
+        "validating": len(state.validating),
+    }
+
+
+def recorded_json(rec: Recorded) -> dict[str, Any]:
+    """One event as the API and the SSE feed show it."""
+    return {
+        "seq": rec.seq,
+        "stream": rec.stream,
+        "version": rec.version,
+        "ts": rec.ts,
+        "type": rec.event.type,
+        "data": rec.event.model_dump(mode="json", exclude={"type"}),
+    }
+
+
+def gpus_view(
+    state: State, gpus: Sequence[GpuStatus], session_of: Callable[[int], int | None]
+) -> list[dict[str, Any]]:
+    """The probed GPUs with our lease on each (the running job whose run holds it) and the processes
+    on it; a process outside every run's session (`session_of(pid)`) is foreign."""
+    leases: dict[str, Job] = {}
+    sessions: set[int] = set()
+    for job in state.jobs.values():
+        run = job.run
+        if job.state == "running" and run is not None:
+            leases.update(dict.fromkeys(run.gpu_uuids, job))
+            if run.session is not None:
+                sessions.add(run.session)
+    out = []
+    for g in gpus:
+        holder = leases.get(g.uuid)
+        procs = [
+            {"pid": p.pid, "used_mib": p.used_mib, "foreign": session_of(p.pid) not in sessions}
+            for p in g.processes
+        ]
+        lease = None
+        if holder is not None and holder.run is not None:
+            lease = {"job": holder.id, "name": holder.name, "attempt": holder.run.attempt}
+        out.append(
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "memory_total_mib": g.memory_total_mib,
+                "memory_used_mib": g.memory_used_mib,
+                "memory_free_mib": max(0, g.memory_total_mib - g.memory_used_mib),
+                "utilization_pct": g.utilization_pct,
+                "lease": lease,
+                "processes": procs,
+                "foreign_processes": sum(1 for p in procs if p["foreign"]),
+            }
+        )
+    return out
+
+
+def gpu_summary(view: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of `gpus_view` for /v1/status."""
+    n = len(view)
+    return {
+        "count": n,
+        "memory_total_mib": sum(g["memory_total_mib"] for g in view),
+        "memory_used_mib": sum(g["memory_used_mib"] for g in view),
+        "utilization_pct": round(sum(g["utilization_pct"] for g in view) / n, 1) if n else 0.0,
+        "leased": sum(1 for g in view if g["lease"] is not None),
+        "foreign": sum(1 for g in view if g["foreign_processes"]),
+        "free": sum(1 for g in view if g["lease"] is None and not g["foreign_processes"]),
+    }

@@ -1,0 +1,292 @@
+"""From the folded state to the scheduler's questions, and from its plan to events and commands.
+
+Pure: the adapters hand in what they saw (GPUs, the time, free ports, log sizes) and get back the
+events to record and, for each job that starts, the exact command. The daemon records these
+before it acts, so the log alone explains every start, failure and wait.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from daemon.core.events import GpuShared, JobFailed, JobStarted, JobsWaiting
+from daemon.core.jobs import DatasetRef, JobSpec, ModelRef
+from daemon.core.layout import StateLayout
+from daemon.core.state import WAITING, Job, State
+from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
+from daemon.runs.swift.command import CommandError, RunInputs, build_command
+
+__all__ = [
+    "Box",
+    "Decisions",
+    "Environment",
+    "Launch",
+    "RunPaths",
+    "decide",
+    "demands",
+    "leases",
+    "run_paths",
+]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one attempt of a job lives in the state directory."""
+
+    run_dir: Path
+    output_dir: Path
+    log: Path
+
+
+def run_paths(layout: StateLayout, job_id: int, attempt: int) -> RunPaths:
+    """One log per job, appended by every attempt (its byte offsets are what the API pages and
+    streams); a fresh directory per attempt, because swift refuses or silently skips existing ones."""
+    run_dir = layout.root / "runs" / str(job_id) / str(attempt)
+    return RunPaths(run_dir, run_dir / "output", layout.root / "logs" / f"{job_id}.log")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the runner needs to start one attempt, decided and recorded as `started`."""
+
+    job_id: int
+    started: JobStarted
+
+
+@dataclass(frozen=True)
+class Decisions:
+    failed: list[JobFailed]
+    waiting: JobsWaiting | None
+    """Only the reasons that changed; None when none did."""
+    launches: list[Launch]
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Box:
+    """What the adapters saw of the machine for one decision."""
+
+    gpus: Sequence[GpuView]
+    managed: bool
+    """Whether this box manages GPUs at all: a job that does not say `gpus` then needs one."""
+    cpu_slots: int
+    now: float
+    stop_grace_s: float
+    cpu_count: int = 1
+    """Cores the CPU slots share: a CPU run gets cpu_count // cpu_slots threads, since PyTorch
+    would otherwise start one per core in every run and oversubscribed OpenMP threads spin."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What an attempt's command is made of besides the job: the adapters fill it in."""
+
+    layout: StateLayout
+    python: str
+    offline: bool
+    free_port: Callable[[], int]
+    """A TCP port nobody listens on now (torchrun's rendezvous binds it)."""
+
+
+def _timeout(job: Job) -> float | None:
+    value = job.spec.get("timeout_s")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _demand(state: State, job: Job, managed: bool) -> Demand:
+    after: list[int] = []
+    missing: list[str] = []
+    for ref in job.after:
+        dep = state.find_job(ref)
+        if dep is None or dep.id == job.id:
+            missing.append(ref)
+        else:
+            after.append(dep.id)
+    blocked = [job.blocked] if job.blocked else []
+    if missing:
+        names = ", ".join(missing)
+        blocked.append(f"after job {names}, which was not submitted yet (drop it, or cancel this job)")
+    gpu_ids = tuple(str(g) for g in job.gpu_ids)
+    gpus = len(gpu_ids) if gpu_ids else job.gpus if job.gpus is not None else int(managed)
+    return Demand(
+        id=job.id,
+        name=job.name,
+        priority=job.priority,
+        order=job.submitted_seq,
+        gpus=gpus,
+        gpu_ids=gpu_ids,
+        min_free_memory_mib=job.min_free_memory_mib,
+        after=tuple(after),
+        blocked="; ".join(blocked) or None,
+        timeout_s=_timeout(job),
+    )
+
+
+def demands(state: State, managed: bool) -> list[Demand]:
+    return [_demand(state, job, managed) for job in state.jobs.values() if job.state in WAITING]
+
+
+def leases(state: State) -> tuple[dict[str, Lease], int]:
+    """GPU UUID -> the lease of the running job on it, and the CPU slots running jobs hold."""
+    held: dict[str, Lease] = {}
+    cpu = 0
+    for job in state.jobs.values():
+        run = job.run
+        if job.state != "running" or run is None:
+            continue
+        if not run.gpu_uuids:
+            cpu += 1
+        for uuid in run.gpu_uuids:
+            held[uuid] = Lease(job.id, run.ends_by)
+    return held, cpu
+
+
+def shared_gpus(state: State, gpus: Sequence[GpuView]) -> list[GpuShared]:
+    """Running jobs with a foreign process on one of their GPUs that their run has not recorded yet:
+    an out-of-memory there may be somebody else's doing, so it counts as transient (retried)."""
+    foreign = {g.uuid: g.index for g in gpus if g.foreign_processes}
+    found = []
+    for job in state.jobs.values():
+        run = job.run
+        if job.state != "running" or run is None:
+            continue
+        new = sorted({foreign[u] for u in run.gpu_uuids if u in foreign} - set(run.gpu_shared))
+        if new:
+            found.append(GpuShared(job_id=job.id, attempt=run.attempt, gpus=new))
+    return found
+
+
+def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phase]]:
+    phases: dict[int, tuple[str, Phase]] = {}
+    for d in wanted:
+        for dep in d.after:
+            job = state.jobs[dep]
+            phases[dep] = (job.name, job.state)  # type: ignore[assignment]
+    return phases
+
+
+def decide(state: State, box: Box, env: Environment) -> Decisions:
+    """What to record now: jobs that can never run, changed waiting reasons, and the starts."""
+    wanted = demands(state, box.managed)
+    held, cpu_used = leases(state)
+    plan = place(wanted, box.gpus, held, _phases(state, wanted), box.cpu_slots, cpu_used, box.now)
+    failed = [JobFailed(job_id=job_id, reason=reason) for job_id, reason in plan.fail.items()]
+    by_uuid = {g.uuid: g.index for g in box.gpus}
+    launches: list[Launch] = []
+    for placement in plan.start:
+        job = state.jobs[placement.job_id]
+        started = _start(state, job, placement, box, env, by_uuid)
+        if isinstance(started, str):
+            failed.append(JobFailed(job_id=job.id, reason=started))
+        else:
+            launches.append(Launch(job.id, started))
+    changed = {
+        str(job_id): reason for job_id, reason in plan.waiting.items() if state.jobs[job_id].reason != reason
+    }
+    return Decisions(failed, JobsWaiting(reasons=changed) if changed else None, launches, plan)
+
+
+def _parent_output(state: State, ref: ModelRef | None, what: str) -> Path | None | str:
+    """The directory an `@JOB` reference names now, None for other references, or why it cannot."""
+    if ref is None or ref.kind != "job":
+        return None
+    parent = state.find_job(ref.ref)
+    if parent is None or parent.state != "succeeded":
+        return f"{what} @{ref.ref}: job {ref.ref} has not succeeded"
+    path = parent.final_checkpoint if what == "adapters" else parent.final_model
+    if path is None:
+        kind = "checkpoint" if what == "adapters" else "merged or full model"
+        return f"{what} @{ref.ref}: job {ref.ref} succeeded but left no {kind}"
+    return Path(path)
+
+
+def _resume_from(job: Job) -> Path | None:
+    """An attempt after a reboot continues from the checkpoint recorded then; an automatic retry
+    from the failed attempt's last complete checkpoint."""
+    if job.spec.get("task") not in ("sft", "pretrain", "rlhf"):
+        return None
+    if job.resume_from is not None:
+        return Path(job.resume_from)
+    run = job.run
+    if run is None or job.auto_retries == 0:
+        return None
+    done = [a for a in run.artifacts if a.kind in ("checkpoint", "adapter") and a.complete and a.step]
+    best = max(done, key=lambda a: a.step or 0, default=None)
+    return Path(best.path) if best is not None else None
+
+
+def _cpu_threads(env: Mapping[str, str], placement: Placement, box: Box) -> dict[str, str]:
+    if placement.gpu_uuids:
+        return dict(env)
+    threads = str(max(1, box.cpu_count // max(1, box.cpu_slots)))
+    return {**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def _start(
+    state: State,
+    job: Job,
+    placement: Placement,
+    box: Box,
+    env: Environment,
+    by_uuid: Mapping[str, int],
+) -> JobStarted | str:
+    """The attempt's JobStarted, or why its command cannot be built."""
+    spec = JobSpec.model_validate(job.spec)
+    resolved: dict[str, Path | None] = {}
+    for what, ref in (
+        ("model", spec.model),
+        ("adapters", spec.adapters),
+        ("reward_model", spec.reward_model),
+    ):
+        found = _parent_output(state, ref, what)
+        if isinstance(found, str):
+            return found
+        resolved[what] = found
+    attempt = job.attempts + 1
+    paths = run_paths(env.layout, job.id, attempt)
+    inputs = {name: sha for name, sha in job.inputs.items() if sha is not None}
+
+    def files(refs: Sequence[DatasetRef]) -> tuple[tuple[Path, int | None], ...]:
+        return tuple((env.layout.converted_dataset(inputs[r.name]), r.sample) for r in refs if not r.hub)
+
+    run_inputs = RunInputs(
+        output_dir=paths.output_dir,
+        python=env.python,
+        master_port=env.free_port(),
+        model_dir=resolved["model"],
+        adapters_dir=resolved["adapters"],
+        reward_model_dir=resolved["reward_model"],
+        datasets=files(spec.datasets),
+        val_datasets=files(spec.val_datasets),
+        gpu_uuids=placement.gpu_uuids,
+        offline=env.offline,
+        cache_dir=env.layout.root / "cache",
+        resume_from=_resume_from(job),
+    )
+    try:
+        command = build_command(spec, run_inputs)
+    except CommandError as e:
+        return f"cannot build the swift command: {e}"
+    command = replace(command, env=_cpu_threads(command.env, placement, box))
+    timeout = _timeout(job)
+    ends_by = None if timeout is None else box.now + timeout + box.stop_grace_s
+    return JobStarted(
+        job_id=job.id,
+        attempt=attempt,
+        gpu_uuids=list(placement.gpu_uuids),
+        gpu_indices=[by_uuid[u] for u in placement.gpu_uuids],
+        argv=list(command.argv),
+        env=dict(command.env),
+        unset_env=list(command.unset_env),
+        command=command.render(),
+        run_dir=str(paths.run_dir),
+        output_dir=str(paths.output_dir),
+        log=str(paths.log),
+        inputs=inputs,
+        resume_from=None if run_inputs.resume_from is None else str(run_inputs.resume_from),
+        timeout_s=timeout,
+        ends_by=ends_by if ends_by is None or math.isfinite(ends_by) else None,
+    )

@@ -1,0 +1,243 @@
+"""The scheduling loop: on every change in the log (and every `[runs] schedule_s`), ask
+`dispatch.decide` what to do, record it, then act on it through the runner.
+
+Decisions are recorded before they are acted on: a JobStarted is durable before its supervisor
+is spawned, so a crash in between leaves a run the next daemon can account for (its supervisor
+file tells whether it started). Observations come back from the runner and are recorded on
+the job's stream with idempotency keys, so recording one twice (after a restart) changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from daemon.core.config import Config
+from daemon.core.events import CancelRequested, NewEvent, Recorded
+from daemon.core.layout import StateLayout
+from daemon.core.state import WAITING, State
+from daemon.log.store import Append, EventStore
+from daemon.runs.dispatch import Box, Environment, decide, shared_gpus
+from daemon.runs.gpus import GpuProbe, GpuStatus
+from daemon.runs.outcome import RunEnd, exit_event, interrupted_event
+from daemon.runs.runner import Adoptable, Runner
+from daemon.runs.scheduler import GpuView
+from daemon.runs.supervise import boot_id
+from daemon.runs.swift.deploy import serves
+
+__all__ = ["Scheduling"]
+
+log = logging.getLogger(__name__)
+
+_WAKES = frozenset(
+    {
+        "JobSubmitted",
+        "DatasetAccepted",
+        "DuplicateDropped",
+        "RetryRequested",
+        "RunExited",
+        "RunInterrupted",
+        "JobFailed",
+        "DaemonStarted",
+    }
+)
+"""Events after which a queued job may be able to start (or must fail)."""
+
+
+def free_port() -> int:
+    """A port the kernel calls free now; torchrun binds it a few seconds later, so a clash is
+    possible but rare, and is classified as `port_in_use`, a transient failure."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ours(pid: int, sessions: set[int]) -> bool:
+    try:
+        return os.getsid(pid) in sessions
+    except OSError:  # gone, or in another pid namespace: not ours to vouch for
+        return False
+
+
+def gpu_views(gpus: Sequence[GpuStatus], sessions: set[int]) -> list[GpuView]:
+    """The probe's GPUs as placement sees them: a process outside our runs' sessions is foreign."""
+    return [
+        GpuView(
+            index=g.index,
+            uuid=g.uuid,
+            name=g.name,
+            memory_total_mib=g.memory_total_mib,
+            memory_used_mib=g.memory_used_mib,
+            foreign_processes=sum(not _ours(p.pid, sessions) for p in g.processes),
+        )
+        for g in gpus
+    ]
+
+
+class Scheduling:
+    def __init__(self, cfg: Config, store: EventStore, state: Callable[[], State], probe: GpuProbe) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.state = state
+        self.probe = probe
+        self.layout = StateLayout(cfg.paths.state)
+        self.runner = Runner(self._report, self._ended, grace_s=cfg.runs.stop_grace_s, poll_s=cfg.runs.poll_s)
+        self.last_tick = time.monotonic()
+        """When the loop last came round: the watchdog pings only while this is recent."""
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._gpus: list[GpuStatus] = []
+        self._probed_at = -1e18
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: the new [runs], [gpus] cpu_slots and [swift] apply to the next decision and
+        the next run; runs already going keep the grace they were started with."""
+        self.cfg = cfg
+        self.runner.grace_s, self.runner.poll_s = cfg.runs.stop_grace_s, cfg.runs.poll_s
+        self._wake.set()
+
+    @property
+    def healthy(self) -> bool:
+        """The loop came round recently (it does at least every `[runs] schedule_s`)."""
+        return (
+            self._task is not None
+            and not self._task.done()
+            and (time.monotonic() - self.last_tick < 3 * self.cfg.runs.schedule_s + 10)
+        )
+
+    def on_recorded(self, state: State, batch: list[Recorded]) -> None:
+        """Projector subscriber: wake the loop, and pass cancels of running jobs to the runner."""
+        for rec in batch:
+            ev = rec.event
+            if isinstance(ev, CancelRequested):
+                job = state.jobs.get(ev.job_id)
+                if job is not None and job.state == "running":
+                    self.runner.cancel(ev.job_id)
+            if ev.type in _WAKES:
+                self._wake.set()
+
+    async def start(self) -> None:
+        """Re-adopt the runs the log says are running, then start placing."""
+        me = boot_id()
+        for job in self.state().jobs.values():
+            run = job.run
+            if job.state != "running" or run is None or job.id in self.runner.running:
+                continue
+            last = run.progress.step if run.progress is not None and run.progress.kind == "train" else None
+            adoptable = Adoptable(
+                job_id=job.id,
+                attempt=run.attempt,
+                run_dir=Path(run.run_dir),
+                output_dir=Path(run.output_dir),
+                log=Path(run.log),
+                log_offset=run.log_offset,
+                pid=run.pid,
+                start_ticks=run.start_ticks,
+                boot_id=run.boot_id,
+                session=run.session,
+                last_step=last,
+                serves=serves(run.argv),
+            )
+            await self.runner.adopt(adoptable, me)
+            if job.cancel_requested:
+                self.runner.cancel(job.id)
+        self._task = asyncio.create_task(self._loop(), name="scheduling")
+
+    async def stop(self, wait_s: float) -> None:
+        """Stop placing; with `[daemon] on_stop = "stop"`, stop the runs too, recording the ends
+        seen within `wait_s` (the next daemon records the others from their exit files)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.runner.stop(stop_runs=self.cfg.daemon.on_stop == "stop", wait_s=wait_s)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.runs.schedule_s)
+            self._wake.clear()
+            self.last_tick = time.monotonic()
+            try:
+                await self.schedule_once()
+            except Exception:
+                log.exception("placement failed; trying again in %.0f s", self.cfg.runs.schedule_s)
+
+    def last_probe(self) -> tuple[list[GpuStatus], float] | None:
+        """The GPUs as the loop last probed them, and when (time.monotonic()); None before its first
+        probe. Read-only: the API shows it and never probes itself."""
+        return None if self._probed_at < 0 else (list(self._gpus), self._probed_at)
+
+    async def _probe(self) -> list[GpuStatus]:
+        """A fresh probe every `[runs] gpu_probe_s`. A foreign process on a running job's GPU is
+        recorded (GpuShared) before the probe is shown, so the API never shows one not yet recorded."""
+        now = time.monotonic()
+        if now - self._probed_at >= self.cfg.runs.gpu_probe_s:
+            gpus = await self.probe.snapshot()
+            shared = shared_gpus(self.state(), gpu_views(gpus, self.runner.sessions()))
+            if shared:
+                key = "run:{0.job_id}:{0.attempt}:shared:{0.gpus}".format
+                await self.store.append_batch(
+                    [Append(f"job:{e.job_id}", [NewEvent(e, key(e))]) for e in shared]
+                )
+            self._gpus, self._probed_at = gpus, now
+        return self._gpus
+
+    async def schedule_once(self) -> None:
+        gpus = await self._probe()  # also while nothing waits: /v1/gpus and /metrics show this probe
+        state = self.state()
+        if not any(job.state in WAITING for job in state.jobs.values()):
+            return
+        box = Box(
+            gpus=gpu_views(gpus, self.runner.sessions()),
+            managed=bool(gpus),
+            cpu_slots=self.cfg.gpus.cpu_slots,
+            now=time.time(),
+            stop_grace_s=self.cfg.runs.stop_grace_s,
+            cpu_count=os.cpu_count() or 1,
+        )
+        python = self.cfg.swift.python or sys.executable
+        env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
+        decided = decide(state, box, env)
+        parts = [Append(f"job:{f.job_id}", [NewEvent(f)]) for f in decided.failed]
+        if decided.waiting is not None:
+            parts.append(Append("scheduler", [NewEvent(decided.waiting)]))
+        for launch in decided.launches:
+            key = f"run:{launch.job_id}:{launch.started.attempt}:placed"
+            parts.append(Append(f"job:{launch.job_id}", [NewEvent(launch.started, key)]))
+        if not parts:
+            return
+        await self.store.append_batch(parts)
+        for launch in decided.launches:
+            log.info(
+                "job %d attempt %d starts: %s", launch.job_id, launch.started.attempt, launch.started.command
+            )
+            await self.runner.launch(launch.started)
+
+    async def _report(self, job_id: int, events: list[NewEvent]) -> None:
+        await self.store.append_batch([Append(f"job:{job_id}", [e]) for e in events])
+
+    async def _ended(self, job_id: int, attempt: int, end: RunEnd) -> None:
+        job = self.state().jobs.get(job_id)
+        if job is None:
+            return
+        if end.interrupted:
+            stopped = interrupted_event(job, attempt, end)
+            await self.store.append(
+                f"job:{job_id}", [NewEvent(stopped, f"run:{job_id}:{attempt}:interrupted")]
+            )
+            log.warning(
+                "job %d attempt %d: %s (resume from %s)", job_id, attempt, stopped.reason, stopped.resume_from
+            )
+            return
+        event = exit_event(job, attempt, end)
+        await self.store.append(f"job:{job_id}", [NewEvent(event, f"run:{job_id}:{attempt}:exited")])
+        log.info("job %d attempt %d %s", job_id, attempt, event.outcome)

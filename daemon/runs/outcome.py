@@ -1,0 +1,92 @@
+"""How an attempt ended, decided from what the runner found: succeeded, failed (and why, and
+whether the job runs again) or cancelled. Pure: the runner collects, this decides, the log records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from daemon.core.events import FailureRecord, RunExited, RunInterrupted
+from daemon.core.state import Job
+from daemon.runs.swift.artifacts import Artifact, final_checkpoint, final_model
+from daemon.runs.swift.failures import Failure, classify_failure
+
+__all__ = ["EVIDENCE_LINES", "RunEnd", "exit_event", "interrupted_event"]
+
+EVIDENCE_LINES = 30
+"""Lines of the log's end kept in RunExited: the error and what led to it, for people."""
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How an attempt ended, as far as its files and its process tell."""
+
+    returncode: int | None
+    stopped: str | None
+    """"cancel", "timeout" or "shutdown" when the supervisor stopped swift."""
+    error: str | None
+    """Why the run could not start, or why its end is unknown (its supervisor vanished)."""
+    log_tail: Sequence[str]
+    artifacts: Sequence[Artifact]
+    output_dir: Path
+    duration_s: float | None
+    interrupted: bool = False
+    """The machine rebooted under the run: its processes are gone and its exit was never written."""
+
+
+def _absolute(output_dir: Path, artifact: Artifact | None) -> str | None:
+    return None if artifact is None else str(output_dir / artifact.path)
+
+
+def _failure(end: RunEnd, gpu_shared: bool) -> Failure:
+    if end.returncode is None and end.stopped is None:
+        return Failure("unknown", False, end.error or "the run's end is unknown")
+    if end.error is not None and end.returncode == 127:
+        return Failure("unknown", False, end.error)
+    return classify_failure(
+        end.log_tail,
+        returncode=end.returncode,
+        cancelled=end.stopped == "cancel",
+        timed_out=end.stopped == "timeout",
+        gpu_shared=gpu_shared,
+    )
+
+
+def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
+    """The RunExited to record; `retry` follows the job's `retries` for transient failures (an
+    out-of-memory is one when the run's GPU was shared, GpuShared), and a run the daemon stopped on
+    its way down runs again when a daemon is back."""
+    base = {
+        "job_id": job.id,
+        "attempt": attempt,
+        "returncode": end.returncode,
+        "signal": -end.returncode if end.returncode is not None and end.returncode < 0 else None,
+        "stopped": end.stopped,
+        "log_tail": list(end.log_tail[-EVIDENCE_LINES:]),
+        "duration_s": end.duration_s,
+    }
+    if end.returncode == 0:  # swift finished; a stop that raced its exit changed nothing
+        return RunExited(
+            **base,
+            outcome="succeeded",
+            final_checkpoint=_absolute(end.output_dir, final_checkpoint(end.artifacts)),
+            final_model=_absolute(end.output_dir, final_model(end.artifacts)),
+        )
+    run = job.run  # GpuShared folds into the job's current run only, as every run event does
+    failure = _failure(end, run is not None and run.attempt == attempt and bool(run.gpu_shared))
+    record = FailureRecord(**asdict(failure))
+    if end.stopped == "cancel":
+        return RunExited(**base, outcome="cancelled", failure=record)
+    retries = job.spec.get("retries")
+    budget = retries if isinstance(retries, int) else 0
+    retry = end.stopped == "shutdown" or (failure.transient and job.auto_retries < budget)
+    return RunExited(**base, outcome="failed", failure=record, retry=retry)
+
+
+def interrupted_event(job: Job, attempt: int, end: RunEnd) -> RunInterrupted:
+    """A reboot ended the run: training continues from its last complete checkpoint, if any."""
+    training = job.spec.get("task") in ("sft", "pretrain", "rlhf")
+    resume = _absolute(end.output_dir, final_checkpoint(end.artifacts)) if training else None
+    reason = f"the machine rebooted during attempt {attempt}"
+    return RunInterrupted(job_id=job.id, attempt=attempt, reason=reason, resume_from=resume)

@@ -1,0 +1,203 @@
+"""The supervisor of one run: `python -I -S .../daemon/runs/supervise.py RUN_DIR`.
+
+A training run takes hours; the daemon that started it may be restarted, upgraded or killed
+meanwhile. So the run belongs to this small process, not to the daemon: it is started in a
+session of its own, detaches (the daemon's direct child exits as soon as swift is running, so
+the supervisor is nobody's child the daemon must reap), starts swift as leader of its own
+process group with output appended to the job's log, waits for it, and writes how it ended to
+`exit.json` atomically. Any daemon, this one or the next, finds the run again from
+`supervisor.json` and learns its end from `exit.json`.
+
+Signals to the supervisor: SIGTERM = the job was cancelled, SIGUSR1 = the daemon stops and was
+told to stop its runs. Either sends SIGTERM to swift's group, waits `grace_s`, then SIGKILLs the
+group. The job's timeout is enforced here too, so it holds while no daemon runs. When swift
+exits, whatever is left of its group (DataLoader workers) is killed before the exit is written.
+
+Standard library only and nothing from the daemon: it must start fast and outlive upgrades. The
+runner starts it as a script in isolated mode without `site` (-I -S), which skips the virtual
+environment's start-up (about 40 ms, most of a slot hand-over) and anything on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BOOT_ID_ENV", "EXIT_FILE", "RUN_FILE", "SUPERVISOR_FILE", "boot_id", "main", "proc_start_ticks"]
+
+RUN_FILE = "run.json"
+"""Written by the daemon: {"argv": [...], "log": path, "timeout_s": float|null, "grace_s": float}."""
+SUPERVISOR_FILE = "supervisor.json"
+"""Written here once swift runs: {"pid", "start_ticks", "boot_id", "child_pid", "sid"}."""
+EXIT_FILE = "exit.json"
+"""Written here when swift has exited: {"returncode", "stopped", "started", "ended", "error"}."""
+
+BOOT_ID_ENV = "LLMTRAIND_TEST_BOOT_ID"
+_PR_SET_PDEATHSIG = 1
+_STOPS: dict[int, str] = {signal.SIGTERM: "cancel", signal.SIGUSR1: "shutdown"}
+_WAKE = {signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD}
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: with the boot id, it tells a process from a later one with
+    the same pid. None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat.rpartition(b")")[2].split()[19])
+
+
+def boot_id() -> str:
+    """This boot's id; $LLMTRAIND_TEST_BOOT_ID stands in for a reboot in tests."""
+    if os.environ.get(BOOT_ID_ENV):
+        return os.environ[BOOT_ID_ENV]
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _die_with_parent(libc: ctypes.CDLL) -> None:
+    """In swift, before exec: if the supervisor is SIGKILLed, swift is killed too, not orphaned."""
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _Run:
+    def __init__(self, run_dir: Path, spec: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.argv: list[str] = spec["argv"]
+        self.log = Path(spec["log"])
+        self.timeout_s: float | None = spec.get("timeout_s")
+        self.grace_s: float = spec.get("grace_s", 30.0)
+        self.stopped: str | None = None
+        self.kill_at: float | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            return subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                cwd=self.run_dir,
+                process_group=0,
+                preexec_fn=lambda: _die_with_parent(libc),  # safe: the supervisor has one thread
+            )
+        finally:
+            os.close(log_fd)
+
+    def stop(self, why: str, pgid: int) -> None:
+        if self.stopped is None:
+            self.stopped = why
+            _killpg(pgid, signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.grace_s
+
+    def wait(self, child: subprocess.Popen[bytes], pending: list[int]) -> int:
+        """Until swift exits, acting on stop signals, the timeout and the grace period."""
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        for sig in pending:
+            self.stop(_STOPS[sig], child.pid)
+        while os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.stop("timeout", child.pid)
+                deadline = None
+            if self.kill_at is not None and now >= self.kill_at:
+                _killpg(child.pid, signal.SIGKILL)
+                self.kill_at = None
+            wake = [t - now for t in (deadline, self.kill_at) if t is not None]
+            info = signal.sigtimedwait(_WAKE, max(0.0, min(wake, default=3600.0)))
+            if info is not None and info.si_signo in _STOPS:
+                self.stop(_STOPS[info.si_signo], child.pid)
+        _killpg(child.pid, signal.SIGKILL)  # the group outlives its leader while a worker lives
+        return child.wait()
+
+
+def _detach() -> int:
+    """Fork; the parent (the daemon's child) exits once the supervisor reports swift running, so
+    the daemon reads supervisor.json as soon as its child has exited. Returns the pipe to report on."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        ok = os.read(read_end, 1)
+        os._exit(0 if ok == b"1" else 1)
+    os.close(read_end)
+    return write_end
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -I -S supervise.py RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(args[0]).resolve()
+    run = _Run(run_dir, json.loads((run_dir / RUN_FILE).read_text()))
+    report = _detach()
+    pending: list[int] = []
+    for sig in _STOPS:
+        signal.signal(sig, lambda signo, _frame: pending.append(signo))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    started = time.time()
+    try:
+        child = run.start()
+    except OSError as e:
+        error = f"llmtraind: cannot start {run.argv[0]}: {e}\n"
+        with open(run.log, "a") as f:
+            f.write(error)
+        exit_info: dict[str, Any] = {"returncode": 127, "stopped": None, "started": started}
+        _write_atomically(run_dir / EXIT_FILE, exit_info | {"ended": time.time(), "error": error.strip()})
+        os.write(report, b"0")
+        return 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
+    me = os.getpid()
+    _write_atomically(
+        run_dir / SUPERVISOR_FILE,
+        {
+            "pid": me,
+            "start_ticks": proc_start_ticks(me),
+            "boot_id": boot_id(),
+            "child_pid": child.pid,
+            "sid": os.getsid(0),
+        },
+    )
+    os.write(report, b"1")
+    os.close(report)
+    returncode = run.wait(child, pending)
+    exit_info = {"returncode": returncode, "stopped": run.stopped, "started": started}
+    _write_atomically(run_dir / EXIT_FILE, exit_info | {"ended": time.time(), "error": None})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
