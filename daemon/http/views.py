@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from daemon.core.events import JobProgress, Recorded
-from daemon.core.state import Dataset, Job, Run, State, Validation
+from daemon.core.state import Dataset, Job, JobState, Run, State, Validation
 
 if TYPE_CHECKING:
     from daemon.runs.gpus import GpuStatus
@@ -31,7 +31,7 @@ __all__ = [
     "run_view",
 ]
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 
 
 def _progress(v: Validation) -> dict[str, Any]:

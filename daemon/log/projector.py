@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.core.events import Recorded
-from daemon.core.state import STATE_SCHEMA, State, apply, state_from_json, state_to_json
+from daemon.core.fold import apply
+from daemon.core.state import STATE_SCHEMA, State, state_from_json, state_to_json
 from daemon.log.store import EventStore, iter_events, latest_snapshot, open_readonly
 
 __all__ = ["Projector", "load_state", "load_state_at_path"]

@@ -23,8 +23,9 @@ from daemon.core.events import (
     Recorded,
     RunExited,
 )
+from daemon.core.fold import apply
 from daemon.core.layout import StateLayout
-from daemon.core.state import State, apply
+from daemon.core.state import State
 from daemon.core.swift_args import bundled
 from daemon.intake.decide import Examined
 from daemon.intake.decide import decide as intake

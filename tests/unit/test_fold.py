@@ -31,7 +31,8 @@ from daemon.core.events import (
     RunServing,
     RunStarted,
 )
-from daemon.core.state import State, apply, fold, state_from_json, state_to_json
+from daemon.core.fold import apply, fold
+from daemon.core.state import State, state_from_json, state_to_json
 
 pids = st.integers(min_value=1, max_value=5)
 gpus = st.lists(

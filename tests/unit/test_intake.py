@@ -8,7 +8,8 @@ from pathlib import Path
 
 from daemon.core.config import LimitsConfig
 from daemon.core.events import Recorded
-from daemon.core.state import State, apply
+from daemon.core.fold import apply
+from daemon.core.state import State
 from daemon.core.swift_args import bundled
 from daemon.intake.decide import Examined, decide
 from daemon.intake.validate import check_file
