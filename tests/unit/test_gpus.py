@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.runs.gpus import (
-    FAKE_GPUS_ENV,
-    FakeGpuProbe,
-    GpuProbe,
-    GpuProcess,
-    GpuStatus,
-    NoGpuProbe,
-    NvmlProbe,
-    make_probe,
-)
+from daemon.core.gpus import GpuProbe, GpuProcess, GpuStatus
+from daemon.runs.gpus import FAKE_GPUS_ENV, FakeGpuProbe, NoGpuProbe, NvmlProbe, make_probe
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,6 +33,8 @@ PROBES: dict[str, Callable[[Path], GpuProbe]] = {
 async def test_probe_contract(make: Callable[[Path], GpuProbe], tmp_path: Path) -> None:
     probe = make(tmp_path)
     gpus = await probe.snapshot()
+    if not gpus and isinstance(probe, NvmlProbe):
+        pytest.skip(f"no NVIDIA GPU here: NVML found none ({probe.error or 'it counts 0 devices'})")
     assert all(isinstance(g, GpuStatus) for g in gpus)
     assert [g.index for g in gpus] == sorted(g.index for g in gpus)
     assert len({g.uuid for g in gpus}) == len(gpus)
@@ -54,8 +48,9 @@ async def test_probe_contract(make: Callable[[Path], GpuProbe], tmp_path: Path) 
 async def test_nvml_without_a_driver_is_no_gpus_not_an_error() -> None:
     probe = NvmlProbe()
     gpus = await probe.snapshot()
-    if not gpus:
-        assert "NVML unavailable" in probe.error
+    if gpus:
+        pytest.skip(f"NVML found {len(gpus)} GPU(s) here: the no-driver path needs a box without one")
+    assert "NVML unavailable" in probe.error
 
 
 async def test_fake_reports_processes_and_memory() -> None:
