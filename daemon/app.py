@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -23,6 +23,8 @@ from aiohttp import web
 from daemon import __version__
 from daemon.core.config import Config, ConfigError, config_digest, load_config, merge_reload
 from daemon.core.events import ConfigReloaded, DaemonStarted, DaemonStopped, GpuSeen, NewEvent
+from daemon.core.state import State
+from daemon.core.streams import DAEMON_STREAM
 from daemon.http.api import ReadSide, make_app
 from daemon.http.sse import SseSettings
 from daemon.intake.inbox import Inbox
@@ -31,10 +33,12 @@ from daemon.log.projector import Projector
 from daemon.log.store import EventStore, LogDamaged, StoreError
 from daemon.runs.gpus import make_probe
 from daemon.runs.loop import Scheduling
+from daemon.runs.recorder import RunRecorder
+from daemon.runs.runner import Runner
 from daemon.runs.supervise import boot_id
 from daemon.systemd import Notifier, watchdog_interval
 
-__all__ = ["AlreadyRunning", "StateLock", "serve"]
+__all__ = ["AlreadyRunning", "StartupFailed", "StateLock", "serve"]
 
 log = logging.getLogger("llmtraind")
 
@@ -111,17 +115,6 @@ def _write_endpoint(cfg: Config, url: str) -> Path:
     return path
 
 
-async def _open(cfg: Config) -> tuple[EventStore, Projector]:
-    check = {"auto": None, "full": True, "quick": False}[cfg.store.startup_check]
-    store = await EventStore.open(cfg.db_path, cfg.store.busy_timeout_ms, full_check=check)
-    try:
-        projector = await Projector.start(store, cfg.store.snapshot_every)
-    except BaseException:
-        await store.close()
-        raise
-    return store, projector
-
-
 async def _start_api(cfg: Config, side: ReadSide) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(make_app(side), handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -162,11 +155,11 @@ async def _reload(
     merged, applied, refused = merge_reload(cfg, new)
     for key in refused:
         log.warning("reload: %s changed but takes a restart; the old value stays until then", key)
-    inbox.cfg = merged
+    inbox.reconfigure(merged)
     scheduling.reconfigure(merged)
     logging.getLogger().setLevel(getattr(logging, merged.daemon.log_level.upper()))
     event = ConfigReloaded(config_digest=config_digest(merged), applied=applied, refused=refused)
-    await store.append("daemon", [NewEvent(event)])
+    await store.append(DAEMON_STREAM, [NewEvent(event)])
     log.info(
         "reloaded %s: applied %s", cfg.source or "the embedded defaults", ", ".join(applied) or "nothing"
     )
@@ -183,9 +176,31 @@ async def _first(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier: Notifier) -> None:
-    store, projector = await _open(cfg)
+class StartupFailed(Exception):
+    """A part of the daemon could not start; the parts started before it were stopped again."""
+
+
+@contextlib.asynccontextmanager
+async def _part(name: str) -> AsyncIterator[None]:
+    """Name the part in a failure to start, so the one line an operator sees says what to fix."""
     try:
+        yield
+    except (OSError, StoreError) as e:
+        if isinstance(e, LogDamaged):
+            raise
+        raise StartupFailed(f"{name} did not start: {e}") from e
+
+
+async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier: Notifier) -> None:
+    """Start the parts in order, each registered to stop when it has started, so a part that fails
+    to start stops those already running, in reverse order, and so does a signal."""
+    async with contextlib.AsyncExitStack() as parts:
+        check = {"auto": None, "full": True, "quick": False}[cfg.store.startup_check]
+        async with _part(f"the event log ({cfg.db_path})"):
+            store = await EventStore.open(cfg.db_path, cfg.store.busy_timeout_ms, full_check=check)
+        parts.push_async_callback(store.close)
+        async with _part(f"the event log ({cfg.db_path})"):
+            projector = await Projector.start(store, cfg.store.snapshot_every)
         probe = make_probe(cfg.gpus.devices)
         gpus = await probe.snapshot()
         started = DaemonStarted(
@@ -199,27 +214,54 @@ async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier
                 for g in gpus
             ],
         )
-        await store.append("daemon", [NewEvent(started)])
+        await store.append(DAEMON_STREAM, [NewEvent(started)])
+
+        async def record_stop(_: type[BaseException] | None, e: BaseException | None, __: object) -> None:
+            if e is None or isinstance(e, StartupFailed):
+                reason = "signal" if e is None else f"start failed: {e}"
+                await store.append(DAEMON_STREAM, [NewEvent(DaemonStopped(pid=os.getpid(), reason=reason))])
+                await projector.flush()
+
+        parts.push_async_exit(record_stop)
         boot_probe = (gpus, time.monotonic())
+
+        def state() -> State:
+            return projector.state
+
+        inbox = Inbox(cfg, store, state, await asyncio.to_thread(local_swift_args))
+        recorder = RunRecorder(store, state)
+        runner = Runner(
+            recorder.report, recorder.ended, grace_s=cfg.runs.stop_grace_s, poll_s=cfg.runs.poll_s
+        )
+        scheduling = Scheduling(cfg, store, state, probe, runner)
         side = ReadSide(
-            lambda: projector.state,
+            state,
             store,
             cfg.db_path,
             time.monotonic(),
             cfg.api.token,
-            gpus=lambda: boot_probe,
+            gpus=lambda: scheduling.last_probe() or boot_probe,
             sse=SseSettings.from_config(cfg.api),
+            intake_trouble=lambda: inbox.trouble,
         )
-        runner, url = await _start_api(cfg, side)
+        async with _part(f"the API on {cfg.api.host}:{cfg.api.port}"):
+            api, url = await _start_api(cfg, side)
+        parts.push_async_callback(api.cleanup)
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
-        inbox = Inbox(cfg, store, lambda: projector.state, await asyncio.to_thread(local_swift_args))
-        await inbox.start()
-        side.intake_trouble = lambda: inbox.trouble
-        scheduling = Scheduling(cfg, store, lambda: projector.state, probe)
-        side.gpus = lambda: scheduling.last_probe() or boot_probe
+        parts.callback(health.cancel)
         projector.subscribe(scheduling.on_recorded)
-        await scheduling.start()
-        endpoint = _write_endpoint(cfg, url)
+        async with _part(f"the scheduler (runs under {cfg.paths.state})"):
+            await scheduling.start()
+        current = cfg
+
+        async def stop_scheduling() -> None:
+            await scheduling.stop(wait_s=max(0.0, current.daemon.stop_timeout_s - 3))
+
+        parts.push_async_callback(stop_scheduling)
+        async with _part(f"the inbox ({cfg.paths.inbox})"):
+            await inbox.start()
+        parts.push_async_callback(inbox.stop)
+        parts.callback(_write_endpoint(cfg, url).unlink, missing_ok=True)
         log.info(
             "llmtraind %s serving on %s (state %s, last seq %d)",
             __version__,
@@ -229,31 +271,20 @@ async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier
         )
         notifier.ready(f"serving on {url}")
         interval = watchdog_interval()
-        watchdog = None
         if interval is not None:
 
             def healthy() -> bool:
                 return store.healthy and scheduling.healthy
 
             watchdog = asyncio.create_task(_watchdog_loop(notifier, interval, healthy))
+            parts.callback(watchdog.cancel)
         while not stop.is_set():
             await _first(stop, reload)
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                cfg = await _reload(cfg, inbox, scheduling, store, notifier)
+                current = await _reload(current, inbox, scheduling, store, notifier)
         notifier.stopping()
         log.info("stopping")
-        if watchdog is not None:
-            watchdog.cancel()
-        await inbox.stop()
-        await scheduling.stop(wait_s=max(0.0, cfg.daemon.stop_timeout_s - 3))
-        health.cancel()
-        endpoint.unlink(missing_ok=True)
-        await runner.cleanup()
-        await store.append("daemon", [NewEvent(DaemonStopped(pid=os.getpid(), reason="signal"))])
-        await projector.flush()
-    finally:
-        await store.close()
 
 
 async def serve(cfg: Config) -> int:
@@ -275,6 +306,9 @@ async def serve(cfg: Config) -> int:
     except AlreadyRunning as e:
         log.error("%s", e)
         return 3
+    except StartupFailed as e:
+        log.error("llmtraind cannot run: %s", e)
+        return 1
     except LogDamaged as e:
         log.error("refusing to start: the event log is damaged: %s", e)
         log.error("nothing was repaired or truncated; restore it from a backup or move it aside")

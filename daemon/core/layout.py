@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["InboxLayout", "StateLayout", "fsync_dir"]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new name in `path` durable: fsync(2) of a file does not cover its folder."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["InboxLayout", "StateLayout"]
 
 
 @dataclass(frozen=True, slots=True)

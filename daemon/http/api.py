@@ -25,6 +25,7 @@ from aiohttp import web
 from daemon import __version__
 from daemon.core.events import JobProgress
 from daemon.core.state import Job, State, state_to_json
+from daemon.core.streams import job_stream
 from daemon.http.metrics import CONTENT_TYPE, Scrape, render
 from daemon.http.openapi import MAX_POSITION, TOKEN_COOKIE, openapi_spec
 from daemon.http.sse import SseHub, SseSettings, StreamRefused, job_log_path
@@ -46,7 +47,7 @@ from daemon.log.projector import load_state_at_path
 from daemon.log.store import EventStore
 
 if TYPE_CHECKING:
-    from daemon.runs.gpus import GpuStatus
+    from daemon.core.gpus import GpuStatus
 
 __all__ = ["GpuReading", "ReadSide", "make_app"]
 
@@ -253,14 +254,14 @@ async def job(request: web.Request) -> web.Response:
 
 async def job_events(request: web.Request) -> web.Response:
     _, found = _job(request)
-    recorded = await request.app[READ_SIDE].store.read_stream(f"job:{found.id}")
+    recorded = await request.app[READ_SIDE].store.read_stream(job_stream(found.id))
     return web.json_response({"events": [recorded_json(r) for r in recorded]})
 
 
 async def job_metrics(request: web.Request) -> web.Response:
     """Every recorded metrics record of the job (all attempts), oldest first."""
     _, found = _job(request)
-    recorded = await request.app[READ_SIDE].store.read_stream(f"job:{found.id}")
+    recorded = await request.app[READ_SIDE].store.read_stream(job_stream(found.id))
     records = [
         {"ts": r.ts} | r.event.model_dump(exclude={"type", "job_id"})
         for r in recorded

@@ -16,9 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from daemon.core.deployment import serves
 from daemon.core.state import State
 from daemon.http.views import JOB_STATES
-from daemon.runs.swift.deploy import serves
 
 __all__ = ["CONTENT_TYPE", "QUEUE_WAIT_BUCKETS", "Scrape", "families", "render"]
 

@@ -39,6 +39,7 @@ from aiohttp import web
 from daemon.core.config import ApiConfig
 from daemon.core.events import Recorded
 from daemon.core.state import TERMINAL, Job, State
+from daemon.core.streams import job_id_of
 from daemon.http.logfeed import LineCutter, line_floor, log_frame, read_frames
 from daemon.http.views import recorded_json
 from daemon.log.store import EventStore, StoreError
@@ -313,10 +314,10 @@ class SseHub:
         else:
             ring.reset(batch[-1].seq)
         for rec in batch:
-            if rec.stream.startswith("job:") and rec.stream[4:].isdigit():
-                feed = self._jobs.get(int(rec.stream[4:]))
-                if feed is not None:
-                    feed.wake()
+            job_id = job_id_of(rec.stream)
+            feed = None if job_id is None else self._jobs.get(job_id)
+            if feed is not None:
+                feed.wake()
 
     def _wake_all(self) -> None:
         self._events.wake()

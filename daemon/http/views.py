@@ -13,7 +13,7 @@ from daemon.core.events import JobProgress, Recorded
 from daemon.core.state import Dataset, Job, JobState, Run, State, Validation
 
 if TYPE_CHECKING:
-    from daemon.runs.gpus import GpuStatus
+    from daemon.core.gpus import GpuStatus
 
 __all__ = [
     "JOB_STATES",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from daemon.core.datasets import DatasetFormat, DatasetReport, can_feed
+from daemon.core.drops import FileVerdict, dataset_name
 from daemon.core.events import (
     CancelRequested,
     DatasetAccepted,
@@ -29,10 +30,9 @@ from daemon.core.events import (
 )
 from daemon.core.jobs import ControlRequest, JobSpec, dataset_names
 from daemon.core.state import LIVE, State
-from daemon.intake.validate import FileVerdict, dataset_name
-from daemon.log.store import Append
+from daemon.core.streams import INTAKE_STREAM, Append, dataset_stream, drop_key, job_stream
 
-__all__ = ["Examined", "RejectName", "decide", "feeds", "idem_key"]
+__all__ = ["Examined", "RejectName", "decide", "feeds"]
 
 MAX_PROBLEMS_IN_EVENT = 8192
 """The error file keeps the whole explanation; the event keeps its start."""
@@ -51,10 +51,6 @@ class Examined:
     verdict: FileVerdict | None = None
     refused: str | None = None
     """Why the file was not read at all (a symlink, a FIFO, a name that is not UTF-8, …)."""
-
-
-def idem_key(drop: str) -> str:
-    return f"drop:{drop}"
 
 
 def feeds(spec: JobSpec) -> str | None:
@@ -93,7 +89,7 @@ def decide(state: State, batch: Sequence[Examined], reject_name: RejectName) -> 
 
 
 def _one(stream: str, ex: Examined, event: Event, expected: int | None = None) -> Append:
-    return Append(stream, [NewEvent(event, idem_key(ex.drop))], expected)
+    return Append(stream, [NewEvent(event, drop_key(ex.drop))], expected)
 
 
 def _reject(ex: Examined, summary: str, problems: str, reject_name: RejectName) -> Append:
@@ -109,7 +105,7 @@ def _reject(ex: Examined, summary: str, problems: str, reject_name: RejectName) 
         sha256=sha,
         kept_as=reject_name(ex.filename),
     )
-    return _one("intake", ex, event)
+    return _one(INTAKE_STREAM, ex, event)
 
 
 def _decide_one(state: State, overlay: _Overlay, ex: Examined, reject_name: RejectName) -> Append:
@@ -141,7 +137,7 @@ def _dataset(state: State, overlay: _Overlay, ex: Examined, report: DatasetRepor
         dup = DuplicateDropped(
             drop=ex.drop, filename=ex.filename, kind="dataset", sha256=sha, dataset=first_name, alias=alias
         )
-        return _one(f"dataset:{sha}", ex, dup)
+        return _one(dataset_stream(sha), ex, dup)
     overlay.shas[sha] = name
     overlay.names[name] = sha
     overlay.reports[name] = report
@@ -158,7 +154,7 @@ def _dataset(state: State, overlay: _Overlay, ex: Examined, report: DatasetRepor
         stats=report.stats.model_dump(mode="json"),
         lora_hints=report.lora_hints.model_dump(mode="json") if report.lora_hints else None,
     )
-    return _one(f"dataset:{sha}", ex, event)
+    return _one(dataset_stream(sha), ex, event)
 
 
 def _live(state: State, overlay: _Overlay, name: str) -> int | None:
@@ -195,7 +191,7 @@ def _job(
     same = overlay.live_shas.get(sha)
     if same is not None:
         dup = DuplicateDropped(drop=ex.drop, filename=ex.filename, kind="job", sha256=sha, job_id=same)
-        return _one(f"job:{same}", ex, dup)
+        return _one(job_stream(same), ex, dup)
     taken = _live(state, overlay, spec.name)
     if taken is not None:
         job = state.jobs.get(taken)
@@ -235,7 +231,7 @@ def _job(
         min_free_memory_mib=spec.min_free_memory_mib,
         spec=spec.model_dump(mode="json"),
     )
-    return _one(f"job:{job_id}", ex, event, expected=0)
+    return _one(job_stream(job_id), ex, event, expected=0)
 
 
 def _control(
@@ -261,4 +257,4 @@ def _control(
             why = f"job {req.job} (id {job_id}) is {job_state}; only a failed or cancelled job can be retried"
             return _reject(ex, why, f"{ex.filename}: rejected: {why}\n", reject_name)
         event = RetryRequested(drop=ex.drop, job_id=job_id, source=ex.filename)
-    return _one(f"job:{job_id}", ex, event)
+    return _one(job_stream(job_id), ex, event)

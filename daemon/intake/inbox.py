@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from watchfiles import Change, awatch
 
 from daemon.core.config import Config
+from daemon.core.drops import FileVerdict, dataset_name, file_kind
 from daemon.core.events import (
     CancelRequested,
     DatasetAccepted,
@@ -52,11 +53,13 @@ from daemon.core.events import (
     Recorded,
     RetryRequested,
 )
-from daemon.core.layout import InboxLayout, StateLayout, fsync_dir
+from daemon.core.layout import InboxLayout, StateLayout
 from daemon.core.state import State
+from daemon.core.streams import INTAKE_STREAM
 from daemon.core.swift_args import SwiftArgs
 from daemon.intake.decide import Examined, decide
-from daemon.intake.validate import FileVerdict, check_file, dataset_name, file_kind
+from daemon.intake.submit import fsync_dir
+from daemon.intake.validate import check_file
 from daemon.log.store import EventStore, StoreError
 
 __all__ = ["FAULT_ENV", "IGNORED_SUFFIXES", "STEPS", "Inbox", "ignored_name"]
@@ -204,6 +207,11 @@ class Inbox:
         self._retries: set[asyncio.TimerHandle] = set()
         self._ids = itertools.count(1)
         self._crash_at = os.environ.get(FAULT_ENV, "")
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: new [limits] and [intake] timings apply to the next file; the folders and the
+        number of readers stay as they were started (changing those takes a restart)."""
+        self.cfg = cfg
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -475,7 +483,7 @@ class Inbox:
                 with contextlib.suppress(Exception):
                     await before
             try:
-                await self.store.append("intake", [NewEvent(event)])
+                await self.store.append(INTAKE_STREAM, [NewEvent(event)])
             except StoreError as e:
                 log.warning("could not record validation progress of %s: %s", event.name, e)
 

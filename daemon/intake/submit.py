@@ -14,15 +14,24 @@ import shutil
 import time
 from pathlib import Path
 
-from daemon.core.layout import InboxLayout, fsync_dir
+from daemon.core.layout import InboxLayout
 
-__all__ = ["SubmitError", "control_file", "deliver"]
+__all__ = ["SubmitError", "control_file", "deliver", "fsync_dir"]
 
 _counter = itertools.count(1)
 
 
 class SubmitError(Exception):
     pass
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new name in `path` durable: fsync(2) of a file does not cover its folder."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def deliver(inbox: InboxLayout, name: str, source: Path | bytes) -> Path:

@@ -12,44 +12,18 @@ import importlib.metadata
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from daemon.core.config import LimitsConfig
-from daemon.core.datasets import DatasetReport, DatasetValidator, LineError
-from daemon.core.jobs import ControlRequest, JobFileError, JobSpec, dataset_name_problem, parse_job_file
+from daemon.core.datasets import DatasetValidator, LineError
+from daemon.core.drops import FileVerdict, Kind, dataset_name, file_kind
+from daemon.core.jobs import ControlRequest, JobFileError, dataset_name_problem, parse_job_file
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 
-__all__ = [
-    "CHUNK",
-    "FileVerdict",
-    "Kind",
-    "Progress",
-    "check_file",
-    "dataset_name",
-    "file_kind",
-    "local_swift_args",
-]
+__all__ = ["CHUNK", "Progress", "check_file", "local_swift_args"]
 
 CHUNK = 1024 * 1024
-DATASET_SUFFIXES = (".jsonl", ".txt")
-JOB_SUFFIXES = (".yaml", ".yml")
-Kind = Literal["dataset", "job", "control", "unknown"]
-
-
-@dataclass(frozen=True)
-class FileVerdict:
-    path: Path
-    kind: Kind
-    ok: bool
-    summary: str
-    """One line for a person: what the file is, or why it was refused."""
-    problems: str = ""
-    """The full explanation (what, where, how to fix) written beside a rejected file."""
-    sha256: str | None = None
-    job: JobSpec | ControlRequest | None = None
-    dataset: DatasetReport | None = None
 
 
 def local_swift_args() -> SwiftArgs:
@@ -78,13 +52,6 @@ def _refuse(path: Path, kind: Kind, why: str) -> FileVerdict:
 Progress = Callable[[int, int, int], None]
 """Called after each chunk of a dataset with (bytes done, bytes in all, rows done); it may raise to
 abandon the reading (the daemon does when it stops)."""
-
-
-def file_kind(name: str) -> Kind:
-    lower = name.lower()
-    if lower.endswith(DATASET_SUFFIXES):
-        return "dataset"
-    return "job" if lower.endswith(JOB_SUFFIXES) else "unknown"
 
 
 def check_file(
@@ -139,11 +106,6 @@ def _check(
         if kind == "dataset":
             return _check_dataset(shown, f, converted, progress, st.st_size)
         return _check_job(shown, f.read(limit + 1), limits, swift_args)
-
-
-def dataset_name(filename: str) -> str:
-    """The dataset a file is dropped as: its name without the .jsonl / .txt suffix."""
-    return filename.rsplit(".", 1)[0]
 
 
 def _check_dataset(

@@ -25,9 +25,9 @@ from typing import TypeVar
 import aiosqlite
 
 from daemon.core.events import EVENT_TYPES, NewEvent, Recorded, decode_event
+from daemon.core.streams import Append
 
 __all__ = [
-    "Append",
     "ConcurrencyConflict",
     "EventStore",
     "LogDamaged",
@@ -98,15 +98,6 @@ class StoreUnavailable(StoreError):
 
 class LogDamaged(StoreError):
     """The database fails its integrity checks; the daemon must not run on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """One stream's part of an `append_batch`; idempotency and `expected_version` apply per part."""
-
-    stream: str
-    events: Sequence[NewEvent]
-    expected_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

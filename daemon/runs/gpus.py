@@ -16,16 +16,15 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
+
+from daemon.core.gpus import GpuProbe, GpuProcess, GpuStatus
 
 __all__ = [
     "FAKE_GPUS_ENV",
     "FakeGpuProbe",
-    "GpuProbe",
-    "GpuProcess",
-    "GpuStatus",
     "NoGpuProbe",
     "NvmlProbe",
     "make_probe",
@@ -34,31 +33,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 _MIB = 1024 * 1024
 FAKE_GPUS_ENV = "LLMTRAIND_TEST_FAKE_GPUS"
-
-
-@dataclass(frozen=True, slots=True)
-class GpuProcess:
-    pid: int
-    used_mib: int
-
-
-@dataclass(frozen=True, slots=True)
-class GpuStatus:
-    index: int
-    uuid: str
-    name: str
-    memory_total_mib: int
-    memory_used_mib: int
-    utilization_pct: int
-    processes: tuple[GpuProcess, ...] = field(default=())
-
-
-class GpuProbe(Protocol):
-    kind: str
-
-    async def snapshot(self) -> list[GpuStatus]:
-        """The managed GPUs as they are now, in index order."""
-        ...
 
 
 class NoGpuProbe:

@@ -20,17 +20,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from daemon.core.config import Config
+from daemon.core.deployment import serves
 from daemon.core.events import CancelRequested, NewEvent, Recorded
+from daemon.core.gpus import GpuProbe, GpuStatus
 from daemon.core.layout import StateLayout
 from daemon.core.state import WAITING, State
-from daemon.log.store import Append, EventStore
+from daemon.core.streams import SCHEDULER_STREAM, Append, job_stream, run_key
+from daemon.log.store import EventStore
 from daemon.runs.dispatch import Box, Environment, decide, shared_gpus
-from daemon.runs.gpus import GpuProbe, GpuStatus
-from daemon.runs.outcome import RunEnd, exit_event, interrupted_event
 from daemon.runs.runner import Adoptable, Runner
 from daemon.runs.scheduler import GpuView
 from daemon.runs.supervise import boot_id
-from daemon.runs.swift.deploy import serves
 
 __all__ = ["Scheduling"]
 
@@ -83,13 +83,15 @@ def gpu_views(gpus: Sequence[GpuStatus], sessions: set[int]) -> list[GpuView]:
 
 
 class Scheduling:
-    def __init__(self, cfg: Config, store: EventStore, state: Callable[[], State], probe: GpuProbe) -> None:
+    def __init__(
+        self, cfg: Config, store: EventStore, state: Callable[[], State], probe: GpuProbe, runner: Runner
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.state = state
         self.probe = probe
         self.layout = StateLayout(cfg.paths.state)
-        self.runner = Runner(self._report, self._ended, grace_s=cfg.runs.stop_grace_s, poll_s=cfg.runs.poll_s)
+        self.runner = runner
         self.last_tick = time.monotonic()
         """When the loop last came round: the watchdog pings only while this is recent."""
         self._wake = asyncio.Event()
@@ -184,9 +186,14 @@ class Scheduling:
             gpus = await self.probe.snapshot()
             shared = shared_gpus(self.state(), gpu_views(gpus, self.runner.sessions()))
             if shared:
-                key = "run:{0.job_id}:{0.attempt}:shared:{0.gpus}".format
                 await self.store.append_batch(
-                    [Append(f"job:{e.job_id}", [NewEvent(e, key(e))]) for e in shared]
+                    [
+                        Append(
+                            job_stream(e.job_id),
+                            [NewEvent(e, run_key(e.job_id, e.attempt, f"shared:{e.gpus}"))],
+                        )
+                        for e in shared
+                    ]
                 )
             self._gpus, self._probed_at = gpus, now
         return self._gpus
@@ -207,12 +214,12 @@ class Scheduling:
         python = self.cfg.swift.python or sys.executable
         env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
         decided = decide(state, box, env)
-        parts = [Append(f"job:{f.job_id}", [NewEvent(f)]) for f in decided.failed]
+        parts = [Append(job_stream(f.job_id), [NewEvent(f)]) for f in decided.failed]
         if decided.waiting is not None:
-            parts.append(Append("scheduler", [NewEvent(decided.waiting)]))
+            parts.append(Append(SCHEDULER_STREAM, [NewEvent(decided.waiting)]))
         for launch in decided.launches:
-            key = f"run:{launch.job_id}:{launch.started.attempt}:placed"
-            parts.append(Append(f"job:{launch.job_id}", [NewEvent(launch.started, key)]))
+            key = run_key(launch.job_id, launch.started.attempt, "placed")
+            parts.append(Append(job_stream(launch.job_id), [NewEvent(launch.started, key)]))
         if not parts:
             return
         await self.store.append_batch(parts)
@@ -221,23 +228,3 @@ class Scheduling:
                 "job %d attempt %d starts: %s", launch.job_id, launch.started.attempt, launch.started.command
             )
             await self.runner.launch(launch.started)
-
-    async def _report(self, job_id: int, events: list[NewEvent]) -> None:
-        await self.store.append_batch([Append(f"job:{job_id}", [e]) for e in events])
-
-    async def _ended(self, job_id: int, attempt: int, end: RunEnd) -> None:
-        job = self.state().jobs.get(job_id)
-        if job is None:
-            return
-        if end.interrupted:
-            stopped = interrupted_event(job, attempt, end)
-            await self.store.append(
-                f"job:{job_id}", [NewEvent(stopped, f"run:{job_id}:{attempt}:interrupted")]
-            )
-            log.warning(
-                "job %d attempt %d: %s (resume from %s)", job_id, attempt, stopped.reason, stopped.resume_from
-            )
-            return
-        event = exit_event(job, attempt, end)
-        await self.store.append(f"job:{job_id}", [NewEvent(event, f"run:{job_id}:{attempt}:exited")])
-        log.info("job %d attempt %d %s", job_id, attempt, event.outcome)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.core.deployment import serves
 from daemon.core.events import (
     ArtifactRecord,
     ArtifactsFound,
@@ -37,11 +38,12 @@ from daemon.core.events import (
     RunServing,
     RunStarted,
 )
+from daemon.core.streams import run_key
 from daemon.runs import supervise
 from daemon.runs.outcome import RunEnd
 from daemon.runs.supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
 from daemon.runs.swift.artifacts import Artifact, scan_artifacts
-from daemon.runs.swift.deploy import listening_url, local_url, serves
+from daemon.runs.swift.deploy import listening_url, local_url
 from daemon.runs.swift.failures import TAIL_LINES
 from daemon.runs.swift.progress import MetricsSampler, StepMetrics, parse_metrics
 
@@ -164,7 +166,7 @@ def probe_server(url: str, timeout: float = 2.0) -> list[str] | None:
 
 def _progress_event(w: _Watch, m: StepMetrics) -> NewEvent:
     event = JobProgress(job_id=w.job_id, attempt=w.attempt, **asdict(m) | {"raw": dict(m.raw)})
-    return NewEvent(event, f"run:{w.job_id}:{w.attempt}:metrics:{m.kind}:{m.step}")
+    return NewEvent(event, run_key(w.job_id, w.attempt, f"metrics:{m.kind}:{m.step}"))
 
 
 def _changed(old: tuple[ArtifactRecord, ...], new: tuple[ArtifactRecord, ...], *, sizes: bool) -> bool:
@@ -366,7 +368,7 @@ class Runner:
             log_offset=w.log_offset,
         )
         w.session = event.session
-        await self._report(w.job_id, [NewEvent(event, f"run:{w.job_id}:{w.attempt}:started")])
+        await self._report(w.job_id, [NewEvent(event, run_key(w.job_id, w.attempt, "started"))])
 
     async def _adopt_and_watch(self, w: _Watch, run: Adoptable, boot_id: str) -> None:
         try:
@@ -444,7 +446,7 @@ class Runner:
                 w.artifacts = found
                 digest = hashlib.sha256(repr(found).encode()).hexdigest()[:16]
                 event = ArtifactsFound(job_id=w.job_id, attempt=w.attempt, artifacts=list(found))
-                events.append(NewEvent(event, f"run:{w.job_id}:{w.attempt}:artifacts:{digest}"))
+                events.append(NewEvent(event, run_key(w.job_id, w.attempt, f"artifacts:{digest}")))
         return events
 
     @staticmethod
@@ -459,7 +461,7 @@ class Runner:
             return []
         w.serving = True
         event = RunServing(job_id=w.job_id, attempt=w.attempt, url=w.url, models=models)
-        return [NewEvent(event, f"run:{w.job_id}:{w.attempt}:serving")]
+        return [NewEvent(event, run_key(w.job_id, w.attempt, "serving"))]
 
     def _new_metrics(self, w: _Watch) -> list[StepMetrics]:
         """From logging.jsonl; from the log's stdout records while swift has written no logging.jsonl."""

@@ -16,11 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.events import JobProgress, RunServing
+from daemon.core.gpus import GpuProcess, GpuStatus
 from daemon.core.state import Job, Run, State
 from daemon.http.api import ReadSide, make_app
 from daemon.http.metrics import Scrape, families
 from daemon.log.store import EventStore
-from daemon.runs.gpus import FakeGpuProbe, GpuProcess, GpuStatus
+from daemon.runs.gpus import FakeGpuProbe
 
 pytestmark = pytest.mark.timeout(30)
 

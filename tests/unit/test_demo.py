@@ -30,9 +30,10 @@ from daemon.cli.demo import (
 from daemon.cli.main import main
 from daemon.core.config import LimitsConfig, load_config
 from daemon.core.datasets import can_feed
+from daemon.core.drops import FileVerdict
 from daemon.core.jobs import JobSpec, ModelRef
 from daemon.intake.decide import feeds
-from daemon.intake.validate import FileVerdict, check_file, local_swift_args
+from daemon.intake.validate import check_file, local_swift_args
 
 MODEL = Path("/srv/llmtraind/state/demo/tiny-qwen2")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from daemon.core.events import DaemonStarted, DaemonStopped, NewEvent, Recorded
+from daemon.core.streams import Append
 from daemon.log.store import (
-    Append,
     ConcurrencyConflict,
     EventStore,
     LogDamaged,

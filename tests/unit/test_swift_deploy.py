@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.runs.swift.deploy import listening_url, local_url, serves
+from daemon.core.deployment import serves
+from daemon.runs.swift.deploy import listening_url, local_url
 
 LOG = (
     b"[INFO:swift] model_list: ['tiny-qwen2']\n"

@@ -8,18 +8,11 @@ start-up line in the run's log (swift-cli.md). The daemon then asks that address
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
-__all__ = ["listening_url", "local_url", "serves"]
+__all__ = ["listening_url", "local_url"]
 
-_MODULE = "swift.cli.deploy"
 _LISTENING_RE = re.compile(rb"Uvicorn running on (https?://[^\s()]+)")
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}  # noqa: S104 (read from a log, never bound)
-
-
-def serves(argv: Sequence[str]) -> bool:
-    """Whether the run is a server (swift deploy) rather than a job that ends by itself."""
-    return _MODULE in argv
 
 
 def listening_url(output: bytes) -> str | None:
