@@ -18,6 +18,7 @@ from daemon.core.events import DaemonStarted, DaemonStopped, NewEvent
 from daemon.core.state import STATE_SCHEMA, state_to_json
 from daemon.log.projector import Projector, load_state_at_path
 from daemon.log.store import EventStore
+from tests.bench.measure import Goals
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(1800)]
 
@@ -65,8 +66,11 @@ def test_append_throughput_vs_raw_sqlite(tmp_path: Path, n: int, batch: int) -> 
     ours = asyncio.run(store_appends(tmp_path / "ours.db", n, batch))
     print(
         f"\nappend, {batch} event(s)/call, synchronous=FULL: raw sqlite3 {raw:,.0f}/s, "
-        f"EventStore {ours:,.0f}/s, ratio {ours / raw:.2f} (goal >= 0.50)"
+        f"EventStore {ours:,.0f}/s, ratio {ours / raw:.2f}"
     )
+    goals = Goals()
+    goals.check(f"append, {batch}/call, EventStore / raw sqlite3", ours / raw, 0.50, higher_is_better=True)
+    goals.assert_met()
 
 
 def build_log(db: Path, n: int) -> None:
@@ -101,6 +105,7 @@ def build_log(db: Path, n: int) -> None:
 def test_replay_and_startup(tmp_path: Path) -> None:
     n = 1_000_000
     db = tmp_path / "log.db"
+    goals = Goals()
     build_log(db, n)
 
     conn = sqlite3.connect(db)
@@ -116,7 +121,10 @@ def test_replay_and_startup(tmp_path: Path) -> None:
     assert state.last_seq == n
     print(
         f"\nreplay {n:,} events: json.loads floor {floor:.2f} s, llmtraind fold {replay:.2f} s, "
-        f"ratio {replay / floor:.2f} (goal <= 2.0)"
+        f"ratio {replay / floor:.2f}"
+    )
+    goals.check(
+        "replay 1,000,000 events, fold / json.loads floor", replay / floor, 2.0, higher_is_better=False
     )
 
     async def snapshot_then_more() -> None:
@@ -141,5 +149,8 @@ def test_replay_and_startup(tmp_path: Path) -> None:
     full = asyncio.run(startup(True))
     print(
         f"start-up with a snapshot and 1,000 newer events over a {n:,}-event log: "
-        f"{quick:.2f} s with quick_check, {full:.2f} s with integrity_check (goal < 1 s)"
+        f"{quick:.2f} s with quick_check, {full:.2f} s with integrity_check"
     )
+    # The goal is the default's: `startup_check = "auto"` runs quick_check on a log this size.
+    goals.check("start-up with a snapshot (quick_check)", quick, 1.0, higher_is_better=False, unit=" s")
+    goals.assert_met()

@@ -1,4 +1,5 @@
-"""What the benchmarks share: percentiles, a quiet machine to measure on, a process's CPU time."""
+"""What the benchmarks share: their goals, percentiles, a quiet machine to measure on, a process's CPU
+time."""
 
 from __future__ import annotations
 
@@ -6,9 +7,34 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "cpu_seconds", "percentile", "wait_quiet"]
+__all__ = ["CLK_TCK", "Goals", "cpu_seconds", "percentile", "wait_quiet"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Goals:
+    """The goals one benchmark checks. Every check prints its line when it is made, met or missed, so
+    a run always shows each number against its goal; `assert_met`, the test's last line, then fails
+    the test if any was missed, so that `make bench` exits non-zero. The ratio printed is measured /
+    goal: at least 1 meets a higher-is-better goal, at most 1 a lower-is-better one."""
+
+    def __init__(self) -> None:
+        self.missed: list[str] = []
+
+    def check(
+        self, name: str, measured: float, goal: float, *, higher_is_better: bool, unit: str = ""
+    ) -> None:
+        met = measured >= goal if higher_is_better else measured <= goal
+        line = (
+            f"{name}: measured {measured:.4g}{unit}, goal {'≥' if higher_is_better else '≤'} {goal:.4g}{unit}, "
+            f"ratio {measured / goal:.2f}: {'ok' if met else 'MISSED'}"
+        )
+        print(line)
+        if not met:
+            self.missed.append(line)
+
+    def assert_met(self) -> None:
+        assert not self.missed, "benchmark goal(s) missed:\n" + "\n".join(self.missed)
 
 
 def percentile(values: list[float], q: float) -> float:
