@@ -217,7 +217,7 @@ def test_stats() -> None:
 
 
 def test_stats_survive_folding_many_role_patterns(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "_ROLE_PATTERNS_KEPT", 2)
+    monkeypatch.setattr(datasets.stats, "_ROLE_PATTERNS_KEPT", 2)
     patterns = ["ua", "uaua", "sua", "uata", "ua", "suaua"]
     names = {"s": "system", "u": "user", "a": "assistant", "t": "tool"}
     rows = [{"messages": chat(*((names[letter], "x") for letter in pattern))} for pattern in patterns]

@@ -1,0 +1,103 @@
+"""Bytes in, bytes out: one line's bytes to text and JSON, and a checked row to the line ms-swift reads.
+
+Reading is stricter than Python's json, because what it lets through (NaN, a repeated key, an unpaired
+surrogate) fails in ms-swift's reader or reads differently elsewhere. Writing passes a line through
+unchanged whenever it can, because serialising is the most expensive step of the whole pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+from daemon.core.datasets.rows import _Row
+from daemon.core.datasets.rules import _RowError
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse repeated keys: Python's json keeps the last copy, other readers the first or neither."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        key = Counter(k for k, _ in pairs).most_common(1)[0][0]
+        raise _RowError(key, "this key appears twice in one object", "keep one copy of it")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise _RowError(None, f"{name} is not valid JSON", "write a finite number, or null for a missing value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
+
+
+def _decode(raw: bytes) -> str:
+    if b"\x00" in raw:
+        column = f"byte column {raw.index(0) + 1}"
+        raise _RowError(
+            None, "NUL byte; the file looks binary or UTF-16", "save it as UTF-8 text", column=column
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _RowError(
+            None,
+            f"byte 0x{raw[e.start]:02X} is not valid UTF-8; save the file as UTF-8",
+            "it is probably Latin-1 or Windows-1252: re-save it as UTF-8, e.g. "
+            "`iconv -f WINDOWS-1252 -t UTF-8 NAME.jsonl > fixed.jsonl`",
+            column=f"byte column {e.start + 1}",
+        ) from None
+
+
+def _parse(text: str) -> Any:
+    try:
+        return _DECODER.decode(text)
+    except _RowError:
+        raise
+    except json.JSONDecodeError as e:
+        hint = _json_hint(text)
+        raise _RowError(None, f"invalid JSON: {e.msg}", hint, column=f"column {e.colno}") from None
+    except ValueError:
+        raise _RowError(None, "a number has too many digits to read", "write it with fewer digits") from None
+    except RecursionError:
+        raise _RowError(None, "the JSON is nested too deeply to read", "flatten the row") from None
+
+
+def _json_hint(text: str) -> str:
+    start = text.lstrip()[:1]
+    if start == "[":
+        return "write one JSON object per line (JSONL), not a JSON array"
+    if start != "{":
+        return "each line of a .jsonl file is one JSON object; plain text for pretraining goes in a .txt file"
+    if text.strip() == "{":
+        return "write each object on one line (JSONL), not pretty-printed over several lines"
+    return (
+        "each line must be one complete JSON object: check the quotes, commas and brackets near that column"
+    )
+
+
+def _same_as_read(row: _Row, raw: bytes) -> bool:
+    """Whether ms-swift reads `raw` as exactly `row.out`, so the line can be written unchanged.
+
+    The line is strict UTF-8 without NaN or repeated keys by now. What is left: a surrogate escape
+    (paired ones are fine, but telling them apart costs more than re-serialising the rare line that
+    has one) and a bare CR, which some line readers take for a line break.
+    """
+    return row.plain and b"\r" not in raw and not (b"\\" in raw and _SURROGATE_ESCAPE.search(raw))
+
+
+def _serialise(row: _Row, raw: bytes) -> bytes:
+    if _same_as_read(row, raw):
+        return raw + b"\n"
+    try:
+        return (_ENCODE(row.out) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise _RowError(
+            None,
+            "a string holds an unpaired surrogate escape (\\ud800-\\udfff), which is not text",
+            "write characters beyond U+FFFF as UTF-8, or as a full surrogate pair such as \\ud83d\\ude00",
+        ) from None
