@@ -78,27 +78,24 @@ def test_health_follows_a_write_lock_held_elsewhere(daemon_factory: type[Daemon]
         [
             sys.executable,
             "-c",
-            "import sqlite3,sys,time\n"
+            "import sqlite3,sys\n"
             "c=sqlite3.connect(sys.argv[1],isolation_level=None);c.execute('BEGIN IMMEDIATE');"
-            "print('locked',flush=True);time.sleep(3)",
+            "print('locked',flush=True);sys.stdin.read()",
             str(db),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    deadline = time.monotonic() + 5
-    while d.get("/healthz")[0] == 200:
-        assert time.monotonic() < deadline, "daemon never noticed the lock"
-        time.sleep(0.1)
+    d.wait_for("the daemon to notice the lock", lambda: d.get("/healthz")[0] != 200, 5)
     code, body = d.get("/healthz")
     assert code == 503 and body["ok"] is False and "locked" in body["reason"]
+    assert holder.stdin is not None
+    holder.stdin.close()  # the holder exits, letting the lock go
     holder.wait(timeout=10)
     holder.stdout.close()
-    deadline = time.monotonic() + 5
-    while d.get("/healthz")[0] != 200:
-        assert time.monotonic() < deadline, "daemon never recovered"
-        time.sleep(0.1)
+    d.wait_for("the daemon to recover", lambda: d.get("/healthz")[0] == 200, 5)
     assert event_types(d) == ["DaemonStarted"]
     assert d.stop() == 0
 

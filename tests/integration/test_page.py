@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +62,6 @@ def test_the_page_shows_a_running_job_advancing(
     browser.get(d.url + "/")  # type: ignore[attr-defined]
     first = d.wait_for("progress on the page", lambda: _progress(browser), 30)
     browser.save_screenshot(str(tmp_path / "first.png"))  # type: ignore[attr-defined]
-    time.sleep(3)
     second = d.wait_for("progress advancing", lambda: (p := _progress(browser)) and p > first and p, 30)
     browser.save_screenshot(str(tmp_path / "second.png"))  # type: ignore[attr-defined]
     assert second > first

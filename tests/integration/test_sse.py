@@ -204,6 +204,7 @@ async def many_clients_and_a_stalled_one(d: Daemon, clients: int, events: int) -
     assert d.proc is not None
     drop_many(d, 300, "warm").join()
     wait_seq(d, 301)
+    warm = status(d)["last_seq"]
     rss_before = rss_kib(d.proc.pid)
     target = [0]
     seen: list[list[int]] = [[] for _ in range(clients)]
@@ -213,7 +214,12 @@ async def many_clients_and_a_stalled_one(d: Daemon, clients: int, events: int) -
             readers = [
                 asyncio.create_task(count_ids(s, d.url + "/v1/events/stream", target, ids)) for ids in seen
             ]
-            await asyncio.sleep(1.0)
+            async with asyncio.timeout(60):  # every reader connected and caught up before the burst
+                while not all(ids and ids[-1] >= warm for ids in seen):
+                    for reader in readers:
+                        if reader.done():
+                            reader.result()  # a reader that failed says why
+                    await asyncio.sleep(0.05)
             start = status(d)["last_seq"]
             t0 = time.monotonic()
             await asyncio.to_thread(drop_many(d, events, "burst").join)

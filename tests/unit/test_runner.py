@@ -218,16 +218,30 @@ async def test_a_run_that_ends_during_a_poll_still_gets_its_final_poll(runs: Run
     assert [p.step for p in rec.of(JobProgress, 1)] == [1, 2, 3]
 
 
+class CountsPolls(Runner):
+    """The real runner, counting its polls, so that a test can wait for more of them."""
+
+    polls = 0
+
+    def _observe(self, w: Any, final: bool) -> list[NewEvent]:
+        self.polls += 1
+        return super()._observe(w, final)
+
+
 async def test_a_deploy_run_is_recorded_serving_once_its_server_answers(runs: Runs) -> None:
     rec = Recorder()
-    runner = runs.runner(rec)
+    runner = CountsPolls(rec.report, rec.on_end, grace_s=2.0, poll_s=0.05)
+    runs.runners.append(runner)
     await runner.launch(runs.started(1, SERVES, tail=("swift.cli.deploy",)))
     await rec.until(lambda: bool(rec.of(RunServing, 1)), "RunServing")
     (serving,) = rec.of(RunServing, 1)
     assert serving.url.startswith("http://0.0.0.0:") and serving.models == ["tiny"]
     keys = [e.idem_key for _, e in rec.events if isinstance(e.event, RunServing)]
     assert keys == ["run:1:1:serving"]
-    await asyncio.sleep(0.3)  # more polls: recorded once
+    after = runner.polls
+    async with asyncio.timeout(WAIT_S):  # more polls: recorded once
+        while runner.polls < after + 5:
+            await asyncio.sleep(0.01)
     assert len(rec.of(RunServing, 1)) == 1
     assert runner.cancel(1)
     assert (await rec.end(1)).stopped == "cancel"

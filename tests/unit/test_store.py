@@ -146,18 +146,19 @@ async def test_cancelled_appends_land_zero_or_one_times_and_retries_converge(tmp
 
 
 HOLD_LOCK = """
-import sqlite3, sys, time
+import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.read()
 conn.execute("ROLLBACK")
 """
+"""Holds the write lock until its stdin is closed, so the test, not a timer, says when it is let go."""
 
 
-def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+def hold_write_lock(db: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
@@ -167,11 +168,13 @@ async def test_lock_held_elsewhere_fails_cleanly_then_recovers(tmp_path: Path) -
     db = tmp_path / "log.db"
     store = await EventStore.open(db, busy_timeout_ms=200)
     await store.append("s", [NewEvent(stopped(1))])
-    holder = hold_write_lock(db, 2.0)
+    holder = hold_write_lock(db)
     with pytest.raises(StoreUnavailable, match="write lock"):
         await store.append("s", [NewEvent(stopped(2), "k2")])
     assert not store.healthy and "locked" in store.last_error
     assert not await store.probe_writable()
+    assert holder.stdin is not None
+    holder.stdin.close()
     holder.wait(timeout=10)
     assert holder.stdout is not None
     holder.stdout.close()
