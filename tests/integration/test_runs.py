@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -268,11 +267,17 @@ def test_a_deployment_serves_where_swift_really_listens_until_cancelled(
     assert f"{base} (models: tiny-qwen2)" in d.cli("show", "serve").stdout
 
     # The server outlives a kill -9 of the daemon, which finds it again, serving, recorded once.
+    log = Path(job(d, "serve")["run"]["log"])
+    asked = log.read_text(errors="replace").count('"GET /v1/models ')  # only the daemon asks it
     d.kill()
     with DIRECT.open(serving["url"] + "/health", timeout=10) as resp:
         assert resp.status == 200
     d.start()  # up once the log's running runs are adopted
-    time.sleep(1.0)  # a few watch polls after the adoption, each of which may find the server again
+    d.wait_for(
+        "the adopted run's server to be asked again (uvicorn logs each request)",
+        lambda: log.read_text(errors="replace").count('"GET /v1/models ') > asked,
+        60,
+    )
     body = job(d, "serve")
     assert body["state"] == "running" and body["serving"] == serving
     events = d.get("/v1/jobs/serve/events")[1]["events"]
