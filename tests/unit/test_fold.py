@@ -1,11 +1,17 @@
-"""State is a pure fold: snapshots change nothing, and replays are byte-identical (E1, E2)."""
+"""Properties of the fold as a whole: snapshots change nothing, and replays are byte-identical (E1,
+E2). What each event does to the state is in the transition tables (test_fold_intake, test_fold_runs);
+these only hold them together."""
 
 from __future__ import annotations
 
+from typing import get_args
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.core.events import (
+    EVENT_TYPES,
     ArtifactRecord,
     ArtifactsFound,
     CancelRequested,
@@ -32,7 +38,9 @@ from daemon.core.events import (
     RunStarted,
 )
 from daemon.core.fold import apply, fold
-from daemon.core.state import State, state_from_json, state_to_json
+from daemon.core.state import LIVE, TERMINAL, WAITING, JobState, State, state_from_json, state_to_json
+from tests.fold_world import job, world
+from tests.unit import test_fold_intake, test_fold_runs
 
 pids = st.integers(min_value=1, max_value=5)
 gpus = st.lists(
@@ -239,3 +247,39 @@ def test_a_start_without_a_stop_counts_as_unclean() -> None:
     state = fold(record([started, started.model_copy(update={"pid": 2}), DaemonStopped(pid=2, reason="x")]))
     assert state.daemon_starts == 2 and state.unclean_stops == 1
     assert state.daemon is not None and state.daemon.stopped_ts == 1003.0
+
+
+def test_every_event_type_has_a_transition_table() -> None:
+    tables = test_fold_intake.TABLES + test_fold_runs.TABLES
+    tabled = {row.event.type for table in tables for row in table.values()}
+    assert tabled == set(EVENT_TYPES)
+
+
+def test_a_job_is_live_or_terminal_and_waits_only_while_live() -> None:
+    assert sorted(LIVE + TERMINAL) == sorted(get_args(JobState))
+    assert not set(LIVE) & set(TERMINAL)
+    assert set(WAITING) < set(LIVE)
+
+
+NAMED = world(
+    job(1, name="train", state="failed"),
+    job(2, name="train"),
+    job(3, name="42", state="running"),
+    job(4, name="old", state="succeeded"),
+    job_names={"train": 2, "42": 3, "old": 4},
+)
+
+
+@pytest.mark.parametrize(
+    ("ref", "found"),
+    [("1", 1), ("2", 2), ("train", 2), ("42", 3), ("3", 3), ("old", 4), ("9", None), ("nobody", None)],
+)
+def test_a_job_is_found_by_id_or_by_its_newest_name(ref: str, found: int | None) -> None:
+    job_ = NAMED.find_job(ref)
+    assert (None if job_ is None else job_.id) == found
+
+
+@pytest.mark.parametrize(("name", "live"), [("train", 2), ("42", 3), ("old", None), ("2", None), ("x", None)])
+def test_a_name_is_taken_only_by_a_live_job_of_that_name(name: str, live: int | None) -> None:
+    job_ = NAMED.live_job(name)
+    assert (None if job_ is None else job_.id) == live
