@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "STATE_COLOUR",
     "Api",
     "ApiError",
     "SseEvent",
@@ -29,7 +30,16 @@ __all__ = [
     "status_lines",
 ]
 
-_STATE_COLOUR = {"queued": "33", "running": "36", "succeeded": "32", "failed": "31", "cancelled": "35"}
+STATE_COLOUR: Mapping[str, str] = {
+    "queued": "33",
+    "running": "36",
+    "succeeded": "32",
+    "failed": "31",
+    "cancelled": "35",
+    "interrupted": "33",
+}
+"""ANSI colours of the job states (`JobState`, every one of them) on a terminal; interrupted waits,
+like queued."""
 
 
 class ApiError(Exception):
@@ -47,7 +57,10 @@ class SseReader:
     """Splits an SSE byte stream into events (WHATWG "interpreting an event stream", the parts
     the daemon's feeds use: `id`, `data` on one or more lines, `event`, comments)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, comments: bool = False) -> None:
+        self.comments = comments
+        """Whether a comment (the daemon's keep-alive) comes out as an event of type "comment": a
+        reader that must notice time passing on a quiet feed gets a beat at least every keep-alive."""
         self._pending = b""
         self._id = ""
         self._data: list[str] = []
@@ -80,7 +93,7 @@ class SseReader:
             self._data, self._event = [], ""
             return event
         if line.startswith(":"):
-            return None
+            return SseEvent("", line[1:].strip(), "comment") if self.comments else None
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if name == "data":
@@ -114,17 +127,19 @@ class Api:
         except urllib.error.URLError as e:
             raise ApiError(f"cannot reach the daemon at {req.full_url}: {e.reason}") from None
 
-    def stream(self, path: str, after: str | None = None, retries: int = 30) -> Iterator[SseEvent]:
+    def stream(
+        self, path: str, after: str | None = None, retries: int = 30, *, keepalive: bool = False
+    ) -> Iterator[SseEvent]:
         """The events of an SSE feed; on a dropped connection, resume from the last id (the daemon
         replays what was missed). Ends when the server ends the stream on purpose (a finished job's
-        log) or answers 204."""
+        log) or answers 204. With `keepalive`, the feed's keep-alive comments come out too."""
         last = after
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}
             if last:
                 headers["Last-Event-ID"] = last
-            reader = SseReader()
+            reader = SseReader(comments=keepalive)
             try:
                 with urllib.request.urlopen(self._request(path, headers), timeout=60) as resp:  # noqa: S310
                     if resp.status == 204:
@@ -166,7 +181,7 @@ def progress_bar(percent: float | None, width: int = 20) -> str:
 
 
 def _colour(state: str, colour: bool) -> str:
-    code = _STATE_COLOUR.get(state)
+    code = STATE_COLOUR.get(state)
     return f"\x1b[{code}m{state}\x1b[0m" if colour and code else state
 
 

@@ -15,294 +15,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import yaml
+from typing import Any
 
 from daemon.cli import tinymodel
+from daemon.cli.client import Api, ApiError, SseEvent
+from daemon.cli.demo_files import DemoJob, demo_datasets, demo_jobs, next_run
+from daemon.cli.demo_follow import (
+    Outcome,
+    curl_hints,
+    describe,
+    job_line,
+    line_key,
+    outcomes,
+    rejections,
+    touched_jobs,
+)
 from daemon.core.config import Config
 from daemon.core.layout import InboxLayout
+from daemon.core.state import TERMINAL
 from daemon.intake.submit import SubmitError, deliver
 
-__all__ = [
-    "DPO",
-    "MERGE",
-    "PT",
-    "SFT",
-    "DemoError",
-    "DemoJob",
-    "Outcome",
-    "curl_hints",
-    "daemon_urls",
-    "demo_datasets",
-    "demo_jobs",
-    "describe",
-    "job_line",
-    "line_key",
-    "next_run",
-    "outcomes",
-    "rejections",
-    "run_demo",
-]
+__all__ = ["DemoError", "daemon_urls", "run_demo"]
 
-SFT, MERGE, DPO, PT = "demo-sft-lora", "demo-merge", "demo-dpo", "demo-pt"
-"""Job names before the run number: `demo-sft-lora-3` is the third demo's LoRA job."""
-PROJECT = "demo"
-ROWS = 32
-"""Two optimizer steps per epoch at swift's default 16 samples per step: enough to see a loss move."""
-SAVE_STEPS = 5
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-POLL_S = 0.5
-EVENTS_PAGE = 1000
 START_TIMEOUT_S = 60.0
 UNREACHABLE_TRIES = 10
-"""Polls in a row that may fail (about 5 s) before the daemon counts as gone."""
+"""Reconnections in a row that may fail (about 11 s with the client's back-off) before the daemon
+counts as gone."""
 QUIET_WARN_S = 20.0
 """After this long with a job neither seen nor rejected, say which inbox the files went to."""
-_RUN_RE = re.compile(rf"(?:{'|'.join(map(re.escape, (SFT, MERGE, DPO, PT)))})-([0-9]{{1,9}})")
-_COLORS = {"queued": "33", "running": "36", "succeeded": "32", "failed": "31", "cancelled": "35"}
-_HEADER = (
-    "# Written by `llmtraind demo`: check it with `llmtraind check FILE`,\n"
-    "# run it again (once this job has ended) with `llmtraind submit FILE`.\n"
-)
 
 
 class DemoError(Exception):
     """The demo cannot go on; the message says what to do."""
-
-
-class _Unreachable(DemoError):
-    """No answer from the daemon: while following, a few of these in a row are tolerated."""
-
-
-# ---------------------------------------------------------------------------------------------
-# What the demo writes (pure)
-
-
-def _sums() -> list[tuple[int, int]]:
-    """Fixed two-digit pairs: the files are byte-identical on every run, so a re-run's drop of a
-    dataset is recognised by the daemon as the one it already has."""
-    return [(10 + 37 * i % 90, 10 + (53 * i + 17) % 90) for i in range(ROWS)]
-
-
-def _jsonl(rows: Iterable[Mapping[str, Any]]) -> bytes:
-    return "".join(json.dumps(row) + "\n" for row in rows).encode()
-
-
-def demo_datasets() -> dict[str, bytes]:
-    """File name -> bytes: conversations (SFT), preference pairs in the original design's
-    prompt/chosen/rejected form (DPO), and plain documents (pretraining)."""
-    pairs = _sums()
-    sft = (
-        {
-            "messages": [
-                {"role": "user", "content": f"What is {a} plus {b}?"},
-                {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-            ]
-        }
-        for a, b in pairs
-    )
-    dpo = (
-        {
-            "prompt": f"What is {a} plus {b}?",
-            "chosen": f"{a} plus {b} is {a + b}.",
-            "rejected": f"I do not know what {a} plus {b} is.",
-        }
-        for a, b in pairs
-    )
-    pt = ({"text": f"What is {a} plus {b}? {a} plus {b} is {a + b}."} for a, b in pairs)
-    return {"demo_sft.jsonl": _jsonl(sft), "demo_dpo.jsonl": _jsonl(dpo), "demo_pt.jsonl": _jsonl(pt)}
-
-
-@dataclass(frozen=True)
-class DemoJob:
-    """One demo job, with what `outcomes` needs to tell when it can never run."""
-
-    name: str
-    text: str
-    """The job file's YAML."""
-    needs: tuple[str, ...] = ()
-    """Dataset file names it reads: if one is rejected, the job can never start."""
-    after: tuple[str, ...] = ()
-
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.yaml"
-
-
-def _yaml(fields: Mapping[str, Any]) -> str:
-    return _HEADER + yaml.safe_dump(dict(fields), sort_keys=False, allow_unicode=True)
-
-
-def demo_jobs(model: Path, run: int, steps: int) -> list[DemoJob]:
-    """The four jobs of demo run `run`, each job after the ones it depends on.
-
-    `gpus` is left out so the daemon's default applies (one GPU, or a CPU slot on a box without);
-    the model is named by its absolute directory, as swift needs for offline runs.
-    """
-    sft, merge, dpo, pt = (f"{base}-{run}" for base in (SFT, MERGE, DPO, PT))
-
-    def training(name: str, task: dict[str, Any], dataset: str) -> DemoJob:
-        fields = {
-            "name": name,
-            "project": PROJECT,
-            **task,
-            "model": str(model),
-            "model_type": "qwen2",  # the tiny model also matches qwen2_gte; swift wants to be told
-            "template": "qwen",
-            "dataset": dataset,
-            "max_steps": steps,
-            "save_steps": SAVE_STEPS,
-        }
-        return DemoJob(name, _yaml(fields), needs=(f"{dataset}.jsonl",))
-
-    export = {"name": merge, "project": PROJECT, "task_type": "export", "adapters": f"@{sft}"}
-    return [
-        training(sft, {"task_type": "sft", "tuner": "lora"}, "demo_sft"),
-        DemoJob(merge, _yaml({**export, "merge_lora": True}), after=(sft,)),
-        training(dpo, {"task_type": "rl", "algorithm": "dpo", "tuner": "lora"}, "demo_dpo"),
-        training(pt, {"task_type": "pretrain", "tuner": "full"}, "demo_pt"),
-    ]
-
-
-def next_run(names: Iterable[str]) -> int:
-    """One more than the highest demo run number among `names`: a live job's name cannot be
-    taken again, and distinct names keep each run's jobs and `@` references apart."""
-    runs = [int(m[1]) for name in names if (m := _RUN_RE.fullmatch(name))]
-    return max(runs, default=0) + 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Following (pure)
-
-
-class Outcome(NamedTuple):
-    state: str
-    """succeeded, failed or cancelled (from the daemon), rejected, or "not run"."""
-    why: str = ""
-
-
-def rejections(
-    events: Iterable[Mapping[str, Any]], filenames: Iterable[str], rejected_dir: Path
-) -> dict[str, str]:
-    """The demo's files among FileRejected events -> a line saying why and where the details are.
-
-    A rejected file never becomes a job or a dataset, so only the event log says it happened.
-    """
-    ours = set(filenames)
-    found: dict[str, str] = {}
-    for event in events:
-        data = event.get("data") or {}
-        if event.get("type") == "FileRejected" and data.get("filename") in ours:
-            details = rejected_dir / f"{data.get('kept_as')}.error.txt"
-            found[data["filename"]] = f"{data.get('summary', 'rejected')} (details: {details})"
-    return found
-
-
-def outcomes(
-    plan: Sequence[DemoJob], jobs: Mapping[str, Mapping[str, Any]], rejected: Mapping[str, str]
-) -> dict[str, Outcome | None]:
-    """Each planned job's final outcome, or None while it may still run.
-
-    A queued job whose dataset was rejected, or that waits for a job which ended without
-    success, would wait for ever; it counts as over ("not run"), whatever the daemon decides
-    about it later. `plan` lists every job after the jobs it waits for.
-    """
-    out: dict[str, Outcome | None] = {}
-    for planned in plan:
-        job = jobs.get(planned.name)
-        state = None if job is None else job.get("state")
-        result = None
-        if planned.filename in rejected:
-            result = Outcome("rejected", rejected[planned.filename])
-        elif state in TERMINAL:
-            result = Outcome(str(state), str((job or {}).get("reason") or ""))
-        elif state in (None, "queued"):
-            result = _blocked(planned, out, rejected)
-        out[planned.name] = result
-    return out
-
-
-def _blocked(
-    planned: DemoJob, decided: Mapping[str, Outcome | None], rejected: Mapping[str, str]
-) -> Outcome | None:
-    for filename in planned.needs:
-        if filename in rejected:
-            return Outcome("not run", f"its dataset {filename} was rejected: {rejected[filename]}")
-    for dep in planned.after:
-        before = decided.get(dep)
-        if before is not None and before.state != "succeeded":
-            return Outcome("not run", f"{dep} {before.state}")
-    return None
-
-
-def _number(value: Any) -> str:
-    """swift logs floats as strings rounded to 4 digits, or as floats: show either the same way."""
-    try:
-        return f"{float(value):.4g}"
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _percent(job: Mapping[str, Any]) -> int | None:
-    """The daemon's percent, else one worked out from the steps: the job JSON may carry either."""
-    progress = job.get("progress") or {}
-    with contextlib.suppress(TypeError, ValueError, ZeroDivisionError):
-        if progress.get("percent") is not None:
-            return int(float(progress["percent"]))
-        if progress.get("step") is not None and progress.get("max_steps"):
-            return int(100 * float(progress["step"]) / float(progress["max_steps"]))
-    return None
-
-
-def describe(job: Mapping[str, Any]) -> str:
-    """Progress, loss and the daemon's reason, as far as the job JSON has them."""
-    parts = []
-    percent = _percent(job)
-    if percent is not None:
-        parts.append(f"{percent}%")
-    progress = job.get("progress") or {}
-    step, total = progress.get("step"), progress.get("max_steps")
-    if step is not None:
-        parts.append(f"step {step}/{total}" if total else f"step {step}")
-    metrics = job.get("metrics") or {}
-    loss = metrics.get("loss")
-    if loss is not None:  # a finished run's summary holds swift's train_loss, the run's mean
-        parts.append(f"{'mean loss' if metrics.get('kind') == 'summary' else 'loss'} {_number(loss)}")
-    if job.get("reason"):
-        parts.append(str(job["reason"]))
-    return " ".join(parts)
-
-
-def line_key(job: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What must change for a job to be printed again: not every poll, nor every step of a long run."""
-    return job.get("state"), job.get("reason"), _percent(job)
-
-
-def job_line(name: str, width: int, state: str, detail: str, color: bool) -> str:
-    """`demo-sft-lora-1  running    40% step 4/10 loss 6.02`, with the state coloured on a terminal."""
-    shown = f"{state:<9}"
-    if color and state in _COLORS:
-        shown = f"\033[{_COLORS[state]}m{shown}\033[0m"
-    return f"{name:<{width}}  {shown}  {detail}".rstrip()
-
-
-def curl_hints(url: str, run: int, token: bool) -> list[str]:
-    """A few requests to try next; the token is never printed, only where it goes."""
-    auth = ' -H "Authorization: Bearer $TOKEN"' if token else ""
-    paths = ("/v1/status", "/v1/jobs", f"/v1/jobs/{SFT}-{run}/metrics", f"/v1/jobs/{MERGE}-{run}/artifacts")
-    lines = [f"curl -s{auth} {url}{path}" for path in paths]
-    return (["TOKEN=...  # [api] token from the config"] if token else []) + lines
 
 
 def daemon_urls(url: str | None, cfg: Config) -> list[str]:
@@ -325,31 +78,6 @@ def daemon_urls(url: str | None, cfg: Config) -> list[str]:
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-class _Client:
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url
-        self.token = token
-
-    def get(self, path: str) -> Any:
-        req = urllib.request.Request(self.url + path)  # noqa: S310 (daemon_urls allows http(s) only)
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (as above)
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            raise DemoError(f"GET {path}: {e.code} {_error_message(e)}") from None
-        except (OSError, ValueError) as e:
-            raise _Unreachable(f"no answer from the daemon at {self.url}: {e}") from None
-
-
-def _error_message(e: urllib.error.HTTPError) -> str:
-    """The API's own message (`{"error": {"message": ...}}`), which says more than the status line."""
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        return str(json.loads(e.read())["error"]["message"])
-    return str(e.reason)
 
 
 def _answers(url: str) -> bool:
@@ -512,10 +240,12 @@ def run_demo(
             _say(f"daemon    none answers; starting `llmtraind serve` (its log: {home / 'daemon.log'})")
             daemon, base = _start_daemon(cfg, config_path, home / "daemon.log")
         _say(f"daemon    {base}")
-        client = _Client(base, cfg.api.token)
-        rc, run = _submit_and_follow(client, cfg, home, data, steps, daemon)
+        try:
+            rc, run = _submit_and_follow(Api(base, cfg.api.token), cfg, home, data, steps, daemon)
+        except ApiError as e:
+            raise DemoError(str(e)) from None
         _say("\nTry next:")
-        for line in curl_hints(base, run, bool(client.token)):
+        for line in curl_hints(base, run, bool(cfg.api.token)):
             _say(f"  {line}")
         if daemon is None:
             _say(f"\nThe daemon at {base} was running before the demo; it keeps running.")
@@ -533,12 +263,12 @@ def run_demo(
 
 
 def _submit_and_follow(
-    client: _Client, cfg: Config, home: Path, data: list[Path], steps: int, daemon: _Daemon | None
+    api: Api, cfg: Config, home: Path, data: list[Path], steps: int, daemon: _Daemon | None
 ) -> tuple[int, int]:
     """Drop the files and follow the jobs: the exit status, and the run number the jobs' names carry."""
     inbox = InboxLayout(cfg.paths.inbox)
-    since = int(client.get("/v1/status")["last_seq"])
-    taken = [str(job.get("name")) for job in client.get("/v1/jobs")["jobs"]]
+    since = int(api.get("/v1/status")["last_seq"])
+    taken = [str(job.get("name")) for job in api.get("/v1/jobs")["jobs"]]
     if inbox.root.is_dir():  # an earlier run's files the daemon has not taken yet
         taken += [p.stem for p in inbox.root.glob("*.yaml")]
     run = next_run(taken)
@@ -547,53 +277,55 @@ def _submit_and_follow(
     for path in (*data, *files):
         _drop(inbox, path)
         _say(f"submitted {path.name}")
-    return _follow(client, plan, since, inbox, daemon), run
+    return _follow(api, plan, since, inbox, daemon), run
 
 
-def _follow(
-    client: _Client, plan: list[DemoJob], since: int, inbox: InboxLayout, daemon: _Daemon | None
-) -> int:
+def _feed(api: Api, since: int, daemon: _Daemon | None) -> Iterator[SseEvent]:
+    """The event log from `since` on, live, as `llmtraind events -f` reads it; a daemon that is gone
+    ends the demo with its log's last lines when the demo started it."""
+    try:
+        yield from api.stream(
+            "/v1/events/stream", after=str(since), retries=UNREACHABLE_TRIES, keepalive=True
+        )
+    except ApiError as e:
+        if daemon is not None:
+            daemon.check_alive()
+        raise DemoError(str(e)) from None
+
+
+def _follow(api: Api, plan: list[DemoJob], since: int, inbox: InboxLayout, daemon: _Daemon | None) -> int:
+    """Print each job's line when it changes, from the event feed: an event on one of the demo's jobs
+    fetches that job again; a FileRejected of one of its files is reported as it comes."""
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     width = max(len(job.name) for job in plan)
     names = {job.name for job in plan}
     filenames = sorted({need for job in plan for need in job.needs}) + [job.filename for job in plan]
     shown: dict[str, tuple[Any, ...]] = {}
     rejected: dict[str, str] = {}
-    started, warned, misses = time.monotonic(), False, 0
-    while True:
-        try:
-            since = _read_rejections(client, since, filenames, inbox, rejected)
-            jobs = {j["name"]: j for j in client.get("/v1/jobs")["jobs"] if j.get("name") in names}
-            misses = 0
-        except _Unreachable:
-            if daemon is not None:
-                daemon.check_alive()
-            misses += 1
-            if misses >= UNREACHABLE_TRIES:
-                raise
-            time.sleep(POLL_S)
-            continue
-        results = outcomes(plan, jobs, rejected)
-        for job in plan:
-            _show_change(job.name, width, jobs.get(job.name), results[job.name], shown, color)
-        if all(result is not None for result in results.values()):
-            return _summary(results)
+    jobs: dict[str, Mapping[str, Any]] = {}
+    ours: dict[int, str] = {}
+    results = outcomes(plan, jobs, rejected)
+    started, warned = time.monotonic(), False
+    for event in _feed(api, since, daemon):
+        if event.event == "message":
+            recorded = json.loads(event.data)
+            rejected.update(rejections([recorded], filenames, inbox.rejected))
+            name = (recorded.get("data") or {}).get("name")
+            for job_id in touched_jobs(recorded):
+                if recorded.get("type") == "JobSubmitted" and name in names:
+                    ours[job_id] = str(name)
+                if job_id in ours:
+                    jobs[ours[job_id]] = api.get(f"/v1/jobs/{job_id}")
+            results = outcomes(plan, jobs, rejected)
+            for job in plan:
+                _show_change(job.name, width, jobs.get(job.name), results[job.name], shown, color)
+            if all(result is not None for result in results.values()):
+                return _summary(results)
         unseen = [j.name for j in plan if j.name not in jobs and results[j.name] is None]
         if unseen and not warned and time.monotonic() - started > QUIET_WARN_S:
             warned = True
-            _say(f"note      {', '.join(unseen)} not picked up yet: does {client.url} watch {inbox.root}?")
-        time.sleep(POLL_S)
-
-
-def _read_rejections(
-    client: _Client, after: int, filenames: list[str], inbox: InboxLayout, into: dict[str, str]
-) -> int:
-    while True:
-        page = client.get(f"/v1/events?after={after}&limit={EVENTS_PAGE}")
-        into.update(rejections(page["events"], filenames, inbox.rejected))
-        after = int(page["next_after"])
-        if len(page["events"]) < EVENTS_PAGE:
-            return after
+            _say(f"note      {', '.join(unseen)} not picked up yet: does {api.base} watch {inbox.root}?")
+    raise DemoError(f"the daemon at {api.base} ended its event feed")
 
 
 def _show_change(

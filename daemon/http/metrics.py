@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from daemon.core.deployment import serves
-from daemon.core.state import State
+from daemon.core.state import WAITING, State
 from daemon.http.views import JOB_STATES
 
 __all__ = ["CONTENT_TYPE", "QUEUE_WAIT_BUCKETS", "Scrape", "families", "render"]
@@ -26,8 +26,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 QUEUE_WAIT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0)
 """Seconds from a job's submission to its first start."""
 _MIB = 1024 * 1024
-_WAITING = ("queued", "interrupted")
-"""Jobs that wait for the scheduler (an interrupted one waits to resume from its checkpoint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +66,7 @@ def _jobs(s: Scrape) -> Iterable[Metric]:
     for name in JOB_STATES:
         by_state.add_metric([name], sum(1 for j in jobs if j.state == name))
     yield by_state
-    waiting = [j for j in jobs if j.state in _WAITING]
+    waiting = [j for j in jobs if j.state in WAITING]
     yield _gauge("llmtraind_queue_length", "Jobs waiting to run (queued or interrupted).", len(waiting))
     oldest = max((s.now - j.submitted_ts for j in waiting), default=0.0)
     yield _gauge(

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.cli.client import SseReader, gpus_table, job_detail, jobs_table, progress_bar, status_lines
+from daemon.cli.client import (
+    STATE_COLOUR,
+    SseEvent,
+    SseReader,
+    gpus_table,
+    job_detail,
+    jobs_table,
+    progress_bar,
+    status_lines,
+)
+from daemon.core.state import JobState
 
 RUNNING = {
     "id": 3,
@@ -153,3 +165,16 @@ def test_sse_reader_round_trips_any_lines_in_any_chunks(lines: list[str], size: 
     r = SseReader()
     got = [e for i in range(0, len(payload), size) for e in r.feed(payload[i : i + size])]
     assert [e.data for e in got] == lines and [e.id for e in got] == [str(i) for i in range(len(lines))]
+
+
+def test_every_job_state_has_a_colour() -> None:
+    assert set(STATE_COLOUR) == set(get_args(JobState))
+
+
+def test_keep_alive_comments_come_out_only_when_asked() -> None:
+    frames = b": keep-alive\n\nid: 7\ndata: x\n\n"
+    assert SseReader().feed(frames) == [SseEvent("7", "x")]
+    assert SseReader(comments=True).feed(frames) == [
+        SseEvent("", "keep-alive", "comment"),
+        SseEvent("7", "x"),
+    ]

@@ -9,23 +9,17 @@ from typing import Any
 
 import pytest
 
-from daemon.cli.demo import (
-    DPO,
-    MERGE,
-    PT,
-    SFT,
-    DemoError,
+from daemon.cli.demo import DemoError, daemon_urls
+from daemon.cli.demo_files import DPO, MERGE, PT, SFT, demo_datasets, demo_jobs, next_run
+from daemon.cli.demo_follow import (
     Outcome,
     curl_hints,
-    daemon_urls,
-    demo_datasets,
-    demo_jobs,
     describe,
     job_line,
     line_key,
-    next_run,
     outcomes,
     rejections,
+    touched_jobs,
 )
 from daemon.cli.main import main
 from daemon.core.config import LimitsConfig, load_config
@@ -260,3 +254,10 @@ def test_steps_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["demo", "--steps", "0"])
     assert info.value.code == 2 and "0 is not 1 or more" in capsys.readouterr().err
+
+
+def test_an_event_touches_its_job_or_the_jobs_a_new_reason_names() -> None:
+    assert touched_jobs({"stream": "job:7", "type": "JobProgress", "data": {}}) == {7}
+    waiting = {"stream": "scheduler", "type": "JobsWaiting", "data": {"reasons": {"3": "a", "12": "b"}}}
+    assert touched_jobs(waiting) == {3, 12}
+    assert touched_jobs({"stream": "intake", "type": "FileRejected", "data": {"filename": "x"}}) == set()

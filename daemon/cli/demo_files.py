@@ -1,0 +1,123 @@
+"""What `llmtraind demo` writes: three small datasets and four jobs, the same bytes on every run.
+
+Pure: the texts are values, so a test can check them against the daemon's own validators, and a
+re-run's datasets are recognised by the daemon as the ones it already has.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DPO", "MERGE", "PROJECT", "PT", "SFT", "DemoJob", "demo_datasets", "demo_jobs", "next_run"]
+
+SFT, MERGE, DPO, PT = "demo-sft-lora", "demo-merge", "demo-dpo", "demo-pt"
+"""Job names before the run number: `demo-sft-lora-3` is the third demo's LoRA job."""
+PROJECT = "demo"
+ROWS = 32
+"""Two optimizer steps per epoch at swift's default 16 samples per step: enough to see a loss move."""
+SAVE_STEPS = 5
+_RUN_RE = re.compile(rf"(?:{'|'.join(map(re.escape, (SFT, MERGE, DPO, PT)))})-([0-9]{{1,9}})")
+_HEADER = (
+    "# Written by `llmtraind demo`: check it with `llmtraind check FILE`,\n"
+    "# run it again (once this job has ended) with `llmtraind submit FILE`.\n"
+)
+
+
+def _sums() -> list[tuple[int, int]]:
+    """Fixed two-digit pairs: the files are byte-identical on every run, so a re-run's drop of a
+    dataset is recognised by the daemon as the one it already has."""
+    return [(10 + 37 * i % 90, 10 + (53 * i + 17) % 90) for i in range(ROWS)]
+
+
+def _jsonl(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def demo_datasets() -> dict[str, bytes]:
+    """File name -> bytes: conversations (SFT), preference pairs in the original design's
+    prompt/chosen/rejected form (DPO), and plain documents (pretraining)."""
+    pairs = _sums()
+    sft = (
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+            ]
+        }
+        for a, b in pairs
+    )
+    dpo = (
+        {
+            "prompt": f"What is {a} plus {b}?",
+            "chosen": f"{a} plus {b} is {a + b}.",
+            "rejected": f"I do not know what {a} plus {b} is.",
+        }
+        for a, b in pairs
+    )
+    pt = ({"text": f"What is {a} plus {b}? {a} plus {b} is {a + b}."} for a, b in pairs)
+    return {"demo_sft.jsonl": _jsonl(sft), "demo_dpo.jsonl": _jsonl(dpo), "demo_pt.jsonl": _jsonl(pt)}
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    """One demo job, with what `outcomes` needs to tell when it can never run."""
+
+    name: str
+    text: str
+    """The job file's YAML."""
+    needs: tuple[str, ...] = ()
+    """Dataset file names it reads: if one is rejected, the job can never start."""
+    after: tuple[str, ...] = ()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.yaml"
+
+
+def _yaml(fields: Mapping[str, Any]) -> str:
+    return _HEADER + yaml.safe_dump(dict(fields), sort_keys=False, allow_unicode=True)
+
+
+def demo_jobs(model: Path, run: int, steps: int) -> list[DemoJob]:
+    """The four jobs of demo run `run`, each job after the ones it depends on.
+
+    `gpus` is left out so the daemon's default applies (one GPU, or a CPU slot on a box without);
+    the model is named by its absolute directory, as swift needs for offline runs.
+    """
+    sft, merge, dpo, pt = (f"{base}-{run}" for base in (SFT, MERGE, DPO, PT))
+
+    def training(name: str, task: dict[str, Any], dataset: str) -> DemoJob:
+        fields = {
+            "name": name,
+            "project": PROJECT,
+            **task,
+            "model": str(model),
+            "model_type": "qwen2",  # the tiny model also matches qwen2_gte; swift wants to be told
+            "template": "qwen",
+            "dataset": dataset,
+            "max_steps": steps,
+            "save_steps": SAVE_STEPS,
+        }
+        return DemoJob(name, _yaml(fields), needs=(f"{dataset}.jsonl",))
+
+    export = {"name": merge, "project": PROJECT, "task_type": "export", "adapters": f"@{sft}"}
+    return [
+        training(sft, {"task_type": "sft", "tuner": "lora"}, "demo_sft"),
+        DemoJob(merge, _yaml({**export, "merge_lora": True}), after=(sft,)),
+        training(dpo, {"task_type": "rl", "algorithm": "dpo", "tuner": "lora"}, "demo_dpo"),
+        training(pt, {"task_type": "pretrain", "tuner": "full"}, "demo_pt"),
+    ]
+
+
+def next_run(names: Iterable[str]) -> int:
+    """One more than the highest demo run number among `names`: a live job's name cannot be
+    taken again, and distinct names keep each run's jobs and `@` references apart."""
+    runs = [int(m[1]) for name in names if (m := _RUN_RE.fullmatch(name))]
+    return max(runs, default=0) + 1
