@@ -29,8 +29,9 @@ from daemon.http.api import ReadSide, make_app
 from daemon.http.sse import SseSettings
 from daemon.intake.inbox import Inbox
 from daemon.intake.validate import local_swift_args
+from daemon.log.errors import LogDamaged, StoreError
 from daemon.log.projector import Projector
-from daemon.log.store import EventStore, LogDamaged, StoreError
+from daemon.log.store import EventStore
 from daemon.runs.gpus import make_probe
 from daemon.runs.loop import Scheduling
 from daemon.runs.recorder import RunRecorder

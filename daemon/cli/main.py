@@ -18,8 +18,8 @@ from daemon import __version__
 from daemon.cli.client import Api, ApiError, gpus_table, job_detail, jobs_table, status_lines
 from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
 from daemon.core.state import state_to_json
+from daemon.log.errors import LogDamaged
 from daemon.log.projector import load_state_at_path
-from daemon.log.store import LogDamaged
 from daemon.systemd import setup_logging, systemd_version, unit_text
 
 __all__ = ["main"]

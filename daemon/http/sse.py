@@ -42,7 +42,8 @@ from daemon.core.state import TERMINAL, Job, State
 from daemon.core.streams import job_id_of
 from daemon.http.logfeed import LineCutter, line_floor, log_frame, read_frames
 from daemon.http.views import recorded_json
-from daemon.log.store import EventStore, StoreError
+from daemon.log.errors import StoreError
+from daemon.log.store import EventStore
 
 __all__ = [
     "SSE_HEADERS",

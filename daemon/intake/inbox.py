@@ -60,7 +60,8 @@ from daemon.core.swift_args import SwiftArgs
 from daemon.intake.decide import Examined, decide
 from daemon.intake.submit import fsync_dir
 from daemon.intake.validate import check_file
-from daemon.log.store import EventStore, StoreError
+from daemon.log.errors import StoreError
+from daemon.log.store import EventStore
 
 __all__ = ["FAULT_ENV", "IGNORED_SUFFIXES", "STEPS", "Inbox", "ignored_name"]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from daemon.core.events import Recorded
 from daemon.core.fold import apply
 from daemon.core.state import STATE_SCHEMA, State, state_from_json, state_to_json
-from daemon.log.store import EventStore, iter_events, latest_snapshot, open_readonly
+from daemon.log.sqlite import iter_events, latest_snapshot, open_readonly
+from daemon.log.store import EventStore
 
 __all__ = ["Projector", "load_state", "load_state_at_path"]
 

@@ -16,169 +16,32 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import aiosqlite
 
-from daemon.core.events import EVENT_TYPES, NewEvent, Recorded, decode_event
+from daemon.core.events import NewEvent, Recorded
 from daemon.core.streams import Append
+from daemon.log.errors import ConcurrencyConflict, LogDamaged, StoreError, StoreUnavailable
+from daemon.log.sqlite import (
+    SELECT_AFTER,
+    SELECT_KEYS,
+    SELECT_STREAM,
+    check_log,
+    connect,
+    prepare,
+    row_to_recorded,
+)
 
-__all__ = [
-    "ConcurrencyConflict",
-    "EventStore",
-    "LogDamaged",
-    "Snapshot",
-    "StoreError",
-    "StoreUnavailable",
-    "check_log",
-    "dump_jsonl",
-    "iter_events",
-    "latest_snapshot",
-    "open_readonly",
-]
+__all__ = ["EventStore"]
 
 log = logging.getLogger(__name__)
 
-DB_SCHEMA = 1
-_DDL = """
-CREATE TABLE IF NOT EXISTS events (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream   TEXT    NOT NULL,
-    version  INTEGER NOT NULL CHECK (version >= 1),
-    type     TEXT    NOT NULL,
-    schema   INTEGER NOT NULL,
-    idem_key TEXT    UNIQUE,
-    ts       REAL    NOT NULL,
-    data     TEXT    NOT NULL CHECK (json_valid(data)),
-    UNIQUE (stream, version)
-);
-CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END;
-CREATE TABLE IF NOT EXISTS snapshots (
-    seq    INTEGER PRIMARY KEY,
-    schema INTEGER NOT NULL,
-    ts     REAL    NOT NULL,
-    state  TEXT    NOT NULL
-);
-"""
-_SELECT_AFTER = (
-    "SELECT seq, stream, version, type, schema, ts, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-)
-_SELECT_STREAM = (
-    "SELECT seq, stream, version, type, schema, ts, data FROM events WHERE stream = ? ORDER BY version"
-)
-_SELECT_KEYS = (
-    "SELECT seq, stream, version, type, schema, ts, data FROM events "
-    "WHERE idem_key IN (SELECT value FROM json_each(?)) ORDER BY seq"
-)
-_SELECT_ALL = "SELECT seq, stream, version, type, schema, ts, data, idem_key FROM events ORDER BY seq"
 SNAPSHOTS_KEPT = 3
 FULL_CHECK_MAX_BYTES = 256 * 1024 * 1024
-
-
-class StoreError(Exception):
-    """Base of everything the store raises on purpose."""
-
-
-class ConcurrencyConflict(StoreError):
-    def __init__(self, stream: str, expected: int, actual: int) -> None:
-        super().__init__(f"stream {stream!r} is at version {actual}, the append expected {expected}")
-        self.stream, self.expected, self.actual = stream, expected, actual
-
-
-class StoreUnavailable(StoreError):
-    """The log could not be written now (locked by another process, disk full, I/O error); nothing was."""
-
-
-class LogDamaged(StoreError):
-    """The database fails its integrity checks; the daemon must not run on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    seq: int
-    schema: int
-    state_json: str
-
-
-def _connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqlite3.Connection:
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA synchronous = FULL")
-    return conn
-
-
-def _row_to_recorded(row: tuple[int, str, int, str, int, float, str]) -> Recorded:
-    seq, stream, version, type_, schema, ts, data = row
-    return Recorded(seq, stream, version, ts, decode_event(type_, schema, data))
-
-
-def check_log(conn: sqlite3.Connection, *, full: bool = True) -> None:
-    """Refuse a damaged log: SQLite's own check, then our invariants (gap-free seq, versions 1..n)."""
-    try:
-        pragma = "integrity_check" if full else "quick_check"
-        problems = [r[0] for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
-        if problems != ["ok"]:
-            raise LogDamaged("SQLite integrity check failed: " + "; ".join(problems[:5]))
-        count, lo, hi = conn.execute("SELECT count(*), min(seq), max(seq) FROM events").fetchone()
-    except sqlite3.DatabaseError as e:
-        raise LogDamaged(f"cannot read the event log: {e}") from None
-    if count and (lo != 1 or hi != count):
-        raise LogDamaged(f"event seq is not gap-free: {count} events span seq {lo}..{hi}")
-    bad = conn.execute(
-        "SELECT stream, count(*), min(version), max(version) FROM events GROUP BY stream "
-        "HAVING min(version) != 1 OR max(version) != count(*) LIMIT 5"
-    ).fetchall()
-    if bad:
-        detail = ", ".join(f"{s} has {n} events with versions {a}..{b}" for s, n, a, b in bad)
-        raise LogDamaged(f"stream versions are not 1..n: {detail}")
-    unknown = [
-        r[0] for r in conn.execute("SELECT DISTINCT type FROM events").fetchall() if r[0] not in EVENT_TYPES
-    ]
-    if unknown:
-        raise LogDamaged(f"unknown event types {unknown}: the log was written by a newer llmtraind")
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise LogDamaged(f"{path}: no event log here")
-    try:
-        return _connect(path, 5000, readonly=True)
-    except sqlite3.DatabaseError as e:
-        raise LogDamaged(f"{path}: {e}") from None
-
-
-def iter_events(
-    conn: sqlite3.Connection, after: int = 0, upto: int | None = None, batch: int = 10_000
-) -> Iterator[Recorded]:
-    """Stream decoded events with seq in (after, upto] in order, a page at a time."""
-    last = after
-    while True:
-        limit = batch if upto is None else min(batch, upto - last)
-        if limit <= 0:
-            return
-        rows = conn.execute(_SELECT_AFTER, (last, limit)).fetchall()
-        for row in rows:
-            yield _row_to_recorded(row)
-        if len(rows) < limit:
-            return
-        last = rows[-1][0]
-
-
-def latest_snapshot(conn: sqlite3.Connection, schema: int, at_most: int | None = None) -> Snapshot | None:
-    row = conn.execute(
-        "SELECT seq, schema, state FROM snapshots WHERE schema = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
-        (schema, at_most if at_most is not None else 2**62),
-    ).fetchone()
-    return Snapshot(*row) if row else None
-
 
 T = TypeVar("T")
 Listener = Callable[[list[Recorded]], None]
@@ -220,11 +83,11 @@ class EventStore:
         if full_check is None:
             full_check = not self.path.exists() or self.path.stat().st_size <= FULL_CHECK_MAX_BYTES
         try:
-            conn = _connect(self.path, self.busy_timeout_ms)
+            conn = connect(self.path, self.busy_timeout_ms)
         except sqlite3.DatabaseError as e:
             raise LogDamaged(f"{self.path}: {e}") from None
         try:
-            self._prepare(conn)
+            prepare(conn)
             check_log(conn, full=full_check)
         except sqlite3.DatabaseError as e:
             conn.close()
@@ -234,17 +97,6 @@ class EventStore:
             raise LogDamaged(f"{self.path}: {e}") from None
         self._conn = conn
         self.last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-
-    @staticmethod
-    def _prepare(conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise LogDamaged(f"cannot switch to WAL journal (got {mode!r})")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > DB_SCHEMA:
-            raise LogDamaged(f"database schema {version} is newer than this llmtraind ({DB_SCHEMA})")
-        conn.executescript(_DDL)
-        conn.execute(f"PRAGMA user_version = {DB_SCHEMA}")
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -344,11 +196,11 @@ class EventStore:
     ) -> tuple[list[Recorded], bool]:
         keys = [e.idem_key for e in events if e.idem_key is not None]
         if keys:
-            rows = conn.execute(_SELECT_KEYS, (json.dumps(keys),)).fetchall()
+            rows = conn.execute(SELECT_KEYS, (json.dumps(keys),)).fetchall()
             if rows:
                 if len(rows) != len(keys):
                     raise StoreError(f"idempotency keys {keys} match only {len(rows)} recorded events")
-                return [_row_to_recorded(r) for r in rows], False
+                return [row_to_recorded(r) for r in rows], False
         current = conn.execute(
             "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
         ).fetchone()[0]
@@ -431,32 +283,13 @@ class EventStore:
         """A page of the log for the API: short, so no reader holds a snapshot open for long."""
         if self._reader is None:
             raise StoreError("the event store is closed")
-        async with self._reader.execute(_SELECT_AFTER, (after, limit)) as cur:
+        async with self._reader.execute(SELECT_AFTER, (after, limit)) as cur:
             rows = await cur.fetchall()
-        return [_row_to_recorded(tuple(r)) for r in rows]
+        return [row_to_recorded(tuple(r)) for r in rows]
 
     async def read_stream(self, stream: str) -> list[Recorded]:
         if self._reader is None:
             raise StoreError("the event store is closed")
-        async with self._reader.execute(_SELECT_STREAM, (stream,)) as cur:
+        async with self._reader.execute(SELECT_STREAM, (stream,)) as cur:
             rows = await cur.fetchall()
-        return [_row_to_recorded(tuple(r)) for r in rows]
-
-
-def dump_jsonl(conn: sqlite3.Connection) -> Iterator[str]:
-    """The log as JSON lines, the format of the checked-in fixture logs."""
-    for row in conn.execute(_SELECT_ALL):
-        seq, stream, version, type_, schema, ts, data, key = row
-        yield json.dumps(
-            {
-                "seq": seq,
-                "stream": stream,
-                "version": version,
-                "type": type_,
-                "schema": schema,
-                "ts": ts,
-                "idem_key": key,
-                "data": json.loads(data),
-            },
-            sort_keys=True,
-        )
+        return [row_to_recorded(tuple(r)) for r in rows]

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from daemon.core.events import DaemonStopped, NewEvent
-from daemon.log.store import EventStore, check_log
+from daemon.log.sqlite import check_log
+from daemon.log.store import EventStore
 
 APPENDER = """
 import asyncio, sys

@@ -14,14 +14,9 @@ import pytest
 
 from daemon.core.events import DaemonStarted, DaemonStopped, NewEvent, Recorded
 from daemon.core.streams import Append
-from daemon.log.store import (
-    ConcurrencyConflict,
-    EventStore,
-    LogDamaged,
-    StoreUnavailable,
-    check_log,
-    open_readonly,
-)
+from daemon.log.errors import ConcurrencyConflict, LogDamaged, StoreUnavailable
+from daemon.log.sqlite import check_log, open_readonly
+from daemon.log.store import EventStore
 
 
 def stopped(n: int) -> DaemonStopped:

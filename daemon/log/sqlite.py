@@ -1,0 +1,181 @@
+"""The event log's SQLite file: its tables, the statements on them, and the reads that need no daemon.
+
+The daemon's writer (daemon.log.store) and the readers that run without it (the projector's replay,
+the CLI's and the API's state at a past seq, the tests' checks of a log after a crash) open the same
+file; keeping its schema, its integrity check and its row decoding here gives them one definition of
+what a sound log is. Everything here is plain sqlite3 and blocks; the daemon calls it from a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.core.events import EVENT_TYPES, Recorded, decode_event
+from daemon.log.errors import LogDamaged
+
+__all__ = [
+    "DB_SCHEMA",
+    "SELECT_AFTER",
+    "SELECT_KEYS",
+    "SELECT_STREAM",
+    "Snapshot",
+    "check_log",
+    "connect",
+    "dump_jsonl",
+    "iter_events",
+    "latest_snapshot",
+    "open_readonly",
+    "prepare",
+    "row_to_recorded",
+]
+
+DB_SCHEMA = 1
+_DDL = """
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream   TEXT    NOT NULL,
+    version  INTEGER NOT NULL CHECK (version >= 1),
+    type     TEXT    NOT NULL,
+    schema   INTEGER NOT NULL,
+    idem_key TEXT    UNIQUE,
+    ts       REAL    NOT NULL,
+    data     TEXT    NOT NULL CHECK (json_valid(data)),
+    UNIQUE (stream, version)
+);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE refused'); END;
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq    INTEGER PRIMARY KEY,
+    schema INTEGER NOT NULL,
+    ts     REAL    NOT NULL,
+    state  TEXT    NOT NULL
+);
+"""
+SELECT_AFTER = (
+    "SELECT seq, stream, version, type, schema, ts, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+SELECT_STREAM = (
+    "SELECT seq, stream, version, type, schema, ts, data FROM events WHERE stream = ? ORDER BY version"
+)
+SELECT_KEYS = (
+    "SELECT seq, stream, version, type, schema, ts, data FROM events "
+    "WHERE idem_key IN (SELECT value FROM json_each(?)) ORDER BY seq"
+)
+_SELECT_ALL = "SELECT seq, stream, version, type, schema, ts, data, idem_key FROM events ORDER BY seq"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    seq: int
+    schema: int
+    state_json: str
+
+
+def connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def row_to_recorded(row: tuple[int, str, int, str, int, float, str]) -> Recorded:
+    seq, stream, version, type_, schema, ts, data = row
+    return Recorded(seq, stream, version, ts, decode_event(type_, schema, data))
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Switch to WAL and create the tables; refuse a file written by a newer schema."""
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise LogDamaged(f"cannot switch to WAL journal (got {mode!r})")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > DB_SCHEMA:
+        raise LogDamaged(f"database schema {version} is newer than this llmtraind ({DB_SCHEMA})")
+    conn.executescript(_DDL)
+    conn.execute(f"PRAGMA user_version = {DB_SCHEMA}")
+
+
+def check_log(conn: sqlite3.Connection, *, full: bool = True) -> None:
+    """Refuse a damaged log: SQLite's own check, then our invariants (gap-free seq, versions 1..n)."""
+    try:
+        pragma = "integrity_check" if full else "quick_check"
+        problems = [r[0] for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+        if problems != ["ok"]:
+            raise LogDamaged("SQLite integrity check failed: " + "; ".join(problems[:5]))
+        count, lo, hi = conn.execute("SELECT count(*), min(seq), max(seq) FROM events").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise LogDamaged(f"cannot read the event log: {e}") from None
+    if count and (lo != 1 or hi != count):
+        raise LogDamaged(f"event seq is not gap-free: {count} events span seq {lo}..{hi}")
+    bad = conn.execute(
+        "SELECT stream, count(*), min(version), max(version) FROM events GROUP BY stream "
+        "HAVING min(version) != 1 OR max(version) != count(*) LIMIT 5"
+    ).fetchall()
+    if bad:
+        detail = ", ".join(f"{s} has {n} events with versions {a}..{b}" for s, n, a, b in bad)
+        raise LogDamaged(f"stream versions are not 1..n: {detail}")
+    unknown = [
+        r[0] for r in conn.execute("SELECT DISTINCT type FROM events").fetchall() if r[0] not in EVENT_TYPES
+    ]
+    if unknown:
+        raise LogDamaged(f"unknown event types {unknown}: the log was written by a newer llmtraind")
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise LogDamaged(f"{path}: no event log here")
+    try:
+        return connect(path, 5000, readonly=True)
+    except sqlite3.DatabaseError as e:
+        raise LogDamaged(f"{path}: {e}") from None
+
+
+def iter_events(
+    conn: sqlite3.Connection, after: int = 0, upto: int | None = None, batch: int = 10_000
+) -> Iterator[Recorded]:
+    """Stream decoded events with seq in (after, upto] in order, a page at a time."""
+    last = after
+    while True:
+        limit = batch if upto is None else min(batch, upto - last)
+        if limit <= 0:
+            return
+        rows = conn.execute(SELECT_AFTER, (last, limit)).fetchall()
+        for row in rows:
+            yield row_to_recorded(row)
+        if len(rows) < limit:
+            return
+        last = rows[-1][0]
+
+
+def latest_snapshot(conn: sqlite3.Connection, schema: int, at_most: int | None = None) -> Snapshot | None:
+    row = conn.execute(
+        "SELECT seq, schema, state FROM snapshots WHERE schema = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+        (schema, at_most if at_most is not None else 2**62),
+    ).fetchone()
+    return Snapshot(*row) if row else None
+
+
+def dump_jsonl(conn: sqlite3.Connection) -> Iterator[str]:
+    """The log as JSON lines, the format of the checked-in fixture logs."""
+    for row in conn.execute(_SELECT_ALL):
+        seq, stream, version, type_, schema, ts, data, key = row
+        yield json.dumps(
+            {
+                "seq": seq,
+                "stream": stream,
+                "version": version,
+                "type": type_,
+                "schema": schema,
+                "ts": ts,
+                "idem_key": key,
+                "data": json.loads(data),
+            },
+            sort_keys=True,
+        )
