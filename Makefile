@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-slow test-browser browser lint check bench schemas clean
+.PHONY: setup run serve test test-slow test-browser browser lint check bench mutation schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ lint: setup
 	$(BIN)/lint-imports
 
 check: lint test
+
+# Mutation testing of the pure core, one module at a time with 2 workers (tests/mutation.py lists the
+# modules and their tests): prints each module's score and fails below 85 %. Not part of `make check`.
+mutation: setup
+	$(BIN)/python -m tests.mutation
 
 bench: setup
 	$(BIN)/python -m pytest -m bench -s -p no:randomly tests/bench
