@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from daemon.intake.inbox import STEPS
+from daemon.intake.faults import STEPS
 from tests.daemon_proc import Daemon
 
 SFT_ROW = '{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a%d"}]}\n'
