@@ -164,7 +164,7 @@ def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phas
     for d in wanted:
         for dep in d.after:
             job = state.jobs[dep]
-            phases[dep] = (job.name, job.state)  # type: ignore[assignment]
+            phases[dep] = (job.name, job.state)
     return phases
 
 

@@ -44,11 +44,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Literal
+
+from daemon.core.state import JobState
 
 __all__ = ["Demand", "GpuView", "Lease", "Phase", "Placement", "Plan", "Reservation", "place"]
 
-Phase = Literal["queued", "running", "interrupted", "succeeded", "failed", "cancelled"]
+Phase = JobState
+"""What placement knows of a job it waits for (`after:`): the job's state."""
 _Shape = tuple[int, tuple[str, ...], int | None, bool]
 """A request as placement sees it: gpus, gpu_ids, min free memory, and whether it ends in time to
 use reserved GPUs. Timeouts themselves vary from job to job; this flag takes only two values."""

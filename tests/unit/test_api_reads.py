@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.events import JobProgress, RunServing
 from daemon.core.gpus import GpuProcess, GpuStatus
-from daemon.core.state import Job, Run, State
+from daemon.core.state import Job, JobState, Run, State
 from daemon.http.api import ReadSide, make_app
 from daemon.http.metrics import Scrape, families
 from daemon.log.store import EventStore
@@ -30,7 +30,7 @@ Client = TestClient[web.Request, web.Application]
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
-def job(job_id: int, state: str, submitted: float) -> Job:
+def job(job_id: int, state: JobState, submitted: float) -> Job:
     return Job(
         id=job_id,
         name=f"j{job_id}",
