@@ -17,19 +17,20 @@ Job logs are read only while somebody follows them: the first follower of a job 
 log file (a stat every 20-50 ms, then a read of what was appended), and the last one to leave
 stops it. Every `[api] sse_keepalive_s` each stream gets a comment line; `retry:` is sent once at the
 start. On shutdown every stream is ended, so the daemon still exits within `[daemon] stop_timeout_s`.
+
+This module is the hub (the feeds, the clients, keep-alives, stalls, shutdown) and its two stream
+handlers; `ring` holds the shared frames, `frames` the wire format and resume points, `pages` the
+event log's replay pages, `logtail` a followed job log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
-import os
 import socket
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,48 +41,24 @@ from daemon.core.config import ApiConfig
 from daemon.core.events import Recorded
 from daemon.core.state import TERMINAL, Job, State
 from daemon.core.streams import job_id_of
-from daemon.http.logfeed import LineCutter, line_floor, log_frame, read_frames
-from daemon.http.views import recorded_json
+from daemon.http.frames import PING, RETRY_MS, SSE_HEADERS, event_frame, resume_point
+from daemon.http.logfeed import line_floor, read_frames
+from daemon.http.logtail import LOG_RING, JobFeed, job_log_path, tail
+from daemon.http.pages import STORE_PAGE, EventPages
+from daemon.http.ring import Feed, Ring
 from daemon.log.errors import StoreError
 from daemon.log.store import EventStore
 
-__all__ = [
-    "SSE_HEADERS",
-    "Ring",
-    "SseHub",
-    "SseSettings",
-    "StreamRefused",
-    "event_frame",
-    "job_log_path",
-    "parse_last_event_id",
-]
+__all__ = ["SseHub", "SseSettings", "StreamRefused"]
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-RETRY_MS = 2000
-"""What EventSource waits before it reconnects (sent once, as `retry:`)."""
 SEND_BUDGET = 256 * 1024
 """Bytes one write takes from the ring or the source."""
 SNDBUF = 256 * 1024
 """Each stream's kernel send buffer (Linux doubles it): caps what a stalled client holds in the kernel."""
-LOG_POLL_S = (0.02, 0.05)
-"""How often a followed log file is checked for growth: every 20 ms for a few followers, up to every
-50 ms (about half of the 100 ms latency budget) for 1,000, whose writes then carry more lines each."""
-STORE_PAGE = 256
-PAGES_KEPT = 16
-"""Pages of the event log (encoded) kept for clients that replay it."""
-TAIL_READ = 256 * 1024
 EVENTS_RING = (8192, 8 << 20)
-LOG_RING = (4096, 2 << 20)
-"""(frames, bytes) a feed's ring keeps."""
-PING = b": keep-alive\n\n"
-MAX_ID_CHARS = 19
-"""Longer than any offset or seq this daemon will reach (2**63 has 19 digits)."""
+"""(frames, bytes) the event log's ring keeps."""
 
 Kind = Literal["events", "log"]
 
@@ -103,89 +80,6 @@ class StreamRefused(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-class Ring:
-    """A feed's recent frames, keyed by the id each ends at, oldest first; gap-free after `floor`."""
-
-    def __init__(self, floor: int, max_frames: int, max_bytes: int) -> None:
-        self.floor = floor
-        """Every frame with a key above this is here; the ones up to it were dropped (or never kept)."""
-        self.max_frames, self.max_bytes = max_frames, max_bytes
-        self._keys: list[int] = []
-        self._frames: list[bytes] = []
-        self._first = 0
-        self.bytes = 0
-
-    @property
-    def head(self) -> int:
-        return self._keys[-1] if len(self._keys) > self._first else self.floor
-
-    def publish(self, items: Iterable[tuple[int, bytes]]) -> None:
-        for key, frame in items:
-            self._keys.append(key)
-            self._frames.append(frame)
-            self.bytes += len(frame)
-        while self._first < len(self._keys) and (
-            len(self._keys) - self._first > self.max_frames or self.bytes > self.max_bytes
-        ):
-            self.floor = self._keys[self._first]
-            self.bytes -= len(self._frames[self._first])
-            self._first += 1
-        if self._first > 1024 and self._first * 2 > len(self._keys):
-            del self._keys[: self._first], self._frames[: self._first]
-            self._first = 0
-
-    def reset(self, floor: int) -> None:
-        """Forget every frame: nobody reads this feed now, and the source has them."""
-        self._keys.clear()
-        self._frames.clear()
-        self._first, self.bytes, self.floor = 0, 0, floor
-
-    def behind(self, pos: int) -> bool:
-        return pos < self.floor
-
-    def inside(self, pos: int) -> int | None:
-        """When `pos` falls inside a frame (a client resumed mid-line), that frame's end."""
-        i = bisect.bisect_right(self._keys, pos, lo=self._first)
-        if i == len(self._keys):
-            return None
-        start = self._keys[i - 1] if i > self._first else self.floor
-        return self._keys[i] if start < pos else None
-
-    def after(self, pos: int, budget: int) -> tuple[list[bytes], int]:
-        """Frames after `pos` (which must not be behind), up to `budget` bytes, and the new cursor."""
-        i = bisect.bisect_right(self._keys, pos, lo=self._first)
-        out: list[bytes] = []
-        size = 0
-        while i < len(self._keys) and (not out or size + len(self._frames[i]) <= budget):
-            out.append(self._frames[i])
-            size += len(self._frames[i])
-            pos = self._keys[i]
-            i += 1
-        return out, pos
-
-
-class _Feed:
-    def __init__(self, ring: Ring) -> None:
-        self.ring = ring
-        self.clients = 0
-        self._changed = asyncio.Event()
-
-    def waiter(self) -> asyncio.Event:
-        return self._changed
-
-    def wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-
-class _JobFeed(_Feed):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(Ring(0, *LOG_RING))
-        self.job_id = job_id
-        self.path: Path | None = None
-        self.tail: asyncio.Task[None] | None = None
 
 
 class _Client:
@@ -213,47 +107,6 @@ class _Client:
         return not self.dropped
 
 
-def parse_last_event_id(raw: str | None) -> tuple[int | None, str | None]:
-    """The id a reconnecting client names, or None and why it was ignored (never an error: a browser
-    would stop reconnecting on one)."""
-    if raw is None or raw == "":
-        return None, None
-    text = raw.strip()
-    if 0 < len(text) <= MAX_ID_CHARS and text.isascii() and text.isdigit():
-        return int(text), None
-    shown = (text[:40] + ("..." if len(text) > 40 else "")).replace("\r", " ").replace("\n", " ")
-    return None, f"ignored Last-Event-ID {shown!r}: not an id of this stream (a non-negative integer)"
-
-
-def _resume(request: web.Request, after: int | None, end: int) -> tuple[int, list[str]]:
-    """Where a stream starts: Last-Event-ID (a reconnect) over ?after= over the beginning. A point past
-    the end names another log (this one never shrinks): the stream starts over, and says so."""
-    named, why = parse_last_event_id(request.headers.get("Last-Event-ID"))
-    notes = [why] if why else []
-    start = named if named is not None else (after or 0)
-    if start > end:
-        notes.append(f"resume point {start} is past the end of this log ({end}): starting from the beginning")
-        start = 0
-    return start, notes
-
-
-def job_log_path(job: Job, state_dir: Path) -> Path | None:
-    """The job's log file as the state records it (never a path from a request), and only inside the
-    state folder."""
-    if job.run is None:
-        return None
-    path = Path(job.run.log).resolve()
-    if not path.is_relative_to(state_dir.resolve()):
-        log.warning("job %d: log %s is outside the state folder; not served", job.id, path)
-        return None
-    return path
-
-
-def event_frame(rec: Recorded) -> bytes:
-    data = json.dumps(recorded_json(rec), ensure_ascii=False, separators=(",", ":"))
-    return b"id: %d\ndata: %s\n\n" % (rec.seq, data.encode())
-
-
 class SseHub:
     """Every SSE stream of one daemon: the feeds, their clients, keep-alives, stalls and shutdown."""
 
@@ -266,10 +119,9 @@ class SseHub:
         self.settings = settings
         self.dropped = 0
         """Streams closed because their client stopped reading."""
-        self._events = _Feed(Ring(store.last_seq, *EVENTS_RING))
-        self._jobs: dict[int, _JobFeed] = {}
-        self._pages: OrderedDict[int, list[tuple[int, bytes]]] = OrderedDict()
-        self._loading: dict[int, asyncio.Future[list[tuple[int, bytes]]]] = {}
+        self._events = Feed(Ring(store.last_seq, *EVENTS_RING))
+        self._jobs: dict[int, JobFeed] = {}
+        self._pages = EventPages(store)
         self._clients: set[_Client] = set()
         self._pings = 0
         self._closing = False
@@ -302,7 +154,7 @@ class SseHub:
         return counts
 
     def buffered_bytes(self) -> int:
-        pages = sum(len(frame) for page in self._pages.values() for _, frame in page)
+        pages = self._pages.buffered_bytes()
         return self._events.ring.bytes + pages + sum(f.ring.bytes for f in self._jobs.values())
 
     # -- feeding -----------------------------------------------------------------------------------
@@ -394,7 +246,7 @@ class SseHub:
     # -- the event log ------------------------------------------------------------------------------
 
     async def events(self, request: web.Request, after: int | None) -> web.StreamResponse:
-        start, notes = _resume(request, after, self.store.last_seq)
+        start, notes = resume_point(request, after, self.store.last_seq)
         if request.method == "HEAD":
             return web.Response(headers=SSE_HEADERS)
         c = await self._open(request, "events", notes)
@@ -413,7 +265,7 @@ class SseHub:
             ring = feed.ring
             if ring.behind(pos):
                 try:
-                    page = await self._page(pos // STORE_PAGE)
+                    page = await self._pages.page(pos // STORE_PAGE)
                 except StoreError:
                     return
                 chunk = [frame for seq, frame in page if seq > pos]
@@ -433,33 +285,6 @@ class SseHub:
             if not await self._ping_or_wait(c, waiter):
                 return
 
-    async def _page(self, k: int) -> list[tuple[int, bytes]]:
-        """Events (k*STORE_PAGE, (k+1)*STORE_PAGE] encoded: read and encoded once however many clients
-        replay them at once (a burst of reconnects all asks for the same pages), full pages kept."""
-        cached = self._pages.get(k)
-        if cached is not None:
-            self._pages.move_to_end(k)
-            return cached
-        loading = self._loading.get(k)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        fut: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure may have no waiter
-        self._loading[k] = fut
-        try:
-            frames = [(r.seq, event_frame(r)) for r in await self.store.read(k * STORE_PAGE, STORE_PAGE)]
-        except BaseException as e:
-            fut.set_exception(e)
-            raise
-        finally:
-            del self._loading[k]
-        if len(frames) == STORE_PAGE:
-            self._pages[k] = frames
-            while len(self._pages) > PAGES_KEPT:
-                self._pages.popitem(last=False)
-        fut.set_result(frames)
-        return frames
-
     # -- a job's log --------------------------------------------------------------------------------
 
     def _log_path(self, job: Job) -> Path | None:
@@ -475,7 +300,7 @@ class SseHub:
     async def job_log(self, request: web.Request, job: Job, after: int | None) -> web.StreamResponse:
         path = self._log_path(job)
         size = self._size(path)
-        start, notes = _resume(request, after, size)
+        start, notes = resume_point(request, after, size)
         if job.state in TERMINAL and start >= size:
             return web.Response(status=204)  # the whole log was sent: EventSource stops reconnecting
         if request.method == "HEAD":
@@ -483,7 +308,7 @@ class SseHub:
         c = await self._open(request, "log", notes)
         feed = self._jobs.get(job.id)
         if feed is None:
-            feed = self._jobs[job.id] = _JobFeed(job.id)
+            feed = self._jobs[job.id] = JobFeed(job.id)
         feed.clients += 1
         try:
             await self._pump_log(c, feed, start)
@@ -496,7 +321,7 @@ class SseHub:
             await self._close(c)
         return c.resp
 
-    async def _pump_log(self, c: _Client, feed: _JobFeed, pos: int) -> None:
+    async def _pump_log(self, c: _Client, feed: JobFeed, pos: int) -> None:
         while not self._closing:
             waiter = feed.waiter()
             job = self.state().jobs.get(feed.job_id)
@@ -517,14 +342,14 @@ class SseHub:
             if not await self._ping_or_wait(c, waiter):
                 return
 
-    async def _send_log(self, c: _Client, feed: _JobFeed, path: Path, pos: int) -> tuple[int, bool] | None:
+    async def _send_log(self, c: _Client, feed: JobFeed, path: Path, pos: int) -> tuple[int, bool] | None:
         """Send what the client lacks: its new cursor and whether more may be ready at once (else it
         has had all the ring holds and can wait), or None when the client is gone."""
         if feed.tail is None:
             floor = await asyncio.to_thread(line_floor, path)
             if feed.tail is None:  # another follower may have started it meanwhile
                 feed.ring = Ring(floor, *LOG_RING)
-                feed.tail = asyncio.create_task(self._tail(feed, path), name=f"sse-tail-{feed.job_id}")
+                feed.tail = asyncio.create_task(tail(feed, path), name=f"sse-tail-{feed.job_id}")
         ring = feed.ring
         stop = ring.floor if ring.behind(pos) else ring.inside(pos)
         if stop is not None:
@@ -546,33 +371,3 @@ class SseHub:
             pos = new
         end = json.dumps({"job": job.id, "state": job.state, "offset": pos})
         await c.send(f"event: end\ndata: {end}\n\n".encode())
-
-    async def _tail(self, feed: _JobFeed, path: Path) -> None:
-        """Publish the lines appended to `path` while someone follows it."""
-        cutter = LineCutter(feed.ring.floor)
-        fd: int | None = None
-        try:
-            fast, slow = LOG_POLL_S
-            while True:
-                await asyncio.sleep(min(slow, fast + (slow - fast) * feed.clients / 1000))
-                if fd is None:
-                    try:
-                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    except FileNotFoundError:
-                        continue
-                size = os.fstat(fd).st_size
-                while size > cutter.offset + cutter.pending:
-                    # Small reads of what was just written (page cache): microseconds, on the loop.
-                    at = cutter.offset + cutter.pending
-                    data = os.pread(fd, min(size - at, TAIL_READ), at)
-                    if not data:
-                        break
-                    events = cutter.feed(data)
-                    if events:
-                        feed.ring.publish((end, log_frame(end, text)) for end, text in events)
-                        feed.wake()
-                    if len(data) == TAIL_READ:
-                        await asyncio.sleep(0)  # a burst: let the clients write between reads
-        finally:
-            if fd is not None:
-                os.close(fd)

@@ -24,9 +24,10 @@ from pydantic import BaseModel
 
 from daemon.core.events import ArtifactsFound, JobProgress, JobStarted, NewEvent, RunServing, RunStarted
 from daemon.runs.outcome import RunEnd
-from daemon.runs.runner import Adoptable, Runner, read_tail
+from daemon.runs.runner import Adoptable, Runner
 from daemon.runs.supervise import EXIT_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
 from daemon.runs.swift.failures import TAIL_LINES
+from daemon.runs.watch import read_tail
 
 WAIT_S = 10.0
 """Upper bound for anything here; the runs themselves take a fraction of a second."""

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from daemon.core.events import DaemonStopped, Recorded
-from daemon.http.sse import Ring, event_frame, parse_last_event_id
+from daemon.http.frames import event_frame, parse_last_event_id
+from daemon.http.ring import Ring
 from daemon.http.views import recorded_json
 from tests.sse_client import SseEvent, SseParser
 

@@ -1,0 +1,58 @@
+"""What the API may look at, and the app keys its handlers find it under: apart from the routes, so
+that every route module and the middleware reach it without importing the app factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from daemon.core.state import State
+from daemon.http.sse import SseHub, SseSettings
+from daemon.log.store import EventStore
+
+if TYPE_CHECKING:
+    from daemon.core.gpus import GpuStatus
+
+__all__ = ["READ_SIDE", "SSE_HUB", "GpuReading", "ReadSide"]
+
+GpuReading = tuple["Sequence[GpuStatus]", float]
+"""The GPUs as last probed, and when (time.monotonic())."""
+
+
+def _no_gpus() -> GpuReading:
+    return [], time.monotonic()
+
+
+def _no_trouble() -> str:
+    return ""
+
+
+@dataclass
+class ReadSide:
+    """What the API may look at: the live state, the log (read only), the last GPU probe (owned by
+    the scheduling loop) and the daemon's health."""
+
+    state: Callable[[], State]
+    store: EventStore
+    db_path: Path
+    started_monotonic: float
+    token: str = ""
+    gpus: Callable[[], GpuReading] = _no_gpus
+    sse: SseSettings = field(default_factory=SseSettings)
+    intake_trouble: Callable[[], str] = _no_trouble
+    """What keeps the inbox from finishing its work (the state's disk is full, ...), or ""."""
+
+    def health(self) -> tuple[bool, str]:
+        if not self.store.healthy:
+            return False, self.store.last_error
+        trouble = self.intake_trouble()
+        return (False, f"intake: {trouble}") if trouble else (True, "")
+
+
+READ_SIDE = web.AppKey("read_side", ReadSide)
+SSE_HUB = web.AppKey("sse_hub", SseHub)
