@@ -43,6 +43,7 @@ from daemon.http.views import (
     intake_view,
     job_counts,
     jobs_view,
+    page_states,
     projects_view,
     recorded_json,
 )
@@ -198,12 +199,15 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
 
 
 PAGE = Path(__file__).with_name("page") / "index.html"
+_STATES_SLOT = "/*JOB_STATES*/null"
+"""Where the page's script gets the job states, so it groups jobs by the daemon's own names."""
 
 
 async def page(request: web.Request) -> web.Response:
     """The read-only status page: one static file, no build step, nothing fetched from elsewhere;
     its script reads this API and follows /v1/events/stream with EventSource."""
     text = await asyncio.to_thread(PAGE.read_text, "utf-8")
+    text = text.replace(_STATES_SLOT, json.dumps(page_states()), 1)
     return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
 

@@ -29,7 +29,7 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 TOKEN_COOKIE = "llmtraind_token"  # noqa: S105 (a cookie name, not a secret)
-"""Where a browser keeps `[api] token` for the status page (see api.py)."""
+"""Where a browser keeps `[api] token` for the status page (see middleware.py)."""
 MAX_POSITION = 2**62
 """The largest seq or byte offset a query may name: far past any real log, and within int64."""
 

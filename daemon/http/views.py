@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
 from daemon.core.events import JobProgress, Recorded
-from daemon.core.state import Dataset, Job, JobState, Run, State, Validation
+from daemon.core.state import TERMINAL, WAITING, Dataset, Job, JobState, Run, State, Validation
 
 if TYPE_CHECKING:
     from daemon.core.gpus import GpuStatus
@@ -26,6 +26,7 @@ __all__ = [
     "job_counts",
     "job_view",
     "jobs_view",
+    "page_states",
     "projects_view",
     "recorded_json",
     "run_view",
@@ -295,3 +296,8 @@ def gpu_summary(view: list[dict[str, Any]]) -> dict[str, Any]:
         "foreign": sum(1 for g in view if g["foreign_processes"]),
         "free": sum(1 for g in view if g["lease"] is None and not g["foreign_processes"]),
     }
+
+
+def page_states() -> dict[str, list[str]]:
+    """The job states as the status page groups them: running, waiting for the scheduler, ended."""
+    return {"running": ["running"], "waiting": list(WAITING), "terminal": list(TERMINAL)}

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from aiohttp import web
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.events import JobProgress, RunServing
 from daemon.core.gpus import GpuProcess, GpuStatus
-from daemon.core.state import Job, JobState, Run, State
+from daemon.core.state import TERMINAL, WAITING, Job, JobState, Run, State
 from daemon.http.api import ReadSide, make_app
 from daemon.http.metrics import Scrape, families
 from daemon.log.store import EventStore
@@ -259,6 +260,25 @@ async def test_the_status_page_takes_the_token_once_and_keeps_it_as_a_cookie(tmp
         assert (await client.get("/v1/status")).status == 401
         bearer = await client.get("/v1/status", headers={"Authorization": "Bearer s3cret"})
         assert bearer.status == 200
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def test_the_status_page_groups_jobs_by_the_daemons_own_state_names(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
+    client: Client = TestClient(TestServer(make_app(ReadSide(State, store, store.path, time.monotonic()))))
+    await client.start_server()
+    try:
+        text = await (await client.get("/")).text()
+        groups: dict[str, list[str]] = {
+            "running": ["running"],
+            "waiting": list(WAITING),
+            "terminal": list(TERMINAL),
+        }
+        assert f"const STATES = {json.dumps(groups)};" in text
+        assert "/*JOB_STATES*/" not in text
+        assert {s for group in groups.values() for s in group} == set(get_args(JobState))
     finally:
         await client.close()
         await store.close()
