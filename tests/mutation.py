@@ -25,9 +25,9 @@ MODULES: dict[str, list[str]] = {
     "daemon/core/fold.py": FOLD_TESTS,
     "daemon/core/state.py": FOLD_TESTS,
     "daemon/runs/scheduler.py": ["tests/unit/test_scheduler.py"],
-    "daemon/runs/dispatch.py": ["tests/unit/test_dispatch.py"],
-    "daemon/runs/outcome.py": ["tests/unit/test_outcome.py"],
-    "daemon/intake/decide.py": ["tests/unit/test_intake.py"],
+    "daemon/runs/dispatch.py": ["tests/unit/test_dispatch.py", "tests/unit/test_dispatch_questions.py"],
+    "daemon/runs/outcome.py": ["tests/unit/test_outcome.py", "tests/unit/test_outcome_ends.py"],
+    "daemon/intake/decide.py": ["tests/unit/test_intake.py", "tests/unit/test_intake_decide.py"],
 }
 """Module -> the unit tests that state its behaviour (the only ones run against its mutants)."""
 

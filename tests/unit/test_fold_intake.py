@@ -73,6 +73,11 @@ DAEMON = {
         START,
         world(daemon=NOW_RUNNING, daemon_starts=2, unclean_stops=1),
     ),
+    "each crash counts": Row(
+        world(daemon=info(), daemon_starts=3, unclean_stops=1),
+        START,
+        world(daemon=NOW_RUNNING, daemon_starts=4, unclean_stops=2),
+    ),
     "start forgets the old process's validations (their drops are redone)": Row(
         world(daemon=info(stopped_ts=1500.0), daemon_starts=1, validating={"d1": reading()}),
         START,
@@ -557,52 +562,59 @@ def other() -> dict[str, Validation]:
     return {"d2": reading("d2")}
 
 
+def seen(**more: int) -> IntakeCounts:
+    """The files counted before: three of each kind, and one more of the kinds in `more`."""
+    counts = {"datasets": 3, "jobs": 3, "controls": 3, "duplicates": 3, "rejected": 3}
+    return IntakeCounts(**(counts | {kind: 3 + n for kind, n in more.items()}))
+
+
 ENDS_ITS_DROP = {
     "accepted": Row(
-        world(validating=both()),
+        world(validating=both(), intake=seen()),
         accepted(drop="d1"),
         world(
             validating=other(),
             datasets=[dataset(accepted_ts=T, accepted_seq=SEQ)],
             dataset_names={"chat": "s1"},
-            intake=IntakeCounts(datasets=1),
+            intake=seen(datasets=1),
         ),
     ),
     "duplicate": Row(
-        world(validating=both()),
+        world(validating=both(), intake=seen()),
         DuplicateDropped(drop="d1", filename="chat.jsonl", kind="dataset", sha256="s9"),
-        world(validating=other(), intake=IntakeCounts(duplicates=1)),
+        world(validating=other(), intake=seen(duplicates=1)),
     ),
     "rejected": Row(
-        world(validating=both()),
+        world(validating=both(), intake=seen()),
         FileRejected(
             drop="d1", filename="chat.jsonl", kind="dataset", summary="s", problems="p", kept_as="k"
         ),
-        world(validating=other(), intake=IntakeCounts(rejected=1)),
+        world(validating=other(), intake=seen(rejected=1)),
     ),
     "submitted": Row(
-        world(validating=both()),
+        world(validating=both(), intake=seen()),
         submitted(datasets=[], drop="d1"),
         world(
             job(datasets=[], submitted_ts=T, submitted_seq=SEQ),
             validating=other(),
             job_names={"train": 1},
             next_job_id=2,
-            intake=IntakeCounts(jobs=1),
+            intake=seen(jobs=1),
         ),
     ),
     "cancel": Row(
-        world(validating=both()),
+        world(validating=both(), intake=seen()),
         CancelRequested(drop="d1", job_id=9, source="x"),
-        world(validating=other(), intake=CONTROL),
+        world(validating=other(), intake=seen(controls=1)),
     ),
     "retry": Row(
-        world(validating=both()),
+        world(validating=both(), intake=seen()),
         RetryRequested(drop="d1", job_id=9, source="x"),
-        world(validating=other(), intake=CONTROL),
+        world(validating=other(), intake=seen(controls=1)),
     ),
 }
-"""A drop's last event ends its validation, whatever the file turned out to be."""
+"""A drop's last event ends its validation, whatever the file turned out to be, and adds one to the
+count of its kind."""
 
 TABLES = [DAEMON, VALIDATING, ACCEPTED, DUPLICATES, SUBMITTED, CANCELS, RETRIES, REJECTED, ENDS_ITS_DROP]
 
@@ -648,5 +660,5 @@ def test_file_rejected(row: Row) -> None:
 
 
 @pytest.mark.parametrize("row", rows(ENDS_ITS_DROP))
-def test_a_drops_last_event_ends_its_validation(row: Row) -> None:
+def test_a_drops_last_event_ends_its_validation_and_is_counted(row: Row) -> None:
     check(row)

@@ -291,6 +291,7 @@ EXITED = {
     "an older attempt's end changes nothing": Row(
         world(running(run(1), run(2))), SUCCEEDED, world(running(run(1), run(2)))
     ),
+    "the end of a job that never ran changes nothing": Row(world(job()), SUCCEEDED, world(job())),
     "an unknown job changes nothing": Row(world(), SUCCEEDED, world()),
 }
 
