@@ -26,8 +26,8 @@ class Goals:
     ) -> None:
         met = measured >= goal if higher_is_better else measured <= goal
         line = (
-            f"{name}: measured {measured:.4g}{unit}, goal {'≥' if higher_is_better else '≤'} {goal:.4g}{unit}, "
-            f"ratio {measured / goal:.2f}: {'ok' if met else 'MISSED'}"
+            f"{name}: measured {_number(measured)}{unit}, goal {'≥' if higher_is_better else '≤'} "
+            f"{_number(goal)}{unit}, ratio {measured / goal:.2f}: {'ok' if met else 'MISSED'}"
         )
         print(line)
         if not met:
@@ -35,6 +35,11 @@ class Goals:
 
     def assert_met(self) -> None:
         assert not self.missed, "benchmark goal(s) missed:\n" + "\n".join(self.missed)
+
+
+def _number(value: float) -> str:
+    """Counts in full (10,000, not 1e+04); measurements to four significant digits."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.4g}"
 
 
 def percentile(values: list[float], q: float) -> float:
