@@ -9,9 +9,12 @@ steps of the run events (JobStarted, ArtifactsFound, RunExited, JobFailed, JobsW
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from daemon.core.config import LimitsConfig
 from daemon.core.events import (
@@ -21,7 +24,9 @@ from daemon.core.events import (
     FailureRecord,
     JobStarted,
     Recorded,
+    RetryRequested,
     RunExited,
+    RunInterrupted,
 )
 from daemon.core.fold import apply
 from daemon.core.layout import StateLayout
@@ -351,3 +356,176 @@ def test_run_events_of_an_older_attempt_change_nothing(tmp_path: Path) -> None:
     d.record(RunExited(job_id=1, attempt=1, outcome="succeeded", returncode=0, final_checkpoint="/x"))
     job = d.state.jobs[1]
     assert job.state == "running" and job.final_checkpoint is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a new attempt resumes
+
+CORPUS = b"A line of text to pretrain on.\n"
+PRETRAIN = b"name: p\ntask_type: pretrain\nmodel: /models/tiny\ndataset: corpus\nretries: 1\n"
+PPO = b"name: r\ntask_type: rl\nalgorithm: ppo\nreward_model: /models/rm\nmodel: /models/tiny\ndataset: sft_demo\n"
+
+
+def checkpoints(d: Daemon, started: JobStarted, kind: str) -> str:
+    """Complete checkpoints at steps 2, 6 and 4 (listed in that order) and an unfinished one at 8;
+    returns the one a new attempt should continue from."""
+    out = Path(started.output_dir)
+    d.record(
+        ArtifactsFound(
+            job_id=started.job_id,
+            attempt=started.attempt,
+            artifacts=[
+                ArtifactRecord(kind=kind, path=str(out / "checkpoint-2"), bytes=1, step=2),
+                ArtifactRecord(kind=kind, path=str(out / "checkpoint-6"), bytes=1, step=6),
+                ArtifactRecord(kind=kind, path=str(out / "checkpoint-4"), bytes=1, step=4),
+                ArtifactRecord(kind=kind, path=str(out / "checkpoint-8"), bytes=1, step=8, complete=False),
+            ],
+        )
+    )
+    return str(out / "checkpoint-6")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "data", "job_file", "kind"),
+    [
+        ("corpus.txt", CORPUS, PRETRAIN, "checkpoint"),
+        ("sft_demo.jsonl", SFT, PPO + b"retries: 1\n", "checkpoint"),
+        ("sft_demo.jsonl", SFT, lora_job("a", "retries: 1\n"), "adapter"),
+    ],
+    ids=["pretrain", "rlhf", "lora"],
+)
+def test_an_automatic_retry_of_any_training_resumes_from_its_highest_complete_step(
+    tmp_path: Path, dataset: str, data: bytes, job_file: bytes, kind: str
+) -> None:
+    d = Daemon(tmp_path)
+    d.drop(dataset, data)
+    d.drop("job.yaml", job_file)
+    resume = checkpoints(d, d.start(1), kind)
+    d.exited(
+        1, "failed", failure=FailureRecord(kind="gpu_error", transient=True, reason="Xid 79"), retry=True
+    )
+    second = d.start(1)
+    assert second.resume_from == resume and value_of(second.argv, "--resume_from_checkpoint") == resume
+
+
+def test_a_retry_asked_for_by_a_person_starts_over(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    checkpoints(d, d.start(1), "adapter")
+    d.exited(1, "failed", failure=FailureRecord(kind="unknown", transient=False, reason="boom"))
+    d.record(RetryRequested(drop="d9", job_id=1, source="cli"))
+    second = d.start(1)
+    assert second.attempt == 2 and second.resume_from is None
+    assert "--resume_from_checkpoint" not in second.argv
+
+
+def test_after_a_reboot_a_run_continues_from_the_checkpoint_recorded_then(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("corpus.txt", CORPUS)
+    d.drop("p.yaml", PRETRAIN)
+    first = d.start(1)
+    saved = str(Path(first.output_dir) / "checkpoint-40")
+    d.record(RunInterrupted(job_id=1, attempt=1, reason="the machine rebooted", resume_from=saved))
+    second = d.start(1)
+    assert second.resume_from == saved and value_of(second.argv, "--resume_from_checkpoint") == saved
+
+
+# ---------------------------------------------------------------------------------------------
+# What reaches the command
+
+
+def test_a_model_at_job_is_that_jobs_merged_or_full_model(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", b"name: a\ntask_type: sft\nmodel: /models/tiny\ndataset: sft_demo\n")
+    d.drop("serve.yaml", b'name: serve\ntask_type: deploy\nmodel: "@a"\n')
+    d.step()
+    model = str(tmp_path / "state" / "runs" / "1" / "1" / "output" / "model")
+    d.exited(1, final_checkpoint="/elsewhere/checkpoint-9", final_model=model)
+    started = d.start(2)
+    assert started.argv[:3] == ["/usr/bin/python3", "-m", "swift.cli.deploy"]
+    assert value_of(started.argv, "--model") == model
+
+
+def test_a_model_at_job_that_left_no_model_fails_saying_so(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    d.drop("serve.yaml", b'name: serve\ntask_type: deploy\nmodel: "@a"\n')
+    d.step()
+    d.exited(1, final_checkpoint="/elsewhere/checkpoint-9")
+    (failed,) = d.step().failed
+    assert (failed.job_id, failed.reason) == (2, "model @a: job a succeeded but left no merged or full model")
+
+
+def test_a_reward_model_at_job_is_that_jobs_model(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("rm.yaml", b"name: rm\ntask_type: sft\nmodel: /models/tiny\ndataset: sft_demo\n")
+    d.drop("r.yaml", PPO.replace(b"/models/rm", b'"@rm"'))
+    d.step()
+    d.exited(1, final_model="/models/reward")
+    started = d.start(2)
+    assert value_of(started.argv, "--rlhf_type") == "ppo"
+    assert value_of(started.argv, "--reward_model") == "/models/reward"
+
+
+@pytest.mark.parametrize("submitted", [False, True], ids=["never-submitted", "still-queued"])
+def test_a_parent_that_has_not_succeeded_is_never_used(tmp_path: Path, submitted: bool) -> None:
+    """The scheduler starts a job only after its `@JOB` parent succeeded; in a state where the two
+    disagree (the job does not wait for its parent), the job fails instead of running without it."""
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    if submitted:
+        d.drop("a.yaml", lora_job("a", "gpus: 3\n"))  # waits for ever on a box without GPUs
+    d.drop("e.yaml", export_job("e", "a"))
+    e = d.state.find_job("e")
+    assert e is not None
+    e.after = []
+    decided = d.decide()
+    assert [(f.job_id, f.reason) for f in decided.failed] == [(e.id, "adapters @a: job a has not succeeded")]
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_the_run_gets_the_offline_setting_and_the_daemons_cache(tmp_path: Path, offline: bool) -> None:
+    d = Daemon(tmp_path)
+    d.env = replace(d.env, offline=offline)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    started = d.start(1)
+    hub = {k: started.env.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    assert hub == dict.fromkeys(hub, "1" if offline else None)
+    assert ("--use_hf" in started.argv, "--check_model" in started.argv) == (offline, offline)
+    cache = tmp_path / "state" / "cache"
+    assert started.env["MODELSCOPE_CACHE"] == str(cache / "modelscope")
+    assert started.env["MPLCONFIGDIR"] == str(cache / "matplotlib")
+
+
+def test_validation_data_reaches_the_command(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("held_out.jsonl", SFT.replace(b"yo", b"hey"))
+    d.drop("a.yaml", lora_job("a", "val_dataset: held_out\n"))
+    started = d.start(1)
+    held_out = hashlib.sha256(SFT.replace(b"yo", b"hey")).hexdigest()
+    assert value_of(started.argv, "--val_dataset") == str(d.layout.converted_dataset(held_out))
+    assert started.inputs == {"sft_demo": SFT_SHA, "held_out": held_out}
+
+
+def test_a_single_run_drops_what_would_make_it_one_rank_of_a_larger_job(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a"))
+    started = d.start(1, GPU_BOX)
+    assert {"NPROC_PER_NODE", "WORLD_SIZE", "RANK", "RAY_SWIFT_ARGS"} <= set(started.unset_env)
+
+
+def test_an_endless_stop_grace_gives_the_run_no_end_by_time(tmp_path: Path) -> None:
+    """`[runs] stop_grace_s = inf` is a valid setting: the run keeps its timeout, and no time by
+    which it is sure to be over (a reservation behind it waits for it to end)."""
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a", "timeout: 1h\n"))
+    started = d.start(1, replace(CPU_BOX, stop_grace_s=math.inf))
+    assert started.timeout_s == 3600 and started.ends_by is None

@@ -112,3 +112,10 @@ def test_a_gpu_run_keeps_the_threads_it_would_have(tmp_path: Path) -> None:
     box = Box(gpus=[gpu(0)], managed=True, cpu_slots=1, now=NOW, stop_grace_s=GRACE_S, cpu_count=8)
     env = d.start(1, box).env
     assert "OMP_NUM_THREADS" not in env and "MKL_NUM_THREADS" not in env
+
+
+def test_a_dependency_not_submitted_yet_is_the_whole_block_of_a_job_with_nothing_else_missing() -> None:
+    state = world(queued())
+    state.jobs[1].after = ["ghost"]
+    (demand,) = demands(state, managed=True)
+    assert (demand.after, demand.blocked) == ((), f"after job ghost, {NOT_YET}")

@@ -136,6 +136,27 @@ def test_memory_no_gpu_could_ever_have() -> None:
     }
 
 
+def test_exactly_the_memory_asked_for_is_enough() -> None:
+    assert started(plan([job(1, memory=81_920)], [gpu(0)])) == {1: ("GPU-0",)}
+    assert started(plan([job(1, gpu_ids=("0",), memory=81_920)], [gpu(0)])) == {1: ("GPU-0",)}
+    assert started(plan([job(1, 2, memory=20_000)], [gpu(0, used=61_920), gpu(1)])) == {1: ("GPU-0", "GPU-1")}
+
+
+def test_a_job_that_asks_for_no_free_memory_takes_a_gpu_whose_memory_is_all_used() -> None:
+    assert started(plan([job(1)], [gpu(0, used=81_920)])) == {1: ("GPU-0",)}
+
+
+def test_memory_reasons_say_has_for_one_gpu_and_have_for_several() -> None:
+    gpus = [gpu(0, total=40_000), gpu(1), gpu(2)]
+    assert plan([job(1, 3, memory=50_000)], gpus).waiting == {
+        1: "needs 3 GPUs with 50000 MiB free each; only 2 GPUs on this box have that much"
+    }
+    gpus = [gpu(0, used=70_000), gpu(1), gpu(2)]
+    assert plan([job(1, 3, memory=20_000)], gpus).waiting == {
+        1: "needs 3 GPUs with 20000 MiB free each; only 2 GPUs have that much free"
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Foreign processes, boxes without enough GPUs, CPU slots
 
@@ -333,6 +354,80 @@ def test_backfill_prefers_unreserved_gpus() -> None:
     assert started(p) == {2: ("GPU-1",)}
 
 
+def test_a_job_that_ends_exactly_at_the_shadow_time_backfills_behind_one_of_its_size_that_does_not() -> None:
+    leases = {"GPU-2": Lease(7, NOW + 3600), "GPU-3": Lease(8, NOW + 5400)}
+    p = plan([job(1, 4, priority=5), job(2), job(3, timeout=5400)], leases=leases)
+    assert started(p) == {3: ("GPU-0",)}
+    assert p.waiting[2] == (
+        "queued behind job j1 (priority 5) which is reserving GPUs 0,1,2,3; "
+        "a job with a timeout of at most 1h30m may use them meanwhile"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ends_in", "within"),
+    [(3660.0, "1h01m"), (3659.9, "1h00m"), (3600.0, "1h00m"), (60.0, "1m"), (59.9, "59s"), (-5.0, "0s")],
+)
+def test_the_wait_for_a_reservation_is_rounded_down(ends_in: float, within: str) -> None:
+    """Rounded down, so that a job with a timeout of the length shown does fit; a run past its
+    end-by time (still stopping) leaves nothing to wait for."""
+    p = plan([job(1, 2), job(2)], [gpu(0), gpu(1)], leases={"GPU-1": Lease(7, NOW + ends_in)})
+    assert p.waiting == {
+        1: f"needs 2 GPUs, 1 free; GPUs 0,1 are held for it, all free within {within}",
+        2: (
+            "queued behind job j1 (priority 0) which is reserving GPUs 0,1; "
+            f"a job with a timeout of at most {within} may use them meanwhile"
+        ),
+    }
+
+
+def test_a_run_started_in_the_same_plan_is_waited_for_until_its_timeout() -> None:
+    p = plan([job(1, priority=2, timeout=600), job(2, 4, priority=1)])
+    assert started(p) == {1: ("GPU-0",)}
+    assert p.reservation == Reservation(2, ("GPU-0", "GPU-1", "GPU-2", "GPU-3"), NOW + 600)
+    assert p.waiting[2] == "needs 4 GPUs, 3 free; GPUs 0,1,2,3 are held for it, all free within 10m"
+
+
+def test_memory_our_own_run_uses_is_waited_for() -> None:
+    gpus = [gpu(0), gpu(1, used=80_000)]
+    p = plan([job(1, 2, memory=20_000)], gpus, leases={"GPU-1": Lease(7, NOW + 60)})
+    assert p.reservation == Reservation(1, ("GPU-0", "GPU-1"), NOW + 60)
+    assert p.waiting == {1: "needs 2 GPUs, 1 free; GPUs 0,1 are held for it, all free within 1m"}
+
+
+def test_a_reservation_counts_gpus_with_exactly_the_memory_asked_for() -> None:
+    leases = {"GPU-1": Lease(7, NOW + 60)}
+    p = plan(
+        [job(1, 2, memory=81_920, priority=1), job(2, gpu_ids=("0",), memory=81_920), job(3, memory=81_920)],
+        [gpu(0), gpu(1)],
+        leases=leases,
+    )
+    assert p.reservation == Reservation(1, ("GPU-0", "GPU-1"), NOW + 60)
+    behind = (
+        "queued behind job j1 (priority 1) which is reserving GPUs 0,1; "
+        "a job with a timeout of at most 1m may use them meanwhile"
+    )
+    assert p.waiting == {
+        1: "needs 2 GPUs, 1 free; GPUs 0,1 are held for it, all free within 1m",
+        2: behind,
+        3: behind,
+    }
+
+
+def test_a_gpu_whose_memory_is_all_used_can_be_reserved_for_a_job_that_asks_for_none() -> None:
+    gpus = [gpu(0, used=81_920), gpu(1)]
+    p = plan([job(1, 2, priority=1), job(2), job(3, timeout=30)], gpus, leases={"GPU-1": Lease(7, NOW + 60)})
+    assert p.reservation == Reservation(1, ("GPU-0", "GPU-1"), NOW + 60)
+    assert p.waiting == {
+        1: "needs 2 GPUs, 1 free; GPUs 0,1 are held for it, all free within 1m",
+        2: (
+            "queued behind job j1 (priority 1) which is reserving GPUs 0,1; "
+            "a job with a timeout of at most 1m may use them meanwhile"
+        ),
+    }
+    assert started(p) == {3: ("GPU-0",)}
+
+
 @pytest.mark.parametrize("small_timeout", [None, 2.0, 20.0])
 def test_a_large_job_is_not_starved_by_a_stream_of_small_ones(small_timeout: float | None) -> None:
     """A 4-GPU job arrives while small runs end at ticks 1..4 and a one-GPU job of at most 4 ticks
@@ -373,6 +468,11 @@ def test_demand_rejects_inconsistent_requests() -> None:
         job(1, 2, gpu_ids=("0", "0"))
     with pytest.raises(ValueError, match="negative"):
         job(1, -1)
+    with pytest.raises(ValueError, match="negative"):
+        job(1, memory=-1)
+    with pytest.raises(ValueError, match="negative"):
+        job(1, timeout=-1)
+    assert (job(1, memory=0).min_free_memory_mib, job(1, timeout=0).timeout_s) == (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------
