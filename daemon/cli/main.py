@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ from daemon.core.config import Config, ConfigError, load_config, resolve_config_
 from daemon.core.state import state_to_json
 from daemon.log.errors import LogDamaged
 from daemon.log.projector import load_state_at_path
-from daemon.systemd import setup_logging, systemd_version, unit_text
+from daemon.systemd import SERVICE_USER, gpu_groups, setup_logging, systemd_version, unit_text
 
 __all__ = ["main"]
 
@@ -48,20 +47,23 @@ def _cmd_unit(args: argparse.Namespace) -> int:
         return 2
     cfg = load_config(path)
     script = Path(sys.executable).with_name("llmtraind")
-    user = args.user if args.user is not None else (None if os.geteuid() == 0 else getpass.getuser())
-    print(
-        unit_text(
+    try:
+        text = unit_text(
             executable=str(script if script.exists() else sys.executable),
             config=path.resolve(),
             inbox=cfg.paths.inbox,
             state=cfg.paths.state,
-            user=user or None,
+            user=args.user,
+            group=args.group,
+            groups=gpu_groups(),
             stop_timeout_s=cfg.daemon.stop_timeout_s,
             stop_grace_s=cfg.runs.stop_grace_s,
             version=systemd_version(),
-        ),
-        end="",
-    )
+        )
+    except ValueError as e:
+        print(f"llmtraind: unit: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
     return 0
 
 
@@ -79,7 +81,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     swift_args = local_swift_args()
     failed = 0
     for name in args.files:
-        verdict = check_file(Path(name), cfg.limits, swift_args)
+        verdict = check_file(Path(name), cfg.limits, swift_args, swift=cfg.swift)
         if verdict.ok:
             print(f"{name}: ok: {verdict.summary}")
         else:
@@ -200,9 +202,21 @@ def _gpus(args: argparse.Namespace, api: Api) -> int:
     return 0
 
 
-def _jobs_path(args: argparse.Namespace) -> str:
-    query = urllib.parse.urlencode({k: v for k, v in (("state", args.state), ("project", args.project)) if v})
+def _jobs_path(args: argparse.Namespace, after: int = 0) -> str:
+    asked = (("state", args.state), ("project", args.project), ("after", after))
+    query = urllib.parse.urlencode({k: v for k, v in asked if v})
     return "/v1/jobs" + (f"?{query}" if query else "")
+
+
+def _all_jobs(args: argparse.Namespace, api: Api) -> list[Any]:
+    """Every page of /v1/jobs (a page holds at most 1,000 jobs)."""
+    jobs: list[Any] = []
+    after: int | None = 0
+    while after is not None:
+        page = api.get(_jobs_path(args, after))
+        jobs += page["jobs"]
+        after = page.get("next_after")
+    return jobs
 
 
 def _jobs(args: argparse.Namespace, api: Api) -> int:
@@ -210,7 +224,7 @@ def _jobs(args: argparse.Namespace, api: Api) -> int:
     job) and prints it again on a change elsewhere, until Ctrl-C."""
     shown = ""
     while True:
-        jobs = api.get(_jobs_path(args))["jobs"]
+        jobs = _all_jobs(args, api)
         if args.json:
             print(json.dumps(jobs, indent=2))
             return 0
@@ -303,7 +317,12 @@ def _parser() -> argparse.ArgumentParser:
         control.add_argument("job", metavar="JOB", help="the job's id or name")
         control.set_defaults(fn=_cmd_control)
     unit = sub.add_parser("unit", parents=[common], help="print the systemd unit for this install")
-    unit.add_argument("--user", help="the account the service runs as (default: yours; none when root)")
+    unit.add_argument(
+        "--user",
+        default=SERVICE_USER,
+        help=f"the dedicated account the service runs as (default {SERVICE_USER})",
+    )
+    unit.add_argument("--group", help="the service's primary group (default: the user's name)")
     unit.set_defaults(fn=_cmd_unit)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")

@@ -67,6 +67,13 @@ class GpusConfig(_Section):
 class SwiftConfig(_Section):
     python: str = ""
     offline: bool = True
+    allow_code: bool = False
+    """Whether a job may make swift load Python of its choosing: plugin files, import paths, engine
+    classes, environment variables that steer loading, and model folders that ask for remote code.
+    A dropped file is untrusted input, so the operator decides, not the job."""
+    allowed_paths: tuple[Path, ...] = ()
+    """Folders under which the files and folders that `swift:` arguments name (deepspeed configs,
+    custom_dataset_info, ...) may lie; relative entries are relative to the config file."""
 
 
 class LimitsConfig(_Section):
@@ -193,17 +200,26 @@ def _describe(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def _absolute(p: Path, base: Path) -> Path:
+    return (p if p.is_absolute() else (base / p)).resolve()
+
+
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     resolved = {
-        name: (p if p.is_absolute() else (base / p)).resolve()
-        for name, p in (("inbox", cfg.paths.inbox), ("state", cfg.paths.state))
+        name: _absolute(p, base) for name, p in (("inbox", cfg.paths.inbox), ("state", cfg.paths.state))
     }
     for name, p in resolved.items():
         if p.exists() and not p.is_dir():
             raise ConfigError(
                 f"{cfg.source or 'defaults'}: paths.{name} = {str(p)!r} exists and is not a folder"
             )
-    return cfg.model_copy(update={"paths": PathsConfig(**resolved)})
+    allowed = tuple(_absolute(p, base) for p in cfg.swift.allowed_paths)
+    return cfg.model_copy(
+        update={
+            "paths": PathsConfig(**resolved),
+            "swift": cfg.swift.model_copy(update={"allowed_paths": allowed}),
+        }
+    )
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -242,6 +258,8 @@ LIVE_KEYS = frozenset(
         "gpus.cpu_slots",
         "swift.python",
         "swift.offline",
+        "swift.allow_code",
+        "swift.allowed_paths",
         "limits.max_yaml_bytes",
         "limits.max_dataset_bytes",
         "intake.rescan_s",

@@ -103,7 +103,10 @@ class Reader:
         if refused is not None:
             return Read(claim, Examined(claim.drop, filename, kind, refused=refused))
         if kind != "dataset":
-            verdict = check_file(claim.path, self.config().limits, self.swift_args, same_as=st, name=filename)
+            cfg = self.config()
+            verdict = check_file(
+                claim.path, cfg.limits, self.swift_args, same_as=st, name=filename, swift=cfg.swift
+            )
             return self._examined(claim, filename, st, verdict, None)
         scratch = self.blobs.scratch / f"{claim.drop}.jsonl"
         with open(scratch, "wb") as out:
@@ -115,6 +118,7 @@ class Reader:
                 progress=self._progress_hook(claim, dataset_name(filename), loop),
                 same_as=st,
                 name=filename,
+                swift=self.config().swift,
             )
             if verdict.ok:
                 out.flush()

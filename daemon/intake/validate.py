@@ -1,7 +1,9 @@
 """Validate one dropped file, the same way for `llmtraind check` and for inbox intake.
 
 This reads the file (blocking: callers on the event loop run it in a thread), hashes it while
-streaming, and hands the bytes to the pure parsers in `jobs` and `datasets`.
+streaming, and hands the bytes to the pure parsers in `jobs` and `datasets`. A job's local model
+folders are read here too: swift loads every model trusting its remote code, so a folder whose
+config asks for some (`auto_map`) is code the job brings, refused unless `[swift] allow_code`.
 """
 
 from __future__ import annotations
@@ -9,21 +11,40 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import json
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.core.config import LimitsConfig
+from daemon.core.config import LimitsConfig, SwiftConfig
 from daemon.core.datasets import DatasetValidator, LineError
 from daemon.core.drops import FileVerdict, Kind, dataset_name, file_kind
-from daemon.core.jobs import ControlRequest, JobFileError, dataset_name_problem, parse_job_file
+from daemon.core.jobs import (
+    CodePolicy,
+    ControlRequest,
+    JobFileError,
+    JobProblem,
+    JobSpec,
+    dataset_name_problem,
+    parse_job_file,
+)
+from daemon.core.jobs.trust import MODEL_FOLDER_ARGS, code_refusal
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 
-__all__ = ["CHUNK", "Progress", "check_file", "local_swift_args"]
+__all__ = ["CHUNK", "Progress", "check_file", "local_swift_args", "remote_code"]
 
 CHUNK = 1024 * 1024
+_REMOTE_CODE_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+)
+"""The files transformers reads `auto_map` from: classes named there are imported from the folder."""
+_MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 
 def local_swift_args() -> SwiftArgs:
@@ -63,15 +84,19 @@ def check_file(
     progress: Progress | None = None,
     same_as: os.stat_result | None = None,
     name: str | None = None,
+    swift: SwiftConfig | None = None,
 ) -> FileVerdict:
     """Validate `path`; a dataset's swift-ready lines go to `converted` when one is given.
 
     `name` is the name the file was dropped under when `path` is the claimed copy's. `same_as` is
     the file's lstat from when it was claimed: a different file found at the path now (it was
-    swapped in between) is refused rather than read.
+    swapped in between) is refused rather than read. `swift` carries the operator's say on code and
+    paths; without it, the defaults (no code, no paths outside the run).
     """
     shown = Path(name) if name is not None else path
-    verdict = _check(path, shown, limits, swift_args, converted, progress, same_as)
+    cfg = swift or SwiftConfig()
+    policy = CodePolicy(cfg.allow_code, tuple(str(p) for p in cfg.allowed_paths))
+    verdict = _check(path, shown, limits, swift_args, converted, progress, same_as, policy)
     return verdict if shown is path else dataclasses.replace(verdict, path=path)
 
 
@@ -83,6 +108,7 @@ def _check(
     converted: BinaryIO | None,
     progress: Progress | None,
     same_as: os.stat_result | None,
+    policy: CodePolicy,
 ) -> FileVerdict:
     kind = file_kind(shown.name)
     if kind == "unknown":
@@ -105,7 +131,7 @@ def _check(
             )
         if kind == "dataset":
             return _check_dataset(shown, f, converted, progress, st.st_size)
-        return _check_job(shown, f.read(limit + 1), limits, swift_args)
+        return _check_job(shown, f.read(limit + 1), limits, swift_args, policy)
 
 
 def _check_dataset(
@@ -143,13 +169,83 @@ def _describe(e: LineError) -> str:
     return f"- {message}\n  hint: {e.hint}"
 
 
-def _check_job(path: Path, data: bytes, limits: LimitsConfig, swift_args: SwiftArgs) -> FileVerdict:
+def _model_folders(spec: JobSpec) -> list[tuple[str, str]]:
+    """(key, folder) for each local model or adapter folder the job names."""
+    found = [
+        (key, ref.ref)
+        for key, ref in (
+            ("model", spec.model),
+            ("adapters", spec.adapters),
+            ("reward_model", spec.reward_model),
+        )
+        if ref is not None and ref.kind == "path"
+    ]
+    for name in sorted(MODEL_FOLDER_ARGS & spec.swift_args.keys()):
+        value = spec.swift_args[name]
+        items = value if isinstance(value, list) else [value]
+        found += [(f"swift.{name}", v) for v in items if isinstance(v, str) and v.startswith("/")]
+    return found
+
+
+def _read_json(path: Path) -> object:
+    """A folder's JSON file, or None when it is absent, unreadable or not JSON (swift then fails
+    on its own terms); a file too large to check is treated as asking for code."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_CONFIG_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > _MAX_CONFIG_BYTES:
+        return {"auto_map": "too large to check"}
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def remote_code(folder: Path) -> str | None:
+    """What in a model folder would make swift run Python code from it, or None."""
+    for name in _REMOTE_CODE_FILES:
+        body = _read_json(folder / name)
+        if isinstance(body, dict) and body.get("auto_map"):
+            return f"asks for remote code (auto_map in {name})"
+    args = _read_json(folder / "args.json")
+    if isinstance(args, dict):
+        for key in ("external_plugins", "custom_register_path"):
+            if args.get(key):
+                return f"loads Python code ({key} in its args.json)"
+    return None
+
+
+def _remote_code_problems(spec: JobSpec) -> list[JobProblem]:
+    problems = []
+    for key, folder in _model_folders(spec):
+        why = remote_code(Path(folder))
+        if why is not None:
+            message = code_refusal(f"{key} {folder!r}", why)
+            problems.append(JobProblem(field=key, message=message))
+    return problems
+
+
+def _rejected(path: Path, error: JobFileError, sha: str) -> FileVerdict:
+    text = str(error)
+    return FileVerdict(path, "job", False, text.splitlines()[0], text + "\n", sha)
+
+
+def _check_job(
+    path: Path, data: bytes, limits: LimitsConfig, swift_args: SwiftArgs, policy: CodePolicy
+) -> FileVerdict:
     sha = hashlib.sha256(data).hexdigest()
     try:
-        parsed = parse_job_file(data, path.name, max_bytes=limits.max_yaml_bytes, swift_args=swift_args)
+        parsed = parse_job_file(
+            data, path.name, max_bytes=limits.max_yaml_bytes, swift_args=swift_args, policy=policy
+        )
     except JobFileError as e:
-        text = str(e)
-        return FileVerdict(path, "job", False, text.splitlines()[0], text + "\n", sha)
+        return _rejected(path, e, sha)
+    if isinstance(parsed, JobSpec) and not policy.allow_code:
+        problems = _remote_code_problems(parsed)
+        if problems:
+            return _rejected(path, JobFileError(path.name, problems), sha)
     if isinstance(parsed, ControlRequest):
         return FileVerdict(path, "control", True, f"{parsed.action} {parsed.job}", sha256=sha, job=parsed)
     summary = f"job {parsed.name}: {parsed.task} ({parsed.tuner or 'default tuner'}) on {parsed.model}"

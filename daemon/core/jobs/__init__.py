@@ -32,6 +32,8 @@ Decisions where the seed documents leave a choice:
 * `swift:` holds extra swift arguments, checked against the installed ms-swift. Names that the job
   models itself (`learning_rate`, `template`, ...) are moved to their typed place; names the daemon
   owns (`output_dir`, ...) or that name models and datasets are errors with the key to use instead.
+  Arguments that load code are refused unless the operator allows code, and paths that swift
+  opens must lie under folders the operator named (`trust`).
 """
 
 from __future__ import annotations
@@ -60,10 +62,12 @@ from daemon.core.jobs.spec import (
     dataset_names,
     references,
 )
+from daemon.core.jobs.trust import CodePolicy
 from daemon.core.jobs.values import DatasetRef, ModelRef, dataset_name_problem
 
 __all__ = [
     "CancelFile",
+    "CodePolicy",
     "DEFAULT_RLHF_TYPE",
     "ControlRequest",
     "DatasetRef",

@@ -15,7 +15,13 @@ from daemon.core.jobs.fields import _NAME_HINT, _NAME_RE, _Word
 from daemon.core.jobs.formats import _CommonKeys
 from daemon.core.jobs.problems import show
 from daemon.core.jobs.spec import JobSpec, SwiftValue
-from daemon.core.jobs.swift_block import _NAMING, _check_swift_names, _Lifted, _merge_lifted
+from daemon.core.jobs.swift_block import (
+    _NAMING,
+    _check_swift_names,
+    _check_system_file,
+    _Lifted,
+    _merge_lifted,
+)
 from daemon.core.jobs.values import ModelRef, _Frozen
 
 
@@ -93,4 +99,5 @@ def _assemble(
         return None
     spec = JobSpec(**core, **naming.model_dump(), **common, swift_args=extras, notes=tuple(c.notes))
     _check_swift_names(spec, c)
+    _check_system_file(spec, c)
     return spec

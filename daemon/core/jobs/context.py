@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from daemon.core.jobs.problems import Report, show
+from daemon.core.jobs.trust import CodePolicy
 
 if TYPE_CHECKING:
     from daemon.core.swift_args import SwiftArgs
@@ -27,6 +28,7 @@ class _Ctx:
     filename: str
     swift_args: SwiftArgs
     report: Report
+    policy: CodePolicy = field(default_factory=CodePolicy)
     notes: list[str] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)
 

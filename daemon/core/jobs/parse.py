@@ -26,6 +26,7 @@ from daemon.core.jobs.formats import (
 )
 from daemon.core.jobs.problems import Report, show
 from daemon.core.jobs.spec import ControlRequest, JobSpec
+from daemon.core.jobs.trust import CodePolicy
 
 if TYPE_CHECKING:
     from daemon.core.swift_args import SwiftArgs
@@ -102,15 +103,21 @@ def _build(parsed: _FileKeys, c: _Ctx) -> JobSpec | ControlRequest | None:
 
 
 def parse_job_file(
-    data: bytes, filename: str, *, max_bytes: int, swift_args: SwiftArgs
+    data: bytes,
+    filename: str,
+    *,
+    max_bytes: int,
+    swift_args: SwiftArgs,
+    policy: CodePolicy | None = None,
 ) -> JobSpec | ControlRequest:
     """Parse a dropped job file (YAML, or JSON, which is YAML) into a JobSpec or a ControlRequest.
 
     `filename` gives the default job name and labels the error text. Raises JobFileError listing
-    every problem found, each with its key, line and a hint; nothing else escapes.
+    every problem found, each with its key, line and a hint; nothing else escapes. `policy` is the
+    operator's say on code and paths; without one, nothing that loads code is accepted.
     """
     doc, lines = load_document(data, filename, max_bytes)
-    c = _Ctx(filename=filename, swift_args=swift_args, report=Report(lines))
+    c = _Ctx(filename=filename, swift_args=swift_args, report=Report(lines), policy=policy or CodePolicy())
     dialect, why = _detect(doc, c.report)
     if dialect is None:
         raise c.report.error(filename)

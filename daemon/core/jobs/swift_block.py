@@ -18,6 +18,7 @@ from daemon.core.jobs.formats import _suggest
 from daemon.core.jobs.params import DeployParams, ExportParams, TrainParams
 from daemon.core.jobs.problems import show
 from daemon.core.jobs.spec import JobSpec, SwiftScalar, SwiftValue
+from daemon.core.jobs.trust import path_refusal, refusals
 
 _DAEMON_OWNED = {
     "output_dir": "the daemon gives every run its own output directory",
@@ -88,6 +89,12 @@ def _swift_block(
     lifted: _Lifted = {}
     extras: dict[str, SwiftValue] = {}
     for key, value in (raw or {}).items():
+        plain = key.replace("-", "_")
+        refused = [] if plain in liftable else refusals(f"swift.{key}", plain, value, c.policy)
+        for problem in refused:
+            c.add(f"swift.{key}", problem)
+        if refused:
+            continue
         name = _swift_name(key, command, c)
         if name is None:
             continue
@@ -131,6 +138,15 @@ def _implied_names(spec: JobSpec) -> set[str]:
     )
     names.update(["tuner_type"] if spec.tuner else [])
     return names
+
+
+def _check_system_file(spec: JobSpec, c: _Ctx) -> None:
+    """swift reads a `system` ending in .txt from that file."""
+    system = spec.train.system if spec.train is not None else None
+    if system is not None and system.endswith(".txt"):
+        where = c.key("system")
+        if (problem := path_refusal(where, system, c.policy.allowed_paths)) is not None:
+            c.add(where, problem)
 
 
 def _check_swift_names(spec: JobSpec, c: _Ctx) -> None:
