@@ -362,9 +362,9 @@ class _Placer:
             self.known[shape] = self.waiting[d.id] = reason
             return
         within = "" if self.shadow == math.inf else f", all free within {_duration(self.shadow - self.now)}"
-        self.waiting[d.id] = (
-            f"{reason}; {_labels(held)} {'is' if len(held) == 1 else 'are'} held for it{within}"
-        )
+        # A reservation is never of one GPU: a one-GPU job with an idle GPU it could use starts on it,
+        # and one whose GPUs are all busy holds nothing.
+        self.waiting[d.id] = f"{reason}; {_labels(held)} are held for it{within}"
 
     def fit(self, d: Demand, *, in_time: bool) -> list[GpuView] | None:
         """The GPUs `d` starts on now: unreserved ones first, reserved ones if it ends in time."""
