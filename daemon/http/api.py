@@ -32,26 +32,25 @@ from daemon.http.job_routes import (
 )
 from daemon.http.metrics import CONTENT_TYPE, Scrape, render
 from daemon.http.middleware import error, errors_and_auth, int_param
-from daemon.http.openapi import MAX_POSITION, openapi_spec
+from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION, openapi_spec
 from daemon.http.readside import READ_SIDE, SSE_HUB, GpuReading, ReadSide
 from daemon.http.sse import SseHub, StreamRefused
 from daemon.http.views import (
     dataset_view,
-    datasets_view,
+    datasets_page,
     gpu_summary,
     gpus_view,
     intake_view,
     job_counts,
-    jobs_view,
+    jobs_page,
     page_states,
-    projects_view,
+    projects_page,
     recorded_json,
 )
 from daemon.log.projector import load_state_at_path
 
 __all__ = ["GpuReading", "ReadSide", "make_app"]
 
-MAX_PAGE = 1000
 MAX_HEADER_FIELD = 16 * 1024
 """aiohttp refuses longer header fields itself (400, text). Its default, 8 KiB, would refuse a 10 kB
 Last-Event-ID before the stream could ignore it, as it does every other malformed one."""
@@ -119,7 +118,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def datasets(request: web.Request) -> web.Response:
-    return web.json_response({"datasets": datasets_view(request.app[READ_SIDE].state())})
+    after = request.query.get("after", "")
+    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
+    found, next_after = datasets_page(request.app[READ_SIDE].state(), after=after, limit=limit)
+    return web.json_response({"datasets": found, "next_after": next_after})
 
 
 async def dataset(request: web.Request) -> web.Response:
@@ -130,16 +132,21 @@ async def dataset(request: web.Request) -> web.Response:
 
 
 async def projects(request: web.Request) -> web.Response:
-    return web.json_response({"projects": list(projects_view(request.app[READ_SIDE].state()).values())})
+    after = request.query.get("after", "")
+    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
+    found, next_after = projects_page(request.app[READ_SIDE].state(), after=after, limit=limit)
+    return web.json_response({"projects": found, "next_after": next_after})
 
 
 async def project(request: web.Request) -> web.Response:
     state = request.app[READ_SIDE].state()
     name = request.match_info["name"]
-    found = jobs_view(state, project=name)
-    if not found:
+    after = int_param(request, "after", 0, 0, MAX_POSITION)
+    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
+    if not any(j.project == name for j in state.jobs.values()):
         raise web.HTTPNotFound()
-    return web.json_response({"name": name, "jobs": found})
+    found, next_after = jobs_page(state, project=name, after=after, limit=limit)
+    return web.json_response({"name": name, "jobs": found, "next_after": next_after})
 
 
 async def events(request: web.Request) -> web.Response:

@@ -14,10 +14,10 @@ from daemon.core.state import Job, State
 from daemon.core.streams import job_stream
 from daemon.http.logtail import job_log_path
 from daemon.http.middleware import error, int_param
-from daemon.http.openapi import MAX_POSITION
+from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION
 from daemon.http.readside import READ_SIDE, SSE_HUB
 from daemon.http.sse import StreamRefused
-from daemon.http.views import JOB_STATES, artifacts_view, job_view, jobs_view, recorded_json
+from daemon.http.views import JOB_STATES, artifacts_view, job_view, jobs_page, recorded_json
 
 __all__ = [
     "job",
@@ -47,8 +47,11 @@ async def jobs(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(
             reason=f"state must be one of {', '.join(JOB_STATES)}, got {job_state[:40]!r}"
         )
-    found = jobs_view(state, job_state=job_state, project=request.query.get("project") or None)
-    return web.json_response({"jobs": found})
+    after = int_param(request, "after", 0, 0, MAX_POSITION)
+    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
+    project = request.query.get("project") or None
+    found, next_after = jobs_page(state, job_state=job_state, project=project, after=after, limit=limit)
+    return web.json_response({"jobs": found, "next_after": next_after})
 
 
 async def job(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from typing import Any
 
 from daemon import __version__
 
-__all__ = ["MAX_POSITION", "TOKEN_COOKIE", "openapi_spec"]
+__all__ = ["LIST_PAGE", "MAX_PAGE", "MAX_POSITION", "TOKEN_COOKIE", "openapi_spec"]
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _OBJ: dict[str, Any] = {"type": "object"}
@@ -32,10 +32,19 @@ TOKEN_COOKIE = "llmtraind_token"  # noqa: S105 (a cookie name, not a secret)
 """Where a browser keeps `[api] token` for the status page (see middleware.py)."""
 MAX_POSITION = 2**62
 """The largest seq or byte offset a query may name: far past any real log, and within int64."""
+MAX_PAGE = 1000
+"""The most entries one page of a list (`limit`) may hold: building and encoding 1,000 jobs takes
+about 20 ms of the event loop, and an encoder holds the GIL, so a thread would not shorten that."""
+LIST_PAGE = MAX_PAGE
+"""A list's page when `limit` is not given: whole lists up to that size, as before paging."""
 
 
-def _int_query(name: str, description: str, minimum: int, maximum: int = MAX_POSITION) -> dict[str, Any]:
+def _int_query(
+    name: str, description: str, minimum: int, maximum: int = MAX_POSITION, default: int | None = None
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer", "minimum": minimum, "maximum": maximum}
+    if default is not None:
+        schema["default"] = default
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
@@ -47,6 +56,17 @@ _JOB_PARAM = {
     "schema": {"type": "string", "minLength": 1},
 }
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_LIMIT = _int_query("limit", "the most entries in the page", 1, MAX_PAGE, LIST_PAGE)
+_AFTER_JOB = _int_query("after", "start after this job id (a page's `next_after`)", 0, default=0)
+_AFTER_NAME = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "start after this name (a page's `next_after`)",
+    "schema": {"type": "string", "default": ""},
+}
+_NEXT_JOB = {"type": ["integer", "null"], "description": "the `after` of the next page; null at the end"}
+_NEXT_NAME = {"type": ["string", "null"], "description": "the `after` of the next page; null at the end"}
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -175,8 +195,8 @@ def _jobs_paths() -> dict[str, Any]:
     job_states = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
     list_of = {
         "type": "object",
-        "required": ["jobs"],
-        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
+        "required": ["jobs", "next_after"],
+        "properties": {"jobs": {"type": "array", "items": _ref("Job")}, "next_after": _NEXT_JOB},
     }
     events = {
         "type": "object",
@@ -186,11 +206,13 @@ def _jobs_paths() -> dict[str, Any]:
     after = _int_query("after", "start after this byte offset (Last-Event-ID wins when both are given)", 0)
     return {
         "/v1/jobs": _get(
-            "jobs, optionally of one state or project",
-            _json(list_of, "the jobs"),
+            "jobs by id, optionally of one state or project, a page at a time",
+            _json(list_of, "a page of jobs"),
             params=[
                 {"name": "state", "in": "query", "required": False, "schema": {"enum": job_states}},
                 {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}},
+                _AFTER_JOB,
+                _LIMIT,
             ],
             errors=("400", "401"),
         ),
@@ -232,9 +254,31 @@ def _jobs_paths() -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     named = _get("one dataset", _json(_OBJ, "the dataset"), params=[_NAME_PARAM], errors=("401", "404"))
+    project_jobs = {
+        "type": "object",
+        "required": ["name", "jobs", "next_after"],
+        "properties": {
+            "name": {"type": "string"},
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "next_after": _NEXT_JOB,
+        },
+    }
     project = _get(
-        "one project's jobs", _json(_OBJ, "the project"), params=[_NAME_PARAM], errors=("401", "404")
+        "one project's jobs by id, a page at a time",
+        _json(project_jobs, "a page of the project's jobs"),
+        params=[_NAME_PARAM, _AFTER_JOB, _LIMIT],
+        errors=("400", "401", "404"),
     )
+    datasets = {
+        "type": "object",
+        "required": ["datasets", "next_after"],
+        "properties": {"datasets": {"type": "array", "items": _OBJ}, "next_after": _NEXT_NAME},
+    }
+    projects = {
+        "type": "object",
+        "required": ["projects", "next_after"],
+        "properties": {"projects": {"type": "array", "items": _OBJ}, "next_after": _NEXT_NAME},
+    }
     page = {
         "type": "object",
         "required": ["events", "next_after"],
@@ -268,9 +312,19 @@ def _paths() -> dict[str, Any]:
             _json(_ref("Status"), "the daemon's status"),
         ),
         **_jobs_paths(),
-        "/v1/datasets": _get("datasets", _json(_OBJ, "every dataset by name")),
+        "/v1/datasets": _get(
+            "each dataset once, under its name, with all its names; a page at a time, by name",
+            _json(datasets, "a page of datasets"),
+            params=[_AFTER_NAME, _LIMIT],
+            errors=("400", "401"),
+        ),
         "/v1/datasets/{name}": named,
-        "/v1/projects": _get("jobs grouped by project", _json(_OBJ, "projects")),
+        "/v1/projects": _get(
+            "jobs grouped by project, a page at a time, by name",
+            _json(projects, "a page of projects"),
+            params=[_AFTER_NAME, _LIMIT],
+            errors=("400", "401"),
+        ),
         "/v1/projects/{name}": project,
         "/v1/gpus": _get(
             "per GPU: memory, utilisation, our lease, foreign processes", _json(gpus, "the last probe")
@@ -278,7 +332,10 @@ def _paths() -> dict[str, Any]:
         "/v1/events": _get(
             "a page of the event log",
             _json(page, "events with seq > after"),
-            params=[_int_query("after", "seq", 0), _int_query("limit", "events", 1, 1000)],
+            params=[
+                _int_query("after", "seq", 0, default=0),
+                _int_query("limit", "events", 1, MAX_PAGE, 100),
+            ],
             errors=("400", "401"),
         ),
         "/v1/events/stream": _get(

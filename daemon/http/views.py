@@ -5,6 +5,7 @@ Pure functions of the folded state, so the API, the CLI and the tests agree on o
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, get_args
@@ -19,15 +20,15 @@ __all__ = [
     "JOB_STATES",
     "artifacts_view",
     "dataset_view",
-    "datasets_view",
+    "datasets_page",
     "gpu_summary",
     "gpus_view",
     "intake_view",
     "job_counts",
     "job_view",
-    "jobs_view",
+    "jobs_page",
     "page_states",
-    "projects_view",
+    "projects_page",
     "recorded_json",
     "run_view",
 ]
@@ -83,10 +84,37 @@ def _dataset_json(name: str, ds: Dataset, validating: Validation | None) -> dict
     }
 
 
-def datasets_view(state: State) -> list[dict[str, Any]]:
+def datasets_page(state: State, *, after: str = "", limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Each dataset once, under its own name (or, once that name means other bytes, the first
+    other name that still means it), with what `dataset_view` shows for that name; names still
+    being read that mean no dataset yet come as their own entries. In name order, those after
+    `after`, at most `limit`, and the name to ask after next (None at the end). One entry per name
+    would repeat every dataset's names once for each of them."""
     validating = _validating_by_name(state)
-    names = sorted(set(state.dataset_names) | set(validating))
-    return [view for name in names if (view := _dataset_entry(state, name, validating.get(name))) is not None]
+    current: dict[str, list[str]] = {}
+    for name, sha in state.dataset_names.items():
+        current.setdefault(sha, []).append(name)
+    listed = [
+        ds.name if state.dataset_names.get(ds.name) == sha else min(current[sha])
+        for sha, ds in state.datasets.items()
+        if sha in current
+    ]
+    listed.extend(name for name in validating if name not in state.dataset_names)
+    listed.sort()
+    start = bisect_right(listed, after) if after else 0
+    chosen = listed[start : start + limit]
+    page = [view for name in chosen if (view := _listed_entry(state, name, current, validating)) is not None]
+    return page, (chosen[-1] if chosen and start + limit < len(listed) else None)
+
+
+def _listed_entry(
+    state: State, name: str, current: dict[str, list[str]], validating: dict[str, Validation]
+) -> dict[str, Any] | None:
+    """A listed dataset reads as validating while any of its names is being read again."""
+    sha = state.dataset_names.get(name)
+    names = current.get(sha, [name]) if sha is not None else [name]
+    reading = validating.get(name) or next((v for n in names if (v := validating.get(n))), None)
+    return _dataset_entry(state, name, reading)
 
 
 def _progress_json(run: Run | None) -> dict[str, Any] | None:
@@ -194,14 +222,21 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
     return body
 
 
-def jobs_view(
-    state: State, *, job_state: str | None = None, project: str | None = None
-) -> list[dict[str, Any]]:
-    return [
-        job_view(state, j)
-        for j in state.jobs.values()
-        if (job_state is None or j.state == job_state) and (project is None or j.project == project)
-    ]
+def jobs_page(
+    state: State, *, job_state: str | None = None, project: str | None = None, after: int = 0, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Jobs by id: those after `after` (of one state or project, if asked), at most `limit`, and the
+    id to ask after next (None at the end). Only the page's jobs are built."""
+    out: list[dict[str, Any]] = []
+    for j in state.jobs.values():
+        if j.id <= after or (job_state is not None and j.state != job_state):
+            continue
+        if project is not None and j.project != project:
+            continue
+        if len(out) == limit:
+            return out, out[-1]["id"]
+        out.append(job_view(state, j))
+    return out, None
 
 
 def job_counts(state: State) -> dict[str, int]:
@@ -209,15 +244,19 @@ def job_counts(state: State) -> dict[str, int]:
     return {s: counts.get(s, 0) for s in JOB_STATES}
 
 
-def projects_view(state: State) -> dict[str, dict[str, Any]]:
+def projects_page(state: State, *, after: str = "", limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Projects by name: their job ids and counts per state; those after `after`, at most `limit`,
+    and the name to ask after next (None at the end)."""
     out: dict[str, dict[str, Any]] = {}
     for job in state.jobs.values():
+        if after and job.project <= after:
+            continue
         entry = out.setdefault(job.project, {"name": job.project, "jobs": [], "counts": Counter()})
         entry["jobs"].append(job.id)
         entry["counts"][job.state] += 1
-    for entry in out.values():
-        entry["counts"] = dict(entry["counts"])
-    return out
+    names = sorted(out)
+    page = [out[name] | {"counts": dict(out[name]["counts"])} for name in names[:limit]]
+    return page, (names[limit - 1] if len(names) > limit else None)
 
 
 def intake_view(state: State) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.events import JobProgress, RunServing
 from daemon.core.gpus import GpuProcess, GpuStatus
-from daemon.core.state import TERMINAL, WAITING, Job, JobState, Run, State
+from daemon.core.state import TERMINAL, WAITING, Dataset, Job, JobState, Run, State, Validation
 from daemon.http.api import ReadSide, make_app
 from daemon.http.metrics import Scrape, families
 from daemon.log.store import EventStore
@@ -279,6 +279,95 @@ async def test_the_status_page_groups_jobs_by_the_daemons_own_state_names(tmp_pa
         assert f"const STATES = {json.dumps(groups)};" in text
         assert "/*JOB_STATES*/" not in text
         assert {s for group in groups.values() for s in group} == set(get_args(JobState))
+    finally:
+        await client.close()
+        await store.close()
+
+
+def dataset(sha: str, name: str, names: list[str]) -> Dataset:
+    return Dataset(
+        sha256=sha,
+        name=name,
+        filename=f"{name}.jsonl",
+        format="sft",
+        task_types=["sft"],
+        rlhf_types=[],
+        rows=3,
+        bytes=30,
+        stats={},
+        lora_hints=None,
+        accepted_ts=1.0,
+        accepted_seq=1,
+        names=names,
+        drops=len(names),
+    )
+
+
+async def _pages(client: Client, route: str, key: str, limit: int) -> tuple[list[list[object]], list[object]]:
+    """Every page of a list route, following `next_after`: the pages' keys, and the `next_after`s."""
+    pages: list[list[object]] = []
+    nexts: list[object] = []
+    after: object = ""
+    while after is not None:
+        body = await (await client.get(route, params={"after": str(after), "limit": str(limit)})).json()
+        pages.append([entry[key] for entry in body[route.split("/")[2]]])
+        after = body["next_after"]
+        nexts.append(after)
+    return pages, nexts
+
+
+async def test_lists_come_a_page_at_a_time_and_each_dataset_once(tmp_path: Path) -> None:
+    state = State()
+    for i in range(1, 8):
+        state.jobs[i] = job(i, "queued" if i % 2 else "succeeded", float(i))
+        state.jobs[i].project = "odd" if i % 2 else "even"
+    many = [f"n{i:03d}" for i in range(300)]
+    state.datasets = {
+        "a" * 64: dataset("a" * 64, "n000", many),
+        "b" * 64: dataset("b" * 64, "n001", ["n001"]),
+    }
+    state.dataset_names = dict.fromkeys(many, "a" * 64) | {"n001": "b" * 64}  # n001 now means other bytes
+    state.validating = {
+        "d1": Validation("d1", "fresh", 10, 5, 1, 1.0),
+        "d2": Validation("d2", "n150", 8, 2, 0, 1.0),
+    }
+    store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
+    client: Client = TestClient(
+        TestServer(make_app(ReadSide(lambda: state, store, store.path, time.monotonic())))
+    )
+    await client.start_server()
+    try:
+        whole = await (await client.get("/v1/datasets")).json()
+        assert whole["next_after"] is None
+        fresh, first, other = whole["datasets"]  # by name
+        assert (first["name"], first["state"], first["names"]) == ("n000", "validating", many)
+        assert first["validation"]["bytes_done"] == 2  # n150, one of its names, is being read again
+        assert (other["name"], other["state"], other["names"]) == ("n001", "ready", ["n001"])
+        assert (fresh["name"], fresh["state"], fresh["validation"]["percent"]) == (
+            "fresh",
+            "validating",
+            50.0,
+        )
+        assert await _pages(client, "/v1/datasets", "name", 2) == (
+            [["fresh", "n000"], ["n001"]],
+            ["n000", None],
+        )
+        assert await _pages(client, "/v1/jobs", "id", 3) == ([[1, 2, 3], [4, 5, 6], [7]], [3, 6, None])
+        assert await _pages(client, "/v1/projects", "name", 1) == ([["even"], ["odd"]], ["even", None])
+        odd = await (
+            await client.get("/v1/jobs", params={"project": "odd", "after": "1", "limit": "2"})
+        ).json()
+        assert [j["id"] for j in odd["jobs"]] == [3, 5] and odd["next_after"] == 5
+        queued = await (await client.get("/v1/projects/odd", params={"after": "5"})).json()
+        assert [j["id"] for j in queued["jobs"]] == [7] and queued["next_after"] is None
+        assert (await client.get("/v1/projects/odd", params={"after": "7"})).status == 200
+        assert (await client.get("/v1/projects/none")).status == 404
+        whole_jobs = await (await client.get("/v1/jobs")).json()
+        assert len(whole_jobs["jobs"]) == 7 and whole_jobs["next_after"] is None
+        for route in ("/v1/jobs", "/v1/datasets", "/v1/projects"):
+            for limit in ("0", "1001", "x"):
+                refused = await client.get(route, params={"limit": limit})
+                assert refused.status == 400 and (await refused.json())["error"]["code"] == "bad_request"
     finally:
         await client.close()
         await store.close()
