@@ -29,6 +29,7 @@ from daemon.http.job_routes import (
     job_logs,
     job_metrics,
     jobs,
+    jobs_json,
 )
 from daemon.http.metrics import CONTENT_TYPE, Scrape, render
 from daemon.http.middleware import error, errors_and_auth, int_param
@@ -42,7 +43,7 @@ from daemon.http.views import (
     gpus_view,
     intake_view,
     job_counts,
-    jobs_page,
+    job_ids_page,
     page_states,
     projects_page,
     recorded_json,
@@ -145,8 +146,10 @@ async def project(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
     if not any(j.project == name for j in state.jobs.values()):
         raise web.HTTPNotFound()
-    found, next_after = jobs_page(state, project=name, after=after, limit=limit)
-    return web.json_response({"name": name, "jobs": found, "next_after": next_after})
+    ids, next_after = job_ids_page(state, project=name, after=after, limit=limit)
+    found = await jobs_json(state, ids)
+    text = f'{{"name": {json.dumps(name)}, "jobs": {found}, "next_after": {json.dumps(next_after)}}}'
+    return web.json_response(text=text)
 
 
 async def events(request: web.Request) -> web.Response:

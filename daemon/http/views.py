@@ -26,7 +26,7 @@ __all__ = [
     "intake_view",
     "job_counts",
     "job_view",
-    "jobs_page",
+    "job_ids_page",
     "page_states",
     "projects_page",
     "recorded_json",
@@ -222,21 +222,21 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
     return body
 
 
-def jobs_page(
+def job_ids_page(
     state: State, *, job_state: str | None = None, project: str | None = None, after: int = 0, limit: int
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Jobs by id: those after `after` (of one state or project, if asked), at most `limit`, and the
-    id to ask after next (None at the end). Only the page's jobs are built."""
-    out: list[dict[str, Any]] = []
+) -> tuple[list[int], int | None]:
+    """The ids of a page of jobs: those after `after` (of one state or project, if asked), at most
+    `limit`, and the id to ask after next (None at the end)."""
+    ids: list[int] = []
     for j in state.jobs.values():
         if j.id <= after or (job_state is not None and j.state != job_state):
             continue
         if project is not None and j.project != project:
             continue
-        if len(out) == limit:
-            return out, out[-1]["id"]
-        out.append(job_view(state, j))
-    return out, None
+        if len(ids) == limit:
+            return ids, ids[-1]
+        ids.append(j.id)
+    return ids, None
 
 
 def job_counts(state: State) -> dict[str, int]:
