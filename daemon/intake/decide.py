@@ -29,7 +29,7 @@ from daemon.core.events import (
     RetryRequested,
 )
 from daemon.core.jobs import ControlRequest, JobSpec, dataset_names
-from daemon.core.state import LIVE, State
+from daemon.core.state import LIVE, WAITING, State
 from daemon.core.streams import INTAKE_STREAM, Append, dataset_stream, drop_key, job_stream
 
 __all__ = ["Examined", "RejectName", "decide", "feeds"]
@@ -77,6 +77,10 @@ class _Overlay:
     live_shas: dict[str, int] = field(default_factory=dict)
     """Job file sha256 -> id, for jobs still queued or running."""
     job_names: dict[str, int] = field(default_factory=dict)
+    waits: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    """Job id -> its name and `after:`, for jobs submitted in this batch."""
+    awaited: set[str] = field(default_factory=set)
+    """Every `after:` reference of a waiting job: only a job named there can close a cycle."""
     next_job_id: int = 0
 
 
@@ -85,6 +89,7 @@ def decide(state: State, batch: Sequence[Examined], reject_name: RejectName) -> 
     overlay = _Overlay(next_job_id=state.next_job_id)
     if any(ex.kind == "job" for ex in batch):
         overlay.live_shas = {j.sha256: j.id for j in state.jobs.values() if j.state in LIVE}
+        overlay.awaited = {ref for j in state.jobs.values() if j.state in WAITING for ref in j.after}
     return [_decide_one(state, overlay, ex, reject_name) for ex in batch]
 
 
@@ -209,9 +214,16 @@ def _job(
         hint = "  hint: name a dataset of a fitting format, or change the job's task type\n"
         return _reject(ex, why, f"{ex.filename}: rejected: {why}\n{hint}", reject_name)
     job_id = overlay.next_job_id
+    cycle = _cycle(state, overlay, job_id, spec)
+    if cycle is not None:
+        why = f"after: {' -> '.join(cycle)} is a cycle"
+        hint = "  hint: remove one of these `after:` references; jobs that wait for each other never start\n"
+        return _reject(ex, why, f"{ex.filename}: rejected: {why}\n{hint}", reject_name)
     overlay.next_job_id += 1
     overlay.live_shas[sha] = job_id
     overlay.job_names[spec.name] = job_id
+    overlay.waits[job_id] = (spec.name, spec.after)
+    overlay.awaited.update(spec.after)
     event = JobSubmitted(
         drop=ex.drop,
         id=job_id,
@@ -232,6 +244,45 @@ def _job(
         spec=spec.model_dump(mode="json"),
     )
     return _one(job_stream(job_id), ex, event, expected=0)
+
+
+def _cycle(state: State, overlay: _Overlay, job_id: int, spec: JobSpec) -> list[str] | None:
+    """The names along a chain of `after:` that would lead from this job back to itself once it is
+    submitted as `job_id`, or None. References resolve the way the scheduler resolves them (an id,
+    else the newest job of that name, this one included); only waiting jobs wait for anything."""
+    if spec.name not in overlay.awaited and str(job_id) not in overlay.awaited:
+        return None  # nothing waits for this job, so nothing it waits for can lead back to it
+
+    def waits(ref: str) -> tuple[int, str, tuple[str, ...]] | None:
+        if ref.isdigit() and int(ref) == job_id or ref == spec.name:
+            return job_id, spec.name, spec.after
+        known = int(ref) if ref.isdigit() and int(ref) in overlay.waits else overlay.job_names.get(ref)
+        if known is not None:
+            return known, *overlay.waits[known]
+        job = state.find_job(ref)
+        if job is None or job.state not in WAITING:
+            return None
+        return job.id, job.name, tuple(job.after)
+
+    path = [spec.name]
+    seen: set[int] = set()
+    stack = [iter(spec.after)]
+    while stack:
+        ref = next(stack[-1], None)
+        if ref is None:
+            stack.pop()
+            path.pop()
+            continue
+        found = waits(ref)
+        if found is None or found[0] in seen:
+            continue
+        dep, name, further = found
+        if dep == job_id:
+            return [*path, name]
+        seen.add(dep)
+        path.append(name)
+        stack.append(iter(further))
+    return None
 
 
 def _control(

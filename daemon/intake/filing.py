@@ -5,6 +5,9 @@ recorded (`publish`); once they are, an accepted file's original is kept under i
 rejected one is moved to rejected/ beside an .error.txt saying why (`tidy`), and only then is the
 claim removed. So an event never points at data that is not durable, and a file never leaves the
 inbox before its event is recorded. Every step is safe to redo after a crash.
+
+`tidy` files each drop on its own: one that cannot be filed away is handed back with its error and
+keeps its claim, so one bad drop (or a folder someone deleted) never holds up the rest of its batch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.core.events import (
@@ -28,11 +32,18 @@ from daemon.core.events import (
     RetryRequested,
 )
 from daemon.core.layout import InboxLayout, StateLayout
+from daemon.intake.claim import bounded_name
 from daemon.intake.examine import Read
 from daemon.intake.faults import Faults
 from daemon.intake.submit import fsync_dir
 
-__all__ = ["Filing", "RejectNames"]
+__all__ = ["REJECTED_NAME_MAX", "Filing", "RejectNames", "Unfiled"]
+
+REJECTED_NAME_MAX = 200
+"""Bytes of a rejected file's name under rejected/, before a `-N` that keeps it free: its note's
+temporary name (`.NAME.error.txt.tmp`) then stays within NAME_MAX (255)."""
+_KEPT_MAX = 255 - len(".") - len(".error.txt.tmp")
+"""The longest name under rejected/ whose note can still be written."""
 
 
 class RejectNames:
@@ -41,12 +52,15 @@ class RejectNames:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.taken: set[str] = set()
+        self.held: set[str] = set()
+        """Names given to drops that are recorded but not filed away yet: taken though not on disk."""
 
     def refresh(self) -> None:
         with contextlib.suppress(OSError):
-            self.taken = set(os.listdir(self.folder))
+            self.taken = set(os.listdir(self.folder)) | self.held
 
     def __call__(self, filename: str) -> str:
+        filename = bounded_name(filename, REJECTED_NAME_MAX)
         stem, dot, ext = filename.rpartition(".")
         if not stem:
             stem, dot, ext = filename, "", ""
@@ -56,6 +70,15 @@ class RejectNames:
                 self.taken.update((name, f"{name}.error.txt"))
                 return name
         raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Unfiled:
+    """A recorded drop that could not be filed away; its claim stays for another try."""
+
+    read: Read
+    event: Event
+    error: OSError
 
 
 class Filing:
@@ -87,38 +110,60 @@ class Filing:
         os.rename(scratch, target)
         return True
 
-    def tidy(self, batch: Sequence[Read], events: Sequence[Event]) -> None:
-        """Act on what the log holds (after a redo that can differ from what was just decided)."""
-        touched: set[Path] = set()
-        for read, event in zip(batch, events, strict=True):
-            claim = read.claim
-            match event:
-                case DatasetAccepted():
-                    if read.scratch is not None and self._publish_converted(read.scratch, event.sha256):
-                        touched.add(self.blobs.converted)
-                    self._keep_original(claim.path, event.sha256)
-                    touched.add(self.blobs.originals)
-                case JobSubmitted() | CancelRequested() | RetryRequested():
-                    sha = read.examined.verdict.sha256 if read.examined.verdict else None
-                    if sha is not None:
-                        self._keep_original(claim.path, sha)
-                        touched.add(self.blobs.originals)
-                case FileRejected():
-                    self._keep_rejected(read, event)
-                    touched.add(self.inbox.rejected)
-                case DuplicateDropped():
-                    pass
-            if read.scratch is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    read.scratch.unlink()
-        for folder in touched:
-            fsync_dir(folder)
+    def tidy(self, batch: Sequence[Read], events: Sequence[Event]) -> list[Unfiled]:
+        """Act on what the log holds (after a redo that can differ from what was just decided); the
+        drops that could not be filed away are returned and keep their claims."""
+        failed: dict[int, OSError] = {}
+        touched: dict[Path, list[int]] = {}
+        """Folder -> the drops whose filing its fsync makes durable."""
+        for i, (read, event) in enumerate(zip(batch, events, strict=True)):
+            try:
+                folders = self._file(read, event)
+            except OSError as e:
+                failed[i] = e
+                continue
+            for folder in folders:
+                touched.setdefault(folder, []).append(i)
+        for folder, drops in touched.items():
+            try:
+                fsync_dir(folder)
+            except OSError as e:
+                for i in drops:
+                    failed.setdefault(i, e)
         self._fault("stored")
-        for read, event in zip(batch, events, strict=True):
-            if not isinstance(event, FileRejected):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(read.claim.path)
+        for i, (read, event) in enumerate(zip(batch, events, strict=True)):
+            if i not in failed and not isinstance(event, FileRejected):
+                try:
+                    read.claim.path.unlink(missing_ok=True)
+                except OSError as e:
+                    failed[i] = e
         self._fault("done")
+        return [Unfiled(batch[i], events[i], e) for i, e in sorted(failed.items())]
+
+    def _file(self, read: Read, event: Event) -> list[Path]:
+        """File one drop away; the folders whose fsync makes that durable."""
+        claim = read.claim
+        folders: list[Path] = []
+        match event:
+            case DatasetAccepted():
+                if read.scratch is not None and self._publish_converted(read.scratch, event.sha256):
+                    folders.append(self.blobs.converted)
+                self._keep_original(claim.path, event.sha256)
+                folders.append(self.blobs.originals)
+            case JobSubmitted() | CancelRequested() | RetryRequested():
+                sha = read.examined.verdict.sha256 if read.examined.verdict else None
+                if sha is not None:
+                    self._keep_original(claim.path, sha)
+                    folders.append(self.blobs.originals)
+            case FileRejected():
+                self._keep_rejected(read, event)
+                folders.append(self.inbox.rejected)
+            case DuplicateDropped():
+                pass
+        if read.scratch is not None:
+            with contextlib.suppress(FileNotFoundError):
+                read.scratch.unlink()
+        return folders
 
     def _keep_original(self, claimed: Path, sha: str) -> None:
         target = self.blobs.original(sha)
@@ -141,7 +186,15 @@ class Filing:
         os.rename(scratch, target)
 
     def _keep_rejected(self, read: Read, event: FileRejected) -> None:
+        """Move a rejected file to rejected/ beside its reason. The folder is made again when someone
+        deleted it; a name recorded by an older daemon is bounded here too, so no note's name can be
+        too long to write."""
         folder = self.inbox.rejected
+        kept = bounded_name(event.kept_as, _KEPT_MAX)
+        note = folder / f"{kept}.error.txt"
+        names = (kept, note.name)
+        self._rejects.held.update(names)
+        folder.mkdir(exist_ok=True)
         problems = read.examined.verdict.problems if read.examined.verdict else ""
         text = (
             f"llmtraind rejected {event.filename} "
@@ -149,10 +202,10 @@ class Filing:
             f"{problems or event.problems}\n"
             "Fix the file and drop it again; this copy can be deleted.\n"
         )
-        note = folder / f"{event.kept_as}.error.txt"
-        tmp = folder / f".{event.kept_as}.error.txt.tmp"
+        tmp = folder / f".{kept}.error.txt.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.rename(tmp, note)
         if os.path.lexists(read.claim.path):
-            os.rename(read.claim.path, folder / event.kept_as)
-        self._rejects.taken.update((event.kept_as, note.name))
+            os.rename(read.claim.path, folder / kept)
+        self._rejects.taken.update(names)
+        self._rejects.held.difference_update(names)

@@ -47,7 +47,7 @@ from daemon.intake.claim import Claim, Claimer, display_name
 from daemon.intake.decide import decide
 from daemon.intake.examine import Abandoned, Read, Reader
 from daemon.intake.faults import Faults
-from daemon.intake.filing import Filing, RejectNames
+from daemon.intake.filing import Filing, RejectNames, Unfiled
 from daemon.intake.watch import Finder
 from daemon.log.errors import StoreError
 from daemon.log.store import EventStore
@@ -92,9 +92,11 @@ class Inbox:
         self._progress: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._failures: dict[str, tuple[int, str]] = {}
-        """What is failing on our side ("read <drop id>", "record", "file away") -> how many times in
-        a row, and the last error."""
+        """What is failing on our side ("read <drop id>", "record", "file away <drop id>") -> how many
+        times in a row, and the last error."""
         self._retries: set[asyncio.TimerHandle] = set()
+        self._aside: set[asyncio.Task[None]] = set()
+        """Drops recorded but not filed away yet, each trying again on its own."""
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: new [limits] and [intake] timings apply to the next file; the folders and the
@@ -126,9 +128,10 @@ class Inbox:
         self._finder.stop()
         for handle in self._retries:
             handle.cancel()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._aside]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -223,11 +226,38 @@ class Inbox:
             results = await self._until_done("record", len(batch), self._record, batch)
             self._fault("recorded")
             events = [r[0].event for r in results]
-            await self._until_done(
-                "file away", len(batch), loop.run_in_executor, self._io, self._filing.tidy, batch, events
-            )
+            unfiled = await loop.run_in_executor(self._io, self._filing.tidy, batch, events)
             for read, recorded in zip(batch, results, strict=True):
                 _log_outcome(read.examined.filename, recorded[0])
+            for item in unfiled:
+                self._set_aside(item)
+
+    def _set_aside(self, item: Unfiled) -> None:
+        """A drop that could not be filed away tries again on its own, backing off, while the next
+        batches go on; its claim stays in .processing/, so a restart redoes it too."""
+        what = f"file away {item.read.claim.drop}"
+        delay = self._unfiled(what, item)
+        task = asyncio.create_task(self._file_later(what, item, delay), name=what)
+        self._aside.add(task)
+        task.add_done_callback(self._aside.discard)
+
+    def _unfiled(self, what: str, item: Unfiled) -> float:
+        name = item.read.examined.filename
+        delay = self._failed(what, f"cannot file away dropped files: {item.error} ({name})")
+        log.error("cannot file away 1 dropped file(s), next try in %.0f s: %s (%s)", delay, item.error, name)
+        return delay
+
+    async def _file_later(self, what: str, item: Unfiled, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(delay)
+            again = await loop.run_in_executor(self._io, self._filing.tidy, [item.read], [item.event])
+            if not again:
+                self._failures.pop(what, None)
+                log.info("%s filed away after all", item.read.examined.filename)
+                return
+            item = again[0]
+            delay = self._unfiled(what, item)
 
     @property
     def trouble(self) -> str:

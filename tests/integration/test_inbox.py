@@ -201,7 +201,7 @@ def test_links_fifos_folders_and_devices_are_rejected_and_never_block(
 def test_a_name_that_is_not_utf8_is_rejected_and_the_watcher_lives_on(
     daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
-    # Rescans are rare here, so the second file is only picked up quickly if the watcher still runs.
+    # Rescans are rare here, so both files are only picked up quickly if the watch sees them.
     d = daemon_factory(tmp_path / "d", extra_config="[intake]\nrescan_s = 120\n").start()
     time.sleep(0.5)  # the watcher task sets up its watch after start-up; nothing outside shows when
     bad = os.fsencode(d.inbox) + b"/\xff\xfe.yaml"
@@ -210,13 +210,77 @@ def test_a_name_that_is_not_utf8_is_rejected_and_the_watcher_lives_on(
     wait_recorded(d, 1, timeout=20)
     (rej,) = [e["data"] for e in all_events(d) if e["type"] == "FileRejected"]
     assert "not valid UTF-8" in rej["summary"] and rej["filename"] == "\\xff\\xfe.yaml"
-    assert os.path.exists(d.inbox / "rejected" / "\\xff\\xfe.yaml")
-    d.wait_for("the watcher to stop on that name", lambda: "the inbox watcher stopped" in d.log(), 10)
-    time.sleep(1.0)  # it is restarted 0.5 s after it stopped; nothing outside the daemon shows when
+    kept = d.inbox / "rejected" / "\\xff\\xfe.yaml"
+    assert kept.read_bytes() == b"cancel: x\n"
+    assert "not valid UTF-8" in kept.with_name(kept.name + ".error.txt").read_text()
     d.drop("after.jsonl", sft(1))
     t0 = time.monotonic()
     wait_recorded(d, 2, timeout=20)
     assert time.monotonic() - t0 < 10
+    assert "cannot watch" not in d.log() and "Traceback" not in d.log()
+
+
+def test_a_rejected_255_byte_name_does_not_hold_up_the_file_behind_it(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    d = daemon_factory(tmp_path / "d").start()
+    long = "x" * 249 + ".jsonl"
+    assert len(long.encode()) == 255
+    (tmp_path / "long.part").write_text("not json\n")  # d.drop's own `.NAME.part` would be too long
+    os.rename(tmp_path / "long.part", d.inbox / long)
+    d.drop("good.jsonl", sft(2))
+    wait_recorded(d, 2, timeout=20)
+    outcomes = {f: t for t, f in terminal(all_events(d))}
+    assert outcomes == {long: "FileRejected", "good.jsonl": "DatasetAccepted"}
+    (rej,) = [e["data"] for e in all_events(d) if e["type"] == "FileRejected"]
+    kept = rej["kept_as"]
+    assert len(kept.encode()) <= 200 and kept.endswith(".jsonl") and kept.startswith("x" * 100)
+    d.wait_for("the claims filed away", lambda: os.listdir(d.inbox / ".processing") == [], 10)
+    assert sorted(os.listdir(d.inbox / "rejected")) == [kept, f"{kept}.error.txt"]
+    assert long in (d.inbox / "rejected" / f"{kept}.error.txt").read_text()
+    assert (d.inbox / "rejected" / kept).read_text() == "not json\n"
+    assert inbox_root(d) == [] and d.get("/healthz")[0] == 200
+
+
+def test_the_inbox_folders_deleted_under_a_running_daemon_are_made_again(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    import shutil
+
+    d = daemon_factory(tmp_path / "d").start()
+    d.drop("first.jsonl", "not json\n")
+    wait_recorded(d, 1)
+    d.wait_for("first filed away", lambda: (d.inbox / "rejected" / "first.jsonl").exists())
+    shutil.rmtree(d.inbox / "rejected")
+    d.drop("second.jsonl", "not json either\n")
+    d.drop("good.jsonl", sft(1))
+    wait_recorded(d, 3, timeout=20)
+    d.wait_for("second filed away", lambda: (d.inbox / "rejected" / "second.jsonl").exists(), 20)
+    assert "not json either" in (d.inbox / "rejected" / "second.jsonl").read_text()
+    assert (d.inbox / "rejected" / "second.jsonl.error.txt").exists()
+    os.rmdir(d.inbox / ".processing")
+    d.drop("third.jsonl", "still not json\n")
+    wait_recorded(d, 4, timeout=20)
+    d.wait_for("third filed away", lambda: (d.inbox / "rejected" / "third.jsonl").exists(), 20)
+    assert os.listdir(d.inbox / ".processing") == [] and inbox_root(d) == []
+    assert d.get("/healthz")[0] == 200
+
+
+def test_two_jobs_waiting_for_each_other_are_refused_at_the_second(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    d = daemon_factory(tmp_path / "d").start()
+    # gpus: 1 on a box without GPUs keeps the first job queued (and out of a real run)
+    job = "task_type: sft\nmodel_name: /models/tiny\ndataset: data\ngpus: 1\nafter: {}\n"
+    d.drop("a.yaml", job.format("b"))
+    d.drop("b.yaml", job.format("a"))
+    wait_recorded(d, 2)
+    outcomes = {f: t for t, f in terminal(all_events(d))}
+    assert outcomes == {"a.yaml": "JobSubmitted", "b.yaml": "FileRejected"}
+    (rej,) = [e["data"] for e in all_events(d) if e["type"] == "FileRejected"]
+    assert rej["summary"] == "after: b -> a -> b is a cycle"
+    d.wait_for("b filed away", lambda: (d.inbox / "rejected" / "b.yaml.error.txt").exists())
+    assert "after: b -> a -> b is a cycle" in (d.inbox / "rejected" / "b.yaml.error.txt").read_text()
 
 
 # -- F7 ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from daemon.core.config import LimitsConfig
@@ -11,7 +12,9 @@ from daemon.core.events import Recorded
 from daemon.core.fold import apply
 from daemon.core.state import State
 from daemon.core.swift_args import bundled
+from daemon.intake.claim import bounded_name
 from daemon.intake.decide import Examined, decide
+from daemon.intake.filing import RejectNames
 from daemon.intake.validate import check_file
 
 SFT = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
@@ -193,3 +196,23 @@ def test_refused_before_reading(tmp_path: Path) -> None:
     event = part.events[0].event
     assert event.type == "FileRejected" and event.summary == "it is a FIFO, not a regular file"
     assert json.loads(event.model_dump_json())["kept_as"] == "f.jsonl"
+
+
+def test_long_names_are_bounded_with_a_hash_and_keep_their_suffix() -> None:
+    assert bounded_name("short.jsonl", 200) == "short.jsonl"
+    long = "é" * 120 + ".jsonl"  # 246 bytes
+    short = bounded_name(long, 200)
+    raw = short.encode()
+    assert len(raw) <= 200 and short.endswith(".jsonl") and short.startswith("é" * 90)
+    assert short == bounded_name(long, 200) != bounded_name("é" * 119 + "e.jsonl", 200)
+    not_utf8 = os.fsdecode(b"\xff" * 250 + b".yaml")
+    assert len(os.fsencode(bounded_name(not_utf8, 100))) <= 100
+
+
+def test_a_rejected_name_leaves_room_for_its_note_and_its_number(tmp_path: Path) -> None:
+    names = RejectNames(tmp_path)
+    long = "x" * 250 + ".jsonl"
+    first, second = names(long), names(long)
+    assert first.endswith(".jsonl") and second == first.removesuffix(".jsonl") + "-2.jsonl"
+    for name in (first, second):
+        assert len(f".{name}.error.txt.tmp".encode()) <= 255

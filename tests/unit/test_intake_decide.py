@@ -21,7 +21,7 @@ from daemon.core.events import (
 from daemon.core.state import State
 from daemon.core.streams import Append
 from daemon.intake.decide import MAX_PROBLEMS_IN_EVENT, Examined, decide
-from tests.unit.test_intake import DPO, SFT, Intake, Names, job_yaml
+from tests.unit.test_intake import DPO, SFT, Intake, Names, job_yaml, types
 
 SFT_SHA = hashlib.sha256(SFT).hexdigest()
 DPO_SHA = hashlib.sha256(DPO).hexdigest()
@@ -367,3 +367,50 @@ def test_a_failed_job_can_be_retried(tmp_path: Path) -> None:
     assert retry == Append(
         "job:1", [NewEvent(RetryRequested(drop="d2", job_id=1, source="r.yaml"), "drop:d2")]
     )
+
+
+def after_yaml(name: str, *after: str) -> bytes:
+    return job_yaml(name) + f"after: [{', '.join(after)}]\n".encode()
+
+
+CYCLE_HINT = "  hint: remove one of these `after:` references; jobs that wait for each other never start\n"
+
+
+def test_the_second_job_of_an_after_cycle_is_rejected_naming_the_cycle(tmp_path: Path) -> None:
+    intake = Intake(tmp_path)
+    assert types(intake.drop(("a.yaml", after_yaml("a", "b")))) == ["JobSubmitted"]
+    body = after_yaml("b", "a")
+    why = "after: b -> a -> b is a cycle"
+    assert one(intake, "b.yaml", body) == rejected(
+        "d2", "b.yaml", why, f"b.yaml: rejected: {why}\n{CYCLE_HINT}", hashlib.sha256(body).hexdigest()
+    )
+
+
+def test_a_cycle_within_one_batch_and_through_ids_and_longer_chains(tmp_path: Path) -> None:
+    intake = Intake(tmp_path)
+    recs = intake.drop(("a.yaml", after_yaml("a", "b")), ("b.yaml", after_yaml("b", "a")))
+    assert types(recs) == ["JobSubmitted", "FileRejected"]
+    assert recs[1].event.summary == "after: b -> a -> b is a cycle"  # type: ignore[union-attr]
+    # By id: c becomes job 2 and waits for job 3, the next one submitted, which waits for c.
+    assert types(intake.drop(("c.yaml", after_yaml("c", "x", "3")))) == ["JobSubmitted"]
+    (by_id,) = intake.drop(("d.yaml", after_yaml("d", "c")))
+    assert by_id.event.summary == "after: d -> c -> d is a cycle"  # type: ignore[union-attr]
+    # Three jobs: e after g, f after e, then g after f closes it; the path starts at the new job.
+    intake.drop(("e.yaml", after_yaml("e", "g")), ("f.yaml", after_yaml("f", "e")))
+    (long,) = intake.drop(("g.yaml", after_yaml("g", "zz", "f")))
+    assert long.event.summary == "after: g -> f -> e -> g is a cycle"  # type: ignore[union-attr]
+
+
+def test_waiting_on_one_job_twice_or_on_an_ended_one_is_no_cycle(tmp_path: Path) -> None:
+    intake = Intake(tmp_path)
+    # A diamond: two paths to one job are not a cycle.
+    recs = intake.drop(
+        ("a.yaml", job_yaml("a")),
+        ("b.yaml", after_yaml("b", "a")),
+        ("c.yaml", after_yaml("c", "a", "b")),
+    )
+    assert types(recs) == ["JobSubmitted"] * 3
+    # p waits for q; once p is cancelled it waits for nothing, so q may name p.
+    intake.drop(("p.yaml", after_yaml("p", "q")))
+    intake.drop(("cancel.yaml", b"cancel: p\n"))
+    assert types(intake.drop(("q.yaml", after_yaml("q", "p")))) == ["JobSubmitted"]
