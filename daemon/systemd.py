@@ -150,7 +150,6 @@ def setup_logging(level: str, environ: Mapping[str, str] | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     server = logging.getLogger("aiohttp.server")
     server.filters[:] = [f for f in server.filters if not isinstance(f, _RefusedRequests)]
     server.addFilter(_RefusedRequests())

@@ -89,7 +89,8 @@ class IntakeConfig(_Section):
     """Where the kernel cannot say whether a writer still has a file open (another owner's file, NFS),
     a file is taken once its size and mtime have not changed for this long."""
     watch_step_ms: int = Field(default=10, ge=1)
-    """watchfiles' quiet interval before it reports a batch: drop-to-pickup latency is about 1-2x this."""
+    """How long a burst of inotify events must be quiet before the scanner is woken: drop-to-pickup
+    latency is about 1-2x this."""
     workers: int = Field(default=2, ge=1, le=64)
     """Files validated at once, each in its own thread."""
 
