@@ -89,7 +89,7 @@ def _check_bind(cfg: Config) -> None:
     except ValueError:
         loopback = False
     if not loopback and not cfg.api.token:
-        raise ValueError(
+        raise ConfigError(
             f"[api] host = {cfg.api.host!r} is not a loopback address and [api] token is empty: "
             "set a token before exposing the API"
         )
@@ -311,8 +311,11 @@ async def serve(cfg: Config) -> int:
         log.error("llmtraind cannot run: %s", e)
         return 1
     except LogDamaged as e:
-        log.error("refusing to start: the event log is damaged: %s", e)
-        log.error("nothing was repaired or truncated; restore it from a backup or move it aside")
+        log.error(
+            "refusing to start: the event log is damaged: %s; nothing was repaired or truncated: "
+            "restore it from a backup or move it aside",
+            e,
+        )
         return 2
     except (StoreError, OSError) as e:
         log.error("llmtraind cannot run: %s", e)

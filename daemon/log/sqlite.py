@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from daemon.core.events import EVENT_TYPES, Recorded, decode_event
 from daemon.log.errors import LogDamaged
 
@@ -86,8 +88,21 @@ def connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqli
 
 
 def row_to_recorded(row: tuple[int, str, int, str, int, float, str]) -> Recorded:
+    """A row whose data is not its event type's (or whose type is unknown) is damage, reported in one
+    line naming the row, not as the validator's many."""
     seq, stream, version, type_, schema, ts, data = row
-    return Recorded(seq, stream, version, ts, decode_event(type_, schema, data))
+    try:
+        event = decode_event(type_, schema, data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "data"
+        raise LogDamaged(
+            f"event {seq} ({type_}) does not match its schema: {where}: {first['msg']}"
+            f" ({e.error_count()} error(s))"
+        ) from None
+    except ValueError as e:
+        raise LogDamaged(f"event {seq} cannot be read: {e}") from None
+    return Recorded(seq, stream, version, ts, event)
 
 
 def prepare(conn: sqlite3.Connection) -> None:

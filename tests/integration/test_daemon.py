@@ -141,7 +141,26 @@ def test_non_loopback_without_token_is_refused(daemon_factory: type[Daemon], tmp
     d = daemon_factory(tmp_path / "a")
     d.config.write_text(d.config.read_text().replace("port = 0", 'port = 0\nhost = "0.0.0.0"'))
     result = d.cli("serve", timeout=30)
-    assert result.returncode != 0 and "not a loopback address" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "not a loopback address" in line and "[api] host" in line and "[api] token" in line
+
+
+def test_an_event_that_does_not_match_its_type_stops_serve_in_one_line(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    d = daemon_factory(tmp_path / "a").start()
+    d.stop()
+    conn = sqlite3.connect(d.state / "llmtraind.sqlite3")
+    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+    conn.execute("""UPDATE events SET data = '{"pid": "not a pid"}' WHERE seq = 1""")
+    conn.commit()
+    conn.close()
+    result = d.cli("serve", timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "the event log is damaged: event 1 (DaemonStarted) does not match its schema" in line, line
+    assert "nothing was repaired or truncated" in line
 
 
 def test_restarts_with_snapshots_replay_to_the_same_state(
