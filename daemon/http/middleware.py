@@ -49,8 +49,10 @@ def _same(given: str, token: str) -> bool:
 
 
 def _authorized(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    return _same(header, f"Bearer {token}") or _same(request.cookies.get(TOKEN_COOKIE, ""), token)
+    """The scheme's name is case-insensitive (RFC 7235): `bearer` and `BEARER` are `Bearer`."""
+    scheme, _, given = request.headers.get("Authorization", "").strip(" ").partition(" ")
+    bearer = scheme.lower() == "bearer" and _same(given.lstrip(" "), token)
+    return bearer or _same(request.cookies.get(TOKEN_COOKIE, ""), token)
 
 
 def _ask_for_token() -> web.Response:

@@ -371,3 +371,24 @@ async def test_lists_come_a_page_at_a_time_and_each_dataset_once(tmp_path: Path)
     finally:
         await client.close()
         await store.close()
+
+
+async def test_the_bearer_scheme_is_case_insensitive_and_refusals_are_json(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "llmtraind.sqlite3")
+    client: Client = TestClient(
+        TestServer(make_app(ReadSide(State, store, store.path, time.monotonic(), token="s3")))
+    )
+    await client.start_server()
+    try:
+        for given in ("Bearer s3", "bearer s3", "BEARER s3", "bEaReR   s3"):
+            assert (await client.get("/v1/status", headers={"Authorization": given})).status == 200, given
+        for given in ("Bearer s4", "Basic s3", "Bearers3", "s3", "Bearer", "Bearer s3 s3"):
+            refused = await client.get("/v1/status", headers={"Authorization": given})
+            body = await refused.json()
+            assert refused.status == 401 and body["error"]["code"] == "unauthorized", given
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND"):
+            refused = await client.request(method, "/v1/status")
+            assert refused.status == 405 and (await refused.json())["error"]["code"] == "method_not_allowed"
+    finally:
+        await client.close()
+        await store.close()
