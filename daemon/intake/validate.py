@@ -95,7 +95,13 @@ def check_file(
     """
     shown = Path(name) if name is not None else path
     cfg = swift or SwiftConfig()
-    policy = CodePolicy(cfg.allow_code, tuple(str(p) for p in cfg.allowed_paths))
+    policy = CodePolicy(
+        cfg.allow_code,
+        tuple(str(p) for p in cfg.allowed_paths),
+        cfg.secret_env,
+        tuple(str(p) for p in cfg.secret_files),
+        cfg.allow_public_deploy,
+    )
     verdict = _check(path, shown, limits, swift_args, converted, progress, same_as, policy)
     return verdict if shown is path else dataclasses.replace(verdict, path=path)
 
