@@ -74,6 +74,17 @@ class SwiftConfig(_Section):
     allowed_paths: tuple[Path, ...] = ()
     """Folders under which the files and folders that `swift:` arguments name (deepspeed configs,
     custom_dataset_info, ...) may lie; relative entries are relative to the config file."""
+    secret_env: tuple[str, ...] = ()
+    """Variables of the daemon's environment a job may name as a secret (`api_key: {env: NAME}`,
+    `swift: {swanlab_token: {env: NAME}}`). A job file never holds a secret's value: the event log
+    and the API show every job's keys, so a job names where the secret is, and the runner reads it
+    only when the run starts."""
+    secret_files: tuple[Path, ...] = ()
+    """Folders under which the files a job names as a secret (`{file: /path}`) may lie; relative
+    entries are relative to the config file."""
+    allow_public_deploy: bool = False
+    """Whether a deploy job may bind an address other than loopback; it must also give an api_key,
+    by reference."""
 
 
 class LimitsConfig(_Section):
@@ -215,10 +226,11 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                 f"{cfg.source or 'defaults'}: paths.{name} = {str(p)!r} exists and is not a folder"
             )
     allowed = tuple(_absolute(p, base) for p in cfg.swift.allowed_paths)
+    secret_files = tuple(_absolute(p, base) for p in cfg.swift.secret_files)
     return cfg.model_copy(
         update={
             "paths": PathsConfig(**resolved),
-            "swift": cfg.swift.model_copy(update={"allowed_paths": allowed}),
+            "swift": cfg.swift.model_copy(update={"allowed_paths": allowed, "secret_files": secret_files}),
         }
     )
 
@@ -261,6 +273,9 @@ LIVE_KEYS = frozenset(
         "swift.offline",
         "swift.allow_code",
         "swift.allowed_paths",
+        "swift.secret_env",
+        "swift.secret_files",
+        "swift.allow_public_deploy",
         "limits.max_yaml_bytes",
         "limits.max_dataset_bytes",
         "intake.rescan_s",

@@ -97,7 +97,14 @@ def _assemble(
     common = _common_fields(f, c, core, gpu_ids)
     if naming is None or c.report.problems:
         return None
-    spec = JobSpec(**core, **naming.model_dump(), **common, swift_args=extras, notes=tuple(c.notes))
+    spec = JobSpec(
+        **core,
+        **naming.model_dump(),
+        **common,
+        swift_args=extras,
+        secrets=dict(c.secrets),
+        notes=tuple(c.notes),
+    )
     _check_swift_names(spec, c)
     _check_system_file(spec, c)
     return spec

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from daemon.core.jobs.problems import Report, show
+from daemon.core.jobs.secrets import SecretRef
 from daemon.core.jobs.trust import CodePolicy
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class _Ctx:
     policy: CodePolicy = field(default_factory=CodePolicy)
     notes: list[str] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, SecretRef] = field(default_factory=dict)
+    """Secret swift arguments by reference, from `swift:` and a deploy job's `api_key`."""
 
     def add(self, key: str, message: str, hint: str = "") -> None:
         self.report.add(key, message, hint)

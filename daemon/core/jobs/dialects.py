@@ -7,6 +7,7 @@ share is in `assemble`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from daemon.core.jobs.assemble import _assemble, _given
 from daemon.core.jobs.context import _Ctx, _validate
 from daemon.core.jobs.formats import DeployJobFile, ExportJobFile, ManagementJobFile, TrainerJobFile
 from daemon.core.jobs.params import DeployParams, ExportParams, TrainParams, _DeployFields, _ExportFields
+from daemon.core.jobs.secrets import secret_ref
 from daemon.core.jobs.spec import _SWIFT_COMMAND, JobSpec, RlhfType, Task, Tuner
 from daemon.core.jobs.swift_block import (
     _DEPLOY_LIFTABLE,
@@ -299,11 +301,52 @@ def _build_deploy(f: DeployJobFile, c: _Ctx) -> JobSpec | None:
     lifted, extras = _swift_block(f.swift, "deploy", _DEPLOY_LIFTABLE, c)
     values = _given(f, _DeployFields.model_fields, c)
     _merge_lifted(values, lifted, DeployParams.model_fields, c)
+    if f.api_key is not None:
+        _deploy_api_key(f.api_key, c)
+    params = _validate(DeployParams, values, c)
+    if params is not None and params.host is not None and not _loopback(params.host):
+        _check_public_deploy(params.host, c)
     core = {
         "dialect": "deploy",
         "task": "deploy",
         "model": f.model,
         "adapters": f.adapters,
-        "deploy": _validate(DeployParams, values, c),
+        "deploy": params,
     }
     return _assemble(f, c, core, lifted, extras)
+
+
+def _deploy_api_key(value: object, c: _Ctx) -> None:
+    ref, problem = secret_ref("api_key", value, c.policy.secret_env, c.policy.secret_files)
+    if problem is not None:
+        c.add("api_key", *problem)
+    elif "api_key" in c.secrets:
+        c.add("api_key", "the api_key is given twice: at the top and under swift:", "keep one")
+    elif ref is not None:
+        c.secrets["api_key"] = ref
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_public_deploy(host: str, c: _Ctx) -> None:
+    """A server on another address than loopback answers whoever reaches it: the operator must
+    allow that, and clients must present a key, as the daemon's own API demands a token."""
+    missing = [
+        *(["[swift] allow_public_deploy is false"] if not c.policy.allow_public_deploy else []),
+        *(["the job gives no api_key"] if "api_key" not in c.secrets else []),
+    ]
+    if missing:
+        c.add(
+            c.key("host"),
+            f"host {host!r} is not a loopback address: serving beyond this machine needs an api_key "
+            "by reference (api_key: {env: NAME} or {file: /path}) and [swift] allow_public_deploy = "
+            f"true in llmtraind.toml; {' and '.join(missing)}",
+            "remove host to serve on 127.0.0.1",
+        )

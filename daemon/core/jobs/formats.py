@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 from daemon.core.jobs.fields import (
     _NAME_HINT,
@@ -119,10 +119,35 @@ class ExportJobFile(_CommonKeys, _ExportFields):
     dataset: _Datasets | None = Field(None, description="Calibration data for awq/gptq.")
 
 
+_SECRET_REF_SCHEMA = WithJsonSchema(
+    {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {"env": {"type": "string"}},
+                "required": ["env"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"file": {"type": "string"}},
+                "required": ["file"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+)
+
+
 class DeployJobFile(_CommonKeys, _DeployFields):
     """Serve a model with `swift deploy` (OpenAI-compatible API)."""
 
     task_type: Literal["deploy"]
+    api_key: Annotated[Any, _SECRET_REF_SCHEMA] = Field(
+        None,
+        description="The key clients must send (--api_key), by reference: {env: NAME} (listed in "
+        "[swift] secret_env) or {file: /path} (under [swift] secret_files); never the key itself.",
+    )
     model: _ModelSource | None = Field(None, description="@JOB (merged or full model), directory or hub id.")
     adapters: _ModelSource | None = Field(None, description="@JOB (its final checkpoint) or a directory.")
 

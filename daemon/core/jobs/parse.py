@@ -25,6 +25,7 @@ from daemon.core.jobs.formats import (
     _suggest,
 )
 from daemon.core.jobs.problems import Report, show
+from daemon.core.jobs.secrets import is_secret_name
 from daemon.core.jobs.spec import ControlRequest, JobSpec
 from daemon.core.jobs.trust import CodePolicy
 
@@ -79,6 +80,14 @@ def _check_keys(doc: Mapping[str, Any], dialect: str, why: str, report: Report) 
                 f"`{key}` belongs to {_LABELS[owners[0]]}, but this file is {_LABELS[dialect]} "
                 f"because {why}; the formats cannot be mixed",
                 hint or "write the file in one format",
+            )
+        elif is_secret_name(key):
+            report.add(
+                key,
+                f"`{key}` is a secret and its value must not be written in a job file: "
+                "the event log and the API show every job's keys",
+                f"give it under swift: by reference, `{key}: {{env: NAME}}` (NAME listed in [swift] "
+                "secret_env) or `{file: /path}` (under [swift] secret_files)",
             )
         else:
             report.add(key, f"unknown key `{key}`", hint)

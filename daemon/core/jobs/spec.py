@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from daemon.core.jobs.params import DeployParams, ExportParams, TrainParams
+from daemon.core.jobs.secrets import SecretRef
 from daemon.core.jobs.values import DatasetRef, ModelRef, _Frozen
 
 __all__ = [
@@ -76,6 +77,9 @@ class JobSpec(_Frozen):
     retries: int = 0
     swift_args: dict[str, SwiftValue] = Field(default_factory=dict)
     """Extra swift arguments (underscore names) from the file's `swift:` block."""
+    secrets: dict[str, SecretRef] = Field(default_factory=dict)
+    """Secret swift arguments (api_key, swanlab_token, ...) by reference; the value is read only
+    when the run starts, so neither the log nor the API ever holds it."""
     notes: tuple[str, ...] = ()
     """What was accepted but not applied, and why."""
 

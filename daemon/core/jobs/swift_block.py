@@ -17,6 +17,7 @@ from daemon.core.jobs.context import _Ctx
 from daemon.core.jobs.formats import _suggest
 from daemon.core.jobs.params import DeployParams, ExportParams, TrainParams
 from daemon.core.jobs.problems import show
+from daemon.core.jobs.secrets import is_secret_name, secret_ref
 from daemon.core.jobs.spec import JobSpec, SwiftScalar, SwiftValue
 from daemon.core.jobs.trust import path_refusal, refusals
 
@@ -28,7 +29,6 @@ _DAEMON_OWNED = {
     "ignore_args_error": "unknown swift arguments must stay errors",
     "check_model": "set from [swift] offline in llmtraind.toml",
     "use_hf": "set from [swift] offline in llmtraind.toml",
-    "hub_token": "put tokens in the daemon's environment, never in a job file",
     "resume_from_checkpoint": "the daemon resumes retried runs itself",
 }
 _JOB_KEYS = {
@@ -90,6 +90,9 @@ def _swift_block(
     extras: dict[str, SwiftValue] = {}
     for key, value in (raw or {}).items():
         plain = key.replace("-", "_")
+        if is_secret_name(plain) and plain not in _DAEMON_OWNED:
+            _swift_secret(key, value, command, c)
+            continue
         refused = [] if plain in liftable else refusals(f"swift.{key}", plain, value, c.policy)
         for problem in refused:
             c.add(f"swift.{key}", problem)
@@ -111,6 +114,22 @@ def _swift_block(
                 "use a string, number, true/false, a list of those, or a mapping (passed as JSON)",
             )
     return lifted, extras
+
+
+def _swift_secret(key: str, value: object, command: str, c: _Ctx) -> None:
+    """A secret argument is kept by reference (`c.secrets`), never as a value."""
+    where = f"swift.{key}"
+    ref, problem = secret_ref(key, value, c.policy.secret_env, c.policy.secret_files)
+    if problem is not None:
+        c.add(where, *problem)
+        return
+    name = _swift_name(key, command, c)
+    if name is None or ref is None:
+        return
+    if name in c.secrets:
+        c.add(where, f"`{name}` is given twice", "keep one spelling")
+    else:
+        c.secrets[name] = ref
 
 
 def _merge_lifted(values: dict[str, Any], lifted: _Lifted, names: Iterable[str], c: _Ctx) -> None:

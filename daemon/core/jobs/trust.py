@@ -139,6 +139,12 @@ class CodePolicy:
     allow_code: bool = False
     allowed_paths: tuple[str, ...] = ()
     """Absolute folders, as the config resolved them."""
+    secret_env: tuple[str, ...] = ()
+    """Environment variables of the daemon a job may name as a secret (`{env: NAME}`)."""
+    secret_files: tuple[str, ...] = ()
+    """Absolute folders whose files a job may name as a secret (`{file: /path}`)."""
+    allow_public_deploy: bool = False
+    """Whether a deploy job may bind an address other than loopback (it also needs an api_key)."""
 
 
 def code_refusal(where: str, why: str) -> str:
