@@ -217,6 +217,9 @@ class JobStarted(_Event):
     """What the run's environment adds to or changes in the daemon's."""
     unset_env: list[str] = []
     """What it removes from the daemon's."""
+    secrets: dict[str, str] = {}
+    """Variable of the run's environment -> the secret's reference (`env:NAME`, `file:/path`), read
+    only when the run starts; a `${VAR}` in argv is replaced by its value then. Never the value."""
     command: str
     """argv and env as one shell line, for people."""
     run_dir: str

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from daemon.log.sqlite import (
     row_to_recorded,
 )
 
-__all__ = ["EventStore"]
+__all__ = ["EventStore", "private_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,26 @@ FULL_CHECK_MAX_BYTES = 256 * 1024 * 1024
 
 T = TypeVar("T")
 Listener = Callable[[list[Recorded]], None]
+
+
+def private_dirs(folder: Path) -> None:
+    """Create `folder` and its missing parents owner-only (0700), whatever the umask: the state
+    folder holds the log, whose jobs, commands and errors are for the daemon's user and those the
+    API lets in, not for every account on the machine."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        path.chmod(0o700)
+
+
+def _private_files(path: Path) -> None:
+    """The log and its -wal and -shm are the owner's only (0600). SQLite gives a -wal or -shm it
+    creates the log's own mode, so once the log is 0600 they follow."""
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if name.stat().st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 class EventStore:
@@ -79,7 +100,7 @@ class EventStore:
         return store
 
     def _open_sync(self, full_check: bool | None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.path.parent)
         if full_check is None:
             full_check = not self.path.exists() or self.path.stat().st_size <= FULL_CHECK_MAX_BYTES
         try:
@@ -95,6 +116,7 @@ class EventStore:
         except LogDamaged as e:
             conn.close()
             raise LogDamaged(f"{self.path}: {e}") from None
+        _private_files(self.path)
         self._conn = conn
         self.last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 

@@ -281,6 +281,7 @@ def _start(
         argv=list(command.argv),
         env=dict(command.env),
         unset_env=list(command.unset_env),
+        secrets=dict(command.secrets),
         command=command.render(),
         run_dir=str(paths.run_dir),
         output_dir=str(paths.output_dir),

@@ -27,9 +27,11 @@ from pathlib import Path
 
 from daemon.core.deployment import serves
 from daemon.core.events import JobStarted, NewEvent, RunStarted
+from daemon.core.jobs.secrets import ARG_VAR_PREFIX
 from daemon.core.streams import run_key
 from daemon.runs import supervise
 from daemon.runs.outcome import RunEnd
+from daemon.runs.secrets import SecretError, resolve_secrets
 from daemon.runs.supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
 from daemon.runs.watch import Watch, collect, observe, read_json
 
@@ -63,6 +65,16 @@ class Adoptable:
     """The last train step recorded, so that no metrics record is kept twice."""
     serves: bool = False
     """A deploy run: the daemon watches for its server to answer."""
+
+
+def _private_dirs(folder: Path) -> None:
+    """Make `folder` and its missing parents owner-only (0700), whatever the umask: a run's folder
+    holds its args.json, in which swift writes every argument, secrets included."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        path.chmod(0o700)
 
 
 class Runner:
@@ -177,7 +189,11 @@ class Runner:
         header = f"\n==> llmtraind: job {w.job_id} attempt {w.attempt}: {started.command}\n"
         w.log_offset = await asyncio.to_thread(self._prepare, w, started, header, self.grace_s)
         env = {k: v for k, v in os.environ.items() if k not in {*started.unset_env, *_UNSET_FOR_RUNS}}
-        log_fd = os.open(w.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            secrets = await asyncio.to_thread(resolve_secrets, started.secrets, os.environ)
+        except SecretError as e:
+            return str(e)
+        log_fd = os.open(w.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.python,
@@ -188,7 +204,7 @@ class Runner:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                env=env | started.env,
+                env=env | started.env | secrets,
                 start_new_session=True,
                 cwd=w.run_dir,
             )
@@ -210,12 +226,13 @@ class Runner:
     @staticmethod
     def _prepare(w: Watch, started: JobStarted, header: str, grace_s: float) -> int:
         """Make the run's folders and its run.json; the log's size before the attempt's header."""
-        w.run_dir.mkdir(parents=True, exist_ok=True)
-        w.output_dir.mkdir(parents=True, exist_ok=True)
-        w.log.parent.mkdir(parents=True, exist_ok=True)
-        spec = {"argv": started.argv, "log": str(w.log), "timeout_s": started.timeout_s}
+        for folder in (w.run_dir, w.output_dir, w.log.parent):
+            _private_dirs(folder)
+        expand = sorted(var for var in started.secrets if var.startswith(ARG_VAR_PREFIX))
+        spec = {"argv": started.argv, "log": str(w.log), "timeout_s": started.timeout_s, "expand": expand}
         (w.run_dir / RUN_FILE).write_text(json.dumps(spec | {"grace_s": grace_s}))
-        with open(w.log, "ab") as f:
+        fd = os.open(w.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as f:
             offset = f.tell()
             f.write(header.encode())
         return offset

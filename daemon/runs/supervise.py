@@ -33,7 +33,10 @@ from typing import Any
 __all__ = ["BOOT_ID_ENV", "EXIT_FILE", "RUN_FILE", "SUPERVISOR_FILE", "boot_id", "main", "proc_start_ticks"]
 
 RUN_FILE = "run.json"
-"""Written by the daemon: {"argv": [...], "log": path, "timeout_s": float|null, "grace_s": float}."""
+"""Written by the daemon: {"argv": [...], "log": path, "timeout_s": float|null, "grace_s": float,
+"expand": [VAR, ...]}: each argv item `${VAR}` is replaced by the value of VAR in this process's
+environment, which the daemon put there (a secret, which must not stand in run.json or the log),
+and VAR is removed from swift's environment."""
 SUPERVISOR_FILE = "supervisor.json"
 """Written here once swift runs: {"pid", "start_ticks", "boot_id", "child_pid", "sid"}."""
 EXIT_FILE = "exit.json"
@@ -95,6 +98,7 @@ class _Run:
     def __init__(self, run_dir: Path, spec: dict[str, Any]) -> None:
         self.run_dir = run_dir
         self.argv: list[str] = spec["argv"]
+        self.expand: list[str] = spec.get("expand", [])
         self.log = Path(spec["log"])
         self.timeout_s: float | None = spec.get("timeout_s")
         self.grace_s: float = spec.get("grace_s", 30.0)
@@ -103,10 +107,12 @@ class _Run:
 
     def start(self) -> subprocess.Popen[bytes]:
         libc = ctypes.CDLL(None, use_errno=True)
-        log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        values = {f"${{{var}}}": os.environ.pop(var, "") for var in self.expand}
+        argv = [values.get(arg, arg) for arg in self.argv]
+        log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             return subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,

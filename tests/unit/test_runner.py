@@ -548,3 +548,74 @@ def test_read_tail_keeps_the_last_lines_only(tmp_path: Path) -> None:
 
 def test_read_tail_of_a_missing_log_is_empty(tmp_path: Path) -> None:
     assert read_tail(tmp_path / "none", 0) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets and modes
+
+SEES = """\
+import json, os, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+seen = {"argv": sys.argv[2:], "env": {k: os.environ.get(k) for k in ("SWANLAB_API_KEY", "LLMTRAIND_SECRET_API_KEY")}}
+(out / "seen.json").write_text(json.dumps(seen))
+print("seen", flush=True)
+"""
+"""A swift that writes down the arguments and secret variables it was given."""
+
+
+async def test_secrets_are_read_at_start_and_reach_swift_only(
+    runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_DEPLOY_KEY", "deploy-value-1234")
+    key_file = tmp_path / "swanlab.key"
+    key_file.write_text("swanlab-value-5678\n")
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, SEES, tail=("--api_key", "${LLMTRAIND_SECRET_API_KEY}"))
+    started = started.model_copy(
+        update={
+            "secrets": {
+                "LLMTRAIND_SECRET_API_KEY": "env:MY_DEPLOY_KEY",
+                "SWANLAB_API_KEY": f"file:{key_file}",
+            }
+        }
+    )
+    await runner.launch(started)
+    end = await rec.end(1)
+    assert (end.returncode, end.error) == (0, None), end.log_tail
+    seen = json.loads((Path(started.output_dir) / "seen.json").read_text())
+    assert seen["argv"] == ["--api_key", "deploy-value-1234"]
+    assert seen["env"] == {"SWANLAB_API_KEY": "swanlab-value-5678", "LLMTRAIND_SECRET_API_KEY": None}
+    written = (Path(started.run_dir) / "run.json").read_text() + Path(started.log).read_text()
+    written += json.dumps([e.event.model_dump(mode="json") for _, e in rec.events])
+    assert "deploy-value" not in written and "swanlab-value" not in written
+
+
+async def test_a_secret_that_cannot_be_read_ends_the_run_naming_the_reference(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, SEES).model_copy(
+        update={"secrets": {"SWANLAB_API_KEY": "env:LLMTRAIND_TEST_NO_SUCH_VARIABLE"}}
+    )
+    await runner.launch(started)
+    end = await rec.end(1)
+    assert end.error == (
+        "the secret env:LLMTRAIND_TEST_NO_SUCH_VARIABLE: the daemon's environment has no "
+        "LLMTRAIND_TEST_NO_SUCH_VARIABLE"
+    )
+    assert rec.of(RunStarted, 1) == [], "swift never ran"
+
+
+async def test_a_runs_folders_and_log_are_owner_only(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    started = runs.started(1, TRAINS)
+    old = os.umask(0o022)
+    try:
+        await runner.launch(started)
+        await rec.end(1)
+    finally:
+        os.umask(old)
+    for folder in (runs.root / "runs", runs.root / "runs" / "1", Path(started.run_dir), runs.root / "logs"):
+        assert folder.stat().st_mode & 0o077 == 0, folder
+    assert Path(started.log).stat().st_mode & 0o077 == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.app import StateLock
 from daemon.core.events import DaemonStarted, DaemonStopped, NewEvent, Recorded
 from daemon.core.streams import Append
 from daemon.log.errors import ConcurrencyConflict, LogDamaged, StoreUnavailable
@@ -246,4 +248,39 @@ async def test_daemon_started_round_trips(tmp_path: Path) -> None:
     ev = DaemonStarted(version="1", config_digest="d", host="h", pid=1, boot_id="b")
     await store.append("daemon", [NewEvent(ev)])
     assert (await store.read())[0].event == ev
+    await store.close()
+
+
+async def test_a_fresh_state_folder_is_owner_only(tmp_path: Path) -> None:
+    """The log holds every job's keys and commands: no other account may read it, whatever the umask."""
+
+    state = tmp_path / "new" / "state"
+    old = os.umask(0o022)
+    try:
+        with StateLock(state / "llmtraind.lock"):
+            store = await EventStore.open(state / "llmtraind.sqlite3")
+            await store.append("s1", [NewEvent(stopped(1))])
+            made = [state.parent, state, *state.iterdir()]
+            assert {p.name for p in made} >= {
+                "llmtraind.lock",
+                "llmtraind.sqlite3",
+                "llmtraind.sqlite3-wal",
+                "llmtraind.sqlite3-shm",
+            }
+            modes = {p.name: oct(p.stat().st_mode & 0o777) for p in made}
+            await store.close()
+    finally:
+        os.umask(old)
+    assert all(int(mode, 8) & 0o077 == 0 for mode in modes.values()), modes
+
+
+async def test_an_existing_world_readable_log_is_made_owner_only(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    store = await EventStore.open(db)
+    await store.close()
+    db.chmod(0o644)
+    store = await EventStore.open(db)
+    await store.append("s1", [NewEvent(stopped(1))])
+    for path in (db, db.with_name("log.db-wal"), db.with_name("log.db-shm")):
+        assert path.stat().st_mode & 0o077 == 0, path
     await store.close()

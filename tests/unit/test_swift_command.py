@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.core.jobs import JobSpec, parse_job_file
+from daemon.core.jobs import CodePolicy, JobSpec, parse_job_file
 from daemon.core.swift_args import bundled
 from daemon.runs.swift.command import CommandError, RunInputs, SwiftCommand, build_command, format_value
 from tests.seeds import SEED_LORA, SEED_PRETRAIN, SEED_RL, SEED_SFT, SEED_TRAINER_JSON
@@ -43,8 +43,8 @@ SEED_TRAINER_FLAGS = (
 ).split()
 
 
-def parse(text: str, filename: str = "job.yaml") -> JobSpec:
-    spec = parse_job_file(text.encode(), filename, max_bytes=1 << 20, swift_args=SWIFT)
+def parse(text: str, filename: str = "job.yaml", policy: CodePolicy | None = None) -> JobSpec:
+    spec = parse_job_file(text.encode(), filename, max_bytes=1 << 20, swift_args=SWIFT, policy=policy)
     assert isinstance(spec, JobSpec)
     return spec
 
@@ -391,9 +391,30 @@ def test_deploy() -> None:
     assert_known_flags(command)
 
 
+PUBLIC = CodePolicy(secret_env=("DEPLOY_KEY",), secret_files=("/etc/keys",), allow_public_deploy=True)
+
+
 def test_deploy_host_from_the_job() -> None:
-    command = build("task_type: deploy\nmodel: /m\nhost: 0.0.0.0\n")
+    spec = parse("task_type: deploy\nmodel: /m\nhost: 0.0.0.0\napi_key: {env: DEPLOY_KEY}\n", policy=PUBLIC)
+    command = build_command(spec, inputs())
     assert command.argv[command.argv.index("--host") + 1] == "0.0.0.0"
+
+
+def test_secrets_are_references_in_the_command() -> None:
+    deploy = build_command(
+        parse("task_type: deploy\nmodel: /m\napi_key: {env: DEPLOY_KEY}\n", policy=PUBLIC), inputs()
+    )
+    assert deploy.argv[deploy.argv.index("--api_key") + 1] == "${LLMTRAIND_SECRET_API_KEY}"
+    assert deploy.secrets == {"LLMTRAIND_SECRET_API_KEY": "env:DEPLOY_KEY"}
+    assert "--api_key '<secret env:DEPLOY_KEY>'" in deploy.render()
+    assert "LLMTRAIND_SECRET" not in deploy.render()
+    assert_known_flags(deploy)
+    text = "task_type: sft\nmodel_name: /m\ndataset: d\nswift: {swanlab_token: {file: /etc/keys/swanlab}}\n"
+    sft = build_command(parse(text, policy=PUBLIC), inputs(datasets=data("d")))
+    assert "--swanlab_token" not in sft.argv, "swanlab reads SWANLAB_API_KEY: never on argv"
+    assert sft.secrets == {"SWANLAB_API_KEY": "file:/etc/keys/swanlab"}
+    assert "SWANLAB_API_KEY" not in sft.env
+    assert "SWANLAB_API_KEY='<secret file:/etc/keys/swanlab>'" in sft.render()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ Decisions (from `reference/swift-cpu.md` and `reference/swift-cli.md`, measured 
   directory for its log. A retry needs a fresh run directory, as every run does.
 * `swift deploy` binds 127.0.0.1 unless the job names a host (swift's own default is every
   interface).
+* Secrets (`spec.secrets`) are references, resolved by the runner when the run starts: one that
+  swift also reads from the environment goes there (`ENV_ARGS`); any other is the placeholder
+  `${LLMTRAIND_SECRET_<NAME>}` in argv, which the run's supervisor replaces. The command shown and
+  recorded holds the reference, never the value.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ import math
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.core.jobs import DatasetRef, JobSpec, ModelRef, TrainParams
+from daemon.core.jobs.secrets import ARG_VAR_PREFIX, ENV_ARGS
 
 __all__ = ["EXPORT_DIR", "CommandError", "RunInputs", "SwiftCommand", "build_command", "format_value"]
 
@@ -122,6 +127,9 @@ class SwiftCommand:
     """Variables to add or override in the daemon's environment."""
     unset_env: tuple[str, ...] = ()
     """Variables to remove from the daemon's environment."""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    """Variable -> the reference (`env:NAME`, `file:/path`) whose value the runner puts there when
+    the run starts; a `${VAR}` in argv stands for that value."""
 
     def environ(self, base: Mapping[str, str]) -> dict[str, str]:
         """The child's full environment, given the daemon's (`os.environ`)."""
@@ -134,9 +142,14 @@ class SwiftCommand:
         return tuple(arg[2:].partition("=")[0] for arg in self.argv[start:] if arg.startswith("--"))
 
     def render(self) -> str:
-        """The command as one shell line, for people (API, logs); the daemon never runs it so."""
-        assignments = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
-        return " ".join([*assignments, shlex.join(self.argv)])
+        """The command as one shell line, for people (API, logs); the daemon never runs it so.
+        A secret shows as its reference, `<secret env:NAME>`."""
+        shown = {f"${{{var}}}": f"<secret {ref}>" for var, ref in self.secrets.items()}
+        env = self.env | {
+            var: f"<secret {ref}>" for var, ref in self.secrets.items() if not var.startswith(ARG_VAR_PREFIX)
+        }
+        assignments = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+        return " ".join([*assignments, shlex.join(shown.get(arg, arg) for arg in self.argv)])
 
 
 def build_command(spec: JobSpec, inputs: RunInputs) -> SwiftCommand:
@@ -154,6 +167,7 @@ def build_command(spec: JobSpec, inputs: RunInputs) -> SwiftCommand:
         _deploy_flags(spec, inputs, flags)
     for name, value in spec.swift_args.items():
         flags.replace(name, value)
+    secrets = _secrets(spec, flags)
     gpus = len(inputs.gpu_uuids)
     distributed = command in _TRAINING and gpus > 1
     launcher = (
@@ -169,7 +183,21 @@ def build_command(spec: JobSpec, inputs: RunInputs) -> SwiftCommand:
         else []
     )
     argv = (inputs.python, *launcher, "-m", f"swift.cli.{command}", *flags.argv())
-    return SwiftCommand(argv=argv, env=_environment(inputs, distributed), unset_env=_unset(distributed))
+    return SwiftCommand(
+        argv=argv, env=_environment(inputs, distributed), unset_env=_unset(distributed), secrets=secrets
+    )
+
+
+def _secrets(spec: JobSpec, flags: _Flags) -> dict[str, str]:
+    """Where each secret goes: its environment variable, or a placeholder flag."""
+    secrets: dict[str, str] = {}
+    for name, ref in spec.secrets.items():
+        var = ENV_ARGS.get(name)
+        if var is None:
+            var = ARG_VAR_PREFIX + name.upper()
+            flags.replace(name, f"${{{var}}}")
+        secrets[var] = ref.text()
+    return secrets
 
 
 def format_value(value: object) -> str:
