@@ -26,6 +26,7 @@ from daemon.core.events import ConfigReloaded, DaemonStarted, DaemonStopped, Gpu
 from daemon.core.state import State
 from daemon.core.streams import DAEMON_STREAM
 from daemon.http.api import ReadSide, make_app
+from daemon.http.guard import ConnectionGuard, GuardedSite, connection_cap
 from daemon.http.sse import SseSettings
 from daemon.intake.inbox import Inbox
 from daemon.intake.validate import local_swift_args
@@ -117,14 +118,26 @@ def _write_endpoint(cfg: Config, url: str) -> Path:
 
 
 async def _start_api(cfg: Config, side: ReadSide) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(make_app(side), handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    """The API behind a cap on open connections and a deadline for each request's headers (aiohttp's
+    keep-alive timeout covers the wait for every request after a connection's first)."""
+    runner = web.AppRunner(
+        make_app(side),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=2.0,
+        keepalive_timeout=cfg.api.header_timeout_s,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, cfg.api.host, cfg.api.port, reuse_address=True)
+    assert runner.server is not None
+    guard = ConnectionGuard(
+        runner.server,
+        connection_cap(cfg.api.max_connections),
+        cfg.api.header_timeout_s,
+        loop=asyncio.get_running_loop(),
+    )
+    site = GuardedSite(runner, guard, cfg.api.host, cfg.api.port)
     await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else cfg.api.port
-    return runner, f"http://{cfg.api.host}:{port}"
+    return runner, f"http://{cfg.api.host}:{site.port}"
 
 
 async def _watchdog_loop(notifier: Notifier, interval: float, healthy: Callable[[], bool]) -> None:

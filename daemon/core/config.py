@@ -57,6 +57,13 @@ class ApiConfig(_Section):
     the client reconnects with Last-Event-ID and loses nothing."""
     sse_max_streams: int = Field(default=1024, ge=1)
     """Open SSE streams at most (each holds a socket); one more is answered 503."""
+    max_connections: int = Field(default=2048, ge=1)
+    """Open connections at most, with a token or without (each holds a file descriptor); one more
+    is answered 503 and closed. Lowered at start to what the open-file limit leaves for the log,
+    intake and runs (the limit minus 512, or half of it if smaller)."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection that has not sent a request's headers this long after it opened, or after its
+    previous answer, is closed: slow or silent clients cannot hold connections (slowloris)."""
 
 
 class GpusConfig(_Section):
