@@ -90,5 +90,5 @@ def test_secrets_reach_the_run_and_only_references_are_recorded(daemon: Daemon, 
     on_disk += d.log().encode()
     assert DEPLOY_VALUE.encode() not in on_disk and SWANLAB_VALUE.encode() not in on_disk
     assert LITERAL_VALUE.encode() not in on_disk
-    for path in (d.state, *d.state.glob("llmtraind.*")):
-        assert path.stat().st_mode & 0o077 == 0, path
+    for private in (d.state, *d.state.glob("llmtraind.*")):
+        assert private.stat().st_mode & 0o077 == 0, private
