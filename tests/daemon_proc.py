@@ -105,12 +105,12 @@ class Daemon:
             env=_env(self.env),
         )
 
-    def start(self, wait: bool = True) -> Daemon:
+    def start(self, wait: bool = True, *serve_args: str) -> Daemon:
         endpoint = self.state / "daemon.json"
         endpoint.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "serve", "--config", str(self.config)],
+                [sys.executable, "-m", "daemon", "serve", "--config", str(self.config), *serve_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_env(self.env),
