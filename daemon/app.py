@@ -30,7 +30,7 @@ from daemon.http.guard import ConnectionGuard, GuardedSite, connection_cap
 from daemon.http.sse import SseSettings
 from daemon.intake.inbox import Inbox
 from daemon.intake.validate import local_swift_args
-from daemon.log.errors import LogDamaged, StoreError
+from daemon.log.errors import LogDamaged, LogMismatch, StoreError
 from daemon.log.projector import Projector
 from daemon.log.store import EventStore, private_dirs
 from daemon.runs.gpus import make_probe
@@ -97,6 +97,8 @@ def _check_bind(cfg: Config) -> None:
 
 
 async def _health_loop(store: EventStore, interval: float) -> None:
+    """Notices a write lock held elsewhere and a log file or state folder deleted or replaced under
+    the daemon (the store then refuses appends, so intake and scheduling stop taking work)."""
     while True:
         await asyncio.sleep(interval)
         was = store.healthy
@@ -205,13 +207,17 @@ async def _part(name: str) -> AsyncIterator[None]:
         raise StartupFailed(f"{name} did not start: {e}") from e
 
 
-async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier: Notifier) -> None:
+async def _run(
+    cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier: Notifier, new_log: bool = False
+) -> None:
     """Start the parts in order, each registered to stop when it has started, so a part that fails
     to start stops those already running, in reverse order, and so does a signal."""
     async with contextlib.AsyncExitStack() as parts:
         check = {"auto": None, "full": True, "quick": False}[cfg.store.startup_check]
         async with _part(f"the event log ({cfg.db_path})"):
-            store = await EventStore.open(cfg.db_path, cfg.store.busy_timeout_ms, full_check=check)
+            store = await EventStore.open(
+                cfg.db_path, cfg.store.busy_timeout_ms, full_check=check, new_log=new_log
+            )
         parts.push_async_callback(store.close)
         async with _part(f"the event log ({cfg.db_path})"):
             projector = await Projector.start(store, cfg.store.snapshot_every)
@@ -301,8 +307,9 @@ async def _run(cfg: Config, stop: asyncio.Event, reload: asyncio.Event, notifier
         log.info("stopping")
 
 
-async def serve(cfg: Config) -> int:
-    """Run until SIGTERM or SIGINT; the exit code says how it ended."""
+async def serve(cfg: Config, *, new_log: bool = False) -> int:
+    """Run until SIGTERM or SIGINT; the exit code says how it ended. `new_log` accepts an event log
+    that is not the state folder's (a deliberate fresh start beside an earlier history)."""
     _check_bind(cfg)
     loop = asyncio.get_running_loop()
     stop, reload = asyncio.Event(), asyncio.Event()
@@ -315,7 +322,7 @@ async def serve(cfg: Config) -> int:
     notifier = Notifier()
     try:
         with StateLock(cfg.lock_path):
-            main = asyncio.create_task(_run(cfg, stop, reload, notifier))
+            main = asyncio.create_task(_run(cfg, stop, reload, notifier, new_log))
             await stop_within(main, stop, cfg.daemon.stop_timeout_s)
     except AlreadyRunning as e:
         log.error("%s", e)
@@ -323,6 +330,9 @@ async def serve(cfg: Config) -> int:
     except StartupFailed as e:
         log.error("llmtraind cannot run: %s", e)
         return 1
+    except LogMismatch as e:
+        log.error("refusing to start: %s", e)
+        return 2
     except LogDamaged as e:
         log.error(
             "refusing to start: the event log is damaged: %s; nothing was repaired or truncated: "

@@ -33,7 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     setup_logging(cfg.daemon.log_level)
-    return asyncio.run(serve(cfg))
+    return asyncio.run(serve(cfg, new_log=args.new_log))
 
 
 def _cmd_unit(args: argparse.Namespace) -> int:
@@ -297,9 +297,14 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground").set_defaults(
-        fn=_cmd_serve
+    serve = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    serve.add_argument(
+        "--new-log",
+        action="store_true",
+        help="accept a missing, empty or replaced event log beside an earlier history's runs/ and "
+        "blobs/ (which stay where they are) and record its id: a deliberate fresh start",
     )
+    serve.set_defaults(fn=_cmd_serve)
     replay = sub.add_parser("replay", parents=[common], help="print the state folded from the log (offline)")
     replay.add_argument("--at", type=int, default=None, metavar="SEQ", help="fold only up to this seq")
     replay.set_defaults(fn=_cmd_replay)

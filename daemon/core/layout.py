@@ -30,21 +30,47 @@ class InboxLayout:
 @dataclass(frozen=True, slots=True)
 class StateLayout:
     root: Path
+    log_id: str = ""
+    """The id of the event log this folder belongs to (state/log-id); its first 8 characters name
+    each job's run folder, so a new log's job 1 never writes into an old log's job 1."""
+
+    @property
+    def log_id_file(self) -> Path:
+        return self.root / "log-id"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    def _job_name(self, job_id: int) -> str:
+        return f"{self.log_id[:8]}-{job_id}" if self.log_id else str(job_id)
+
+    def job_runs(self, job_id: int) -> Path:
+        """The folder of every attempt of one job: `runs/<log id prefix>-<job>` (`runs/<job>` for a
+        layout made without a log id, as the readers of blobs make it)."""
+        return self.runs / self._job_name(job_id)
+
+    def job_log(self, job_id: int) -> Path:
+        return self.root / "logs" / f"{self._job_name(job_id)}.log"
 
     @property
     def originals(self) -> Path:
         """Every accepted file's bytes, named by their sha256."""
-        return self.root / "blobs" / "sha256"
+        return self.blobs / "sha256"
 
     @property
     def converted(self) -> Path:
         """Each dataset in the JSONL form ms-swift reads, named by the original's sha256."""
-        return self.root / "blobs" / "converted"
+        return self.blobs / "converted"
 
     @property
     def scratch(self) -> Path:
         """Files being written (emptied at start-up): renamed into place only once complete."""
-        return self.root / "blobs" / "tmp"
+        return self.blobs / "tmp"
 
     def original(self, sha256: str) -> Path:
         return self.originals / sha256

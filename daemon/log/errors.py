@@ -3,7 +3,7 @@ from one that is only unavailable now (retry) by these classes, wherever they we
 
 from __future__ import annotations
 
-__all__ = ["ConcurrencyConflict", "LogDamaged", "StoreError", "StoreUnavailable"]
+__all__ = ["ConcurrencyConflict", "LogDamaged", "LogMismatch", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
@@ -22,3 +22,8 @@ class StoreUnavailable(StoreError):
 
 class LogDamaged(StoreError):
     """The database fails its integrity checks; the daemon must not run on it."""
+
+
+class LogMismatch(LogDamaged):
+    """The log is not the one the state folder's runs and blobs were recorded in (missing, emptied,
+    or replaced): a fresh history there would reuse job ids whose folders and artifacts exist."""

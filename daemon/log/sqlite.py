@@ -32,7 +32,9 @@ __all__ = [
     "latest_snapshot",
     "open_readonly",
     "prepare",
+    "read_log_id",
     "row_to_recorded",
+    "write_log_id",
 ]
 
 DB_SCHEMA = 1
@@ -57,6 +59,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     schema INTEGER NOT NULL,
     ts     REAL    NOT NULL,
     state  TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 SELECT_AFTER = (
@@ -115,6 +121,18 @@ def prepare(conn: sqlite3.Connection) -> None:
         raise LogDamaged(f"database schema {version} is newer than this llmtraind ({DB_SCHEMA})")
     conn.executescript(_DDL)
     conn.execute(f"PRAGMA user_version = {DB_SCHEMA}")
+
+
+def read_log_id(conn: sqlite3.Connection) -> str | None:
+    """The id this log was given when it was created (None for a log from before ids, or a new one)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+    return str(row[0]) if row else None
+
+
+def write_log_id(conn: sqlite3.Connection, log_id: str) -> None:
+    """Give the log its id (the state folder's run folders and its log-id file name it): once per
+    history, so a new one where an old one was emptied gets a new id too."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('log_id', ?)", (log_id,))
 
 
 def check_log(conn: sqlite3.Connection, *, full: bool = True) -> None:

@@ -25,8 +25,10 @@ from typing import TypeVar
 import aiosqlite
 
 from daemon.core.events import NewEvent, Recorded
+from daemon.core.layout import StateLayout
 from daemon.core.streams import Append
 from daemon.log.errors import ConcurrencyConflict, LogDamaged, StoreError, StoreUnavailable
+from daemon.log.identity import Found, check_before_open, settle
 from daemon.log.sqlite import (
     SELECT_AFTER,
     SELECT_KEYS,
@@ -59,6 +61,11 @@ def private_dirs(folder: Path) -> None:
         path.chmod(0o700)
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
 def _private_files(path: Path) -> None:
     """The log and its -wal and -shm are the owner's only (0600). SQLite gives a -wal or -shm it
     creates the log's own mode, so once the log is 0600 they follow."""
@@ -81,17 +88,27 @@ class EventStore:
         self.last_seq = 0
         self.healthy = True
         self.last_error = ""
+        self.log_id = ""
+        self._opened: tuple[tuple[int, int], tuple[int, int]] | None = None
+        """(st_dev, st_ino) of the log file and of its folder as opened."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @classmethod
     async def open(
-        cls, path: Path, busy_timeout_ms: int = 5000, *, full_check: bool | None = None
+        cls,
+        path: Path,
+        busy_timeout_ms: int = 5000,
+        *,
+        full_check: bool | None = None,
+        new_log: bool = False,
     ) -> EventStore:
-        """Open (creating if needed) and check the log; `full_check=None` picks by size (FULL_CHECK_MAX_BYTES)."""
+        """Open (creating if needed) and check the log; `full_check=None` picks by size
+        (FULL_CHECK_MAX_BYTES). The log must be its folder's (daemon.log.identity); `new_log`
+        accepts a new one beside an earlier history's runs and blobs."""
         store = cls(path, busy_timeout_ms)
         try:
-            await store._run(store._open_sync, full_check)
+            await store._run(store._open_sync, full_check, new_log)
         except BaseException:
             store._writer.shutdown(wait=False)
             raise
@@ -99,8 +116,11 @@ class EventStore:
         await store._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         return store
 
-    def _open_sync(self, full_check: bool | None) -> None:
+    def _open_sync(self, full_check: bool | None, new_log: bool) -> None:
         private_dirs(self.path.parent)
+        found = Found.at(self.path)
+        layout = StateLayout(self.path.parent)
+        check_before_open(self.path, layout, found, new_log=new_log)
         if full_check is None:
             full_check = not self.path.exists() or self.path.stat().st_size <= FULL_CHECK_MAX_BYTES
         try:
@@ -116,7 +136,13 @@ class EventStore:
         except LogDamaged as e:
             conn.close()
             raise LogDamaged(f"{self.path}: {e}") from None
+        try:
+            self.log_id = settle(conn, self.path, layout, found, new_log=new_log)
+        except BaseException:
+            conn.close()
+            raise
         _private_files(self.path)
+        self._opened = (_file_id(self.path), _file_id(self.path.parent))
         self._conn = conn
         self.last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
@@ -255,7 +281,29 @@ class EventStore:
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("the event store is closed")
+        self._check_in_place()
         return self._conn
+
+    def _check_in_place(self) -> None:
+        """Refuse to write once the log file or the state folder was deleted or replaced: the
+        connection would go on writing into a file nobody will ever read again."""
+        assert self._opened is not None
+        for (dev, ino), path, what in (
+            (self._opened[1], self.path.parent, "the state folder"),
+            (self._opened[0], self.path, "the event log"),
+        ):
+            try:
+                now = _file_id(path)
+            except FileNotFoundError:
+                raise StoreUnavailable(
+                    f"{what} {path} was deleted under the daemon: nothing more is recorded until a restart"
+                ) from None
+            except OSError as e:
+                raise StoreUnavailable(f"{what} {path} cannot be checked: {e}") from None
+            if now != (dev, ino):
+                raise StoreUnavailable(
+                    f"{what} {path} was replaced under the daemon: nothing more is recorded until a restart"
+                )
 
     async def probe_writable(self) -> bool:
         """Take and release the write lock; the health monitor uses it to notice a lock held elsewhere."""

@@ -41,11 +41,13 @@ class RunPaths:
     log: Path
 
 
-def run_paths(layout: StateLayout, job_id: int, attempt: int) -> RunPaths:
+def run_paths(layout: StateLayout, job_id: int, attempt: int, log: Path | None = None) -> RunPaths:
     """One log per job, appended by every attempt (its byte offsets are what the API pages and
-    streams); a fresh directory per attempt, because swift refuses or silently skips existing ones."""
-    run_dir = layout.root / "runs" / str(job_id) / str(attempt)
-    return RunPaths(run_dir, run_dir / "output", layout.root / "logs" / f"{job_id}.log")
+    streams), so a later attempt keeps the `log` its first one recorded; a fresh directory per
+    attempt, because swift refuses or silently skips existing ones. Both are named by the event
+    log's id too, so a new log's job ids never meet an old log's folders."""
+    run_dir = layout.job_runs(job_id) / str(attempt)
+    return RunPaths(run_dir, run_dir / "output", log or layout.job_log(job_id))
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ def _start(
             return found
         resolved[what] = found
     attempt = job.attempts + 1
-    paths = run_paths(env.layout, job.id, attempt)
+    paths = run_paths(env.layout, job.id, attempt, None if job.run is None else Path(job.run.log))
     inputs = {name: sha for name, sha in job.inputs.items() if sha is not None}
 
     def files(refs: Sequence[DatasetRef]) -> tuple[tuple[Path, int | None], ...]:

@@ -90,7 +90,7 @@ class Scheduling:
         self.store = store
         self.state = state
         self.probe = probe
-        self.layout = StateLayout(cfg.paths.state)
+        self.layout = StateLayout(cfg.paths.state, store.log_id)
         self.runner = runner
         self.last_tick = time.monotonic()
         """When the loop last came round: the watchdog pings only while this is recent."""

@@ -55,7 +55,8 @@ def events_of(d: Daemon, name: str) -> list[dict[str, Any]]:
 
 def run_session(d: Daemon, name: str, attempt: int = 1) -> int:
     body = job(d, name)
-    info = Path(d.state / "runs" / str(body["id"]) / str(attempt) / "supervisor.json")
+    (run,) = [r for r in [*body["runs"], body["run"]] if r is not None and r["attempt"] == attempt]
+    info = Path(run["run_dir"]) / "supervisor.json"
     return int(json.loads(info.read_text())["sid"])
 
 

@@ -148,6 +148,24 @@ def test_a_job_with_its_dataset_starts_on_the_cpu_slot_of_a_box_without_gpus(tmp
     assert "swift.cli.sft" in started.command
 
 
+def test_run_folders_and_logs_are_named_by_the_event_logs_id(tmp_path: Path) -> None:
+    """A new log's job 1 never meets an old log's `runs/1`; a retry keeps the job's one log even
+    when it was recorded under another name (a job from before log ids)."""
+    d = Daemon(tmp_path)
+    d.drop("sft_demo.jsonl", SFT)
+    d.drop("a.yaml", lora_job("a", "retries: 2\n"))
+    d.env = replace(d.env, layout=StateLayout(tmp_path / "state", "0123456789abcdef"))
+    started = d.start(1)
+    runs = tmp_path / "state" / "runs" / "01234567-1"
+    assert started.run_dir == str(runs / "1") and started.output_dir == str(runs / "1" / "output")
+    assert started.log == str(tmp_path / "state" / "logs" / "01234567-1.log")
+    d.exited(1, "failed", retry=True)
+    d.env = replace(d.env, layout=StateLayout(tmp_path / "state", "fedcba9876543210"))
+    second = d.start(1)
+    assert second.run_dir == str(tmp_path / "state" / "runs" / "fedcba98-1" / "2")
+    assert second.log == started.log
+
+
 def test_a_job_without_its_dataset_waits_for_it(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     d.drop("a.yaml", lora_job("a"))
