@@ -263,6 +263,7 @@ async def _run(
             gpus=lambda: scheduling.last_probe() or boot_probe,
             sse=SseSettings.from_config(cfg.api),
             intake_trouble=lambda: inbox.trouble,
+            runs_trouble=lambda: runner.trouble,
         )
         async with _part(f"the API on {cfg.api.host}:{cfg.api.port}"):
             api, url = await _start_api(cfg, side)

@@ -46,12 +46,18 @@ class ReadSide:
     sse: SseSettings = field(default_factory=SseSettings)
     intake_trouble: Callable[[], str] = _no_trouble
     """What keeps the inbox from finishing its work (the state's disk is full, ...), or ""."""
+    runs_trouble: Callable[[], str] = _no_trouble
+    """What the runs did that the log has not taken yet (its lock is held elsewhere, the disk is
+    full), or "": the log's own probe may pass while a run's records still wait."""
 
     def health(self) -> tuple[bool, str]:
         if not self.store.healthy:
             return False, self.store.last_error
         trouble = self.intake_trouble()
-        return (False, f"intake: {trouble}") if trouble else (True, "")
+        if trouble:
+            return False, f"intake: {trouble}"
+        trouble = self.runs_trouble()
+        return (False, f"runs: {trouble}") if trouble else (True, "")
 
 
 READ_SIDE = web.AppKey("read_side", ReadSide)

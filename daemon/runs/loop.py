@@ -16,7 +16,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from daemon.core.config import Config
@@ -32,7 +33,7 @@ from daemon.runs.runner import Adoptable, Runner
 from daemon.runs.scheduler import GpuView
 from daemon.runs.supervise import boot_id
 
-__all__ = ["Scheduling"]
+__all__ = ["Scheduling", "held_by_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,32 @@ def gpu_views(gpus: Sequence[GpuStatus], sessions: set[int]) -> list[GpuView]:
         )
         for g in gpus
     ]
+
+
+def held_by_runs(
+    views: Sequence[GpuView],
+    cpu_slots: int,
+    state: State,
+    holding: Mapping[int, tuple[int, tuple[str, ...]]],
+) -> tuple[list[GpuView], int]:
+    """The GPUs and CPU slots left for placement once the runs whose processes live keep theirs.
+
+    `dispatch` counts what the log says is running; a live run the log does not count as running
+    (its end, or a JobFailed, was recorded while its process went on) holds its slot or GPUs all the
+    same: slots and GPUs are held by what runs, not by what the log managed to say. Its GPUs show
+    as taken by a process placement may not share."""
+    cpu, gpus = 0, set[str]()
+    for job_id, (attempt, uuids) in holding.items():
+        job = state.jobs.get(job_id)
+        run = job.run if job is not None else None
+        if job is not None and job.state == "running" and run is not None and run.attempt == attempt:
+            continue  # dispatch counts it already
+        if uuids:
+            gpus.update(uuids)
+        else:
+            cpu += 1
+    held = [replace(g, foreign_processes=g.foreign_processes + 1) if g.uuid in gpus else g for g in views]
+    return held, max(0, cpu_slots - cpu)
 
 
 class Scheduling:
@@ -147,6 +174,7 @@ class Scheduling:
                 session=run.session,
                 last_step=last,
                 serves=serves(run.argv),
+                gpu_uuids=tuple(run.gpu_uuids),
             )
             await self.runner.adopt(adoptable, me)
             if job.cancel_requested:
@@ -203,10 +231,13 @@ class Scheduling:
         state = self.state()
         if not any(job.state in WAITING for job in state.jobs.values()):
             return
+        views, cpu_slots = held_by_runs(
+            gpu_views(gpus, self.runner.sessions()), self.cfg.gpus.cpu_slots, state, self.runner.holding()
+        )
         box = Box(
-            gpus=gpu_views(gpus, self.runner.sessions()),
+            gpus=views,
             managed=bool(gpus),
-            cpu_slots=self.cfg.gpus.cpu_slots,
+            cpu_slots=cpu_slots,
             now=time.time(),
             stop_grace_s=self.cfg.runs.stop_grace_s,
             cpu_count=os.cpu_count() or 1,

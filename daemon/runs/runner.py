@@ -7,7 +7,10 @@ evidence), so a run never blocks on a slow daemon and a restarted daemon reads t
 The supervisor's exit is awaited through a pidfd, which works the same for a run this daemon
 started and for one an earlier daemon started, and cannot be fooled by a reused pid.
 
-Everything seen is handed to `Report` callbacks as events; the runner knows nothing of the log.
+Everything seen is handed to `Report` callbacks as events; the runner knows nothing of the log but
+that it may refuse a write for a while (StoreError: its lock is held elsewhere, the disk is full).
+A run's truth is its process: a refused record is written again, with backoff, until it lands, and
+the run keeps its watcher, and its slot, meanwhile.
 This module launches, re-adopts, cancels and awaits the supervisors; what a poll reads from a run's
 files is `daemon.runs.watch`.
 """
@@ -29,6 +32,7 @@ from daemon.core.deployment import serves
 from daemon.core.events import JobStarted, NewEvent, RunStarted
 from daemon.core.jobs.secrets import ARG_VAR_PREFIX
 from daemon.core.streams import run_key
+from daemon.log.errors import StoreError
 from daemon.runs import supervise
 from daemon.runs.outcome import RunEnd
 from daemon.runs.secrets import SecretError, resolve_secrets
@@ -41,6 +45,10 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[int, list[NewEvent]], Awaitable[None]]
 """Record these events on job `id`'s stream; returns once they are durable."""
+
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 10.0
+"""Backoff between attempts to record what a run did while the log refuses writes."""
 
 _UNSET_FOR_RUNS = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
 """systemd's hand-offs to the daemon, which a run must not answer or inherit."""
@@ -65,6 +73,8 @@ class Adoptable:
     """The last train step recorded, so that no metrics record is kept twice."""
     serves: bool = False
     """A deploy run: the daemon watches for its server to answer."""
+    gpu_uuids: tuple[str, ...] = ()
+    """The GPUs its JobStarted gave it: held while the run is watched."""
 
 
 def _private_dirs(folder: Path) -> None:
@@ -95,10 +105,22 @@ class Runner:
         self.poll_s = poll_s
         self.python = supervisor_python
         self._runs: dict[int, Watch] = {}
+        self._trouble: dict[int, str] = {}
 
     @property
     def running(self) -> set[int]:
         return set(self._runs)
+
+    @property
+    def trouble(self) -> str:
+        """Why records of runs wait to be written, or "": the daemon is not healthy meanwhile."""
+        return "; ".join(f"job {job_id}: {why}" for job_id, why in sorted(self._trouble.items()))
+
+    def holding(self) -> dict[int, tuple[int, tuple[str, ...]]]:
+        """Job -> (attempt, GPU UUIDs) of every run whose process lives: each holds its slot or its
+        GPUs whatever the log managed to say meanwhile. Once it has exited, the log says "running"
+        until its end is recorded, so the slot passes on as soon as that end is in the log."""
+        return {w.job_id: (w.attempt, w.gpu_uuids) for w in self._runs.values() if not w.exited}
 
     def sessions(self) -> set[int]:
         """Session ids of our runs: a GPU process in one of them is ours, any other is foreign."""
@@ -114,6 +136,7 @@ class Runner:
             Path(started.log),
         )
         w.serves = serves(started.argv)
+        w.gpu_uuids = tuple(started.gpu_uuids)
         self._runs[w.job_id] = w
         w.task = asyncio.create_task(self._launch_and_watch(w, started), name=f"run-{w.job_id}")
 
@@ -122,6 +145,7 @@ class Runner:
         w = Watch(run.job_id, run.attempt, run.run_dir, run.output_dir, run.log, run.log_offset)
         w.session = run.session
         w.serves = run.serves
+        w.gpu_uuids = run.gpu_uuids
         if run.last_step is not None:
             w.sampler.seen(run.last_step)
         self._runs[w.job_id] = w
@@ -183,6 +207,7 @@ class Runner:
             raise
         except Exception as e:  # a run must end with a record, whatever broke here
             log.exception("job %d attempt %d: the runner failed", w.job_id, w.attempt)
+            await self._exited(w)
             await self._finish(w, f"the daemon's runner failed: {e}")
 
     async def _spawn(self, w: Watch, started: JobStarted) -> str | None:
@@ -262,7 +287,8 @@ class Runner:
             log_offset=w.log_offset,
         )
         w.session = event.session
-        await self._report(w.job_id, [NewEvent(event, run_key(w.job_id, w.attempt, "started"))])
+        new = [NewEvent(event, run_key(w.job_id, w.attempt, "started"))]
+        await self._record(w, "its start", lambda: self._report(w.job_id, new))
 
     async def _adopt_and_watch(self, w: Watch, run: Adoptable, boot_id: str) -> None:
         try:
@@ -276,6 +302,7 @@ class Runner:
             raise
         except Exception as e:
             log.exception("job %d attempt %d: re-adopting the run failed", w.job_id, w.attempt)
+            await self._exited(w)
             await self._finish(w, f"the daemon could not re-adopt the run: {e}")
 
     def _find(self, w: Watch, run: Adoptable, boot_id: str) -> str | None:
@@ -322,19 +349,62 @@ class Runner:
         finally:
             loop.remove_reader(w.pidfd)
 
+    async def _exited(self, w: Watch) -> None:
+        """Until the supervisor has exited: a run is never declared ended while it goes on."""
+        if w.pidfd is None:
+            return
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        loop.add_reader(w.pidfd, _resolve, exited)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(w.pidfd)
+
     async def _poll(self, w: Watch, *, final: bool) -> None:
         events = await asyncio.to_thread(self._observe, w, final)
         if events:
-            await self._report(w.job_id, events)
+            await self._record(w, "its progress", lambda: self._report(w.job_id, events))
+
+    async def _record(self, w: Watch, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """`write` again, with backoff, until the log takes it: the run goes on either way, and
+        its records carry idempotency keys, so an append that landed unseen lands only once."""
+        delay = _RETRY_FIRST_S
+        try:
+            while True:
+                try:
+                    await write()
+                except StoreError as e:
+                    if w.job_id not in self._trouble:
+                        log.warning(
+                            "job %d attempt %d: cannot record %s, trying until it lands: %s",
+                            w.job_id,
+                            w.attempt,
+                            what,
+                            e,
+                        )
+                    self._trouble[w.job_id] = f"cannot record {what} (attempt {w.attempt}): {e}"
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, _RETRY_MAX_S)
+                    continue
+                if self._trouble.pop(w.job_id, None) is not None:
+                    log.info("job %d attempt %d: %s recorded after all", w.job_id, w.attempt, what)
+                return
+        except asyncio.CancelledError:
+            self._trouble.pop(w.job_id, None)
+            raise
 
     def _observe(self, w: Watch, final: bool) -> list[NewEvent]:
         """New metrics records, and the artifacts when they changed. Runs in a thread."""
         return observe(w, final)
 
     async def _finish(self, w: Watch, error: str | None) -> None:
+        w.exited = True
         end = await asyncio.to_thread(collect, w, error)
-        self._close(w)
-        await self._on_end(w.job_id, w.attempt, end)
+        try:
+            await self._record(w, "its end", lambda: self._on_end(w.job_id, w.attempt, end))
+        finally:
+            self._close(w)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -5,8 +5,9 @@ meanwhile. So the run belongs to this small process, not to the daemon: it is st
 session of its own, detaches (the daemon's direct child exits as soon as swift is running, so
 the supervisor is nobody's child the daemon must reap), starts swift as leader of its own
 process group with output appended to the job's log, waits for it, and writes how it ended to
-`exit.json` atomically. Any daemon, this one or the next, finds the run again from
-`supervisor.json` and learns its end from `exit.json`.
+`exit.json` atomically, trying again until it can (a full disk) rather than leaving no end. Any
+daemon, this one or the next, finds the run again from `supervisor.json` and learns its end from
+`exit.json`.
 
 Signals to the supervisor: SIGTERM = the job was cancelled, SIGUSR1 = the daemon stops and was
 told to stop its runs. Either sends SIGTERM to swift's group, waits `grace_s`, then SIGKILLs the
@@ -80,6 +81,33 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_until_written(path: Path, data: dict[str, Any], log: Path) -> None:
+    """exit.json is how every daemon, this one or the next, learns the run's end: while it cannot be
+    written (the disk is full), the supervisor stays, so the run keeps its slot and nobody records
+    an end it did not see; once it can, the end is written as it happened."""
+    delay = 0.5
+    said = False
+    while True:
+        try:
+            _write_atomically(path, data)
+            return
+        except OSError as e:
+            if not said:
+                said = True
+                _say(log, f"llmtraind: cannot write {path} ({e}); trying until it can be written\n")
+        time.sleep(delay)
+        delay = min(2 * delay, 30.0)
+
+
+def _say(log: Path, line: str) -> None:
+    """A line in the job's log, if the disk takes it."""
+    try:
+        with open(log, "a") as f:
+            f.write(line)
+    except OSError:
+        pass
 
 
 def _die_with_parent(libc: ctypes.CDLL) -> None:
@@ -201,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     os.close(report)
     returncode = run.wait(child, pending)
     exit_info = {"returncode": returncode, "stopped": run.stopped, "started": started}
-    _write_atomically(run_dir / EXIT_FILE, exit_info | {"ended": time.time(), "error": None})
+    _write_until_written(run_dir / EXIT_FILE, exit_info | {"ended": time.time(), "error": None}, run.log)
     return 0
 
 

@@ -58,6 +58,10 @@ class Watch:
     polls: int = 0
     task: asyncio.Task[None] | None = None
     serves: bool = False
+    gpu_uuids: tuple[str, ...] = ()
+    """The GPUs the run holds while its process lives."""
+    exited: bool = False
+    """Its supervisor has exited: from now on the log's word on the run holds its slot."""
     serve_offset: int = 0
     url: str | None = None
     """Where a deploy run's server said it listens."""
