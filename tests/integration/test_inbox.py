@@ -273,6 +273,7 @@ def test_two_jobs_waiting_for_each_other_are_refused_at_the_second(
     # gpus: 1 on a box without GPUs keeps the first job queued (and out of a real run)
     job = "task_type: sft\nmodel_name: /models/tiny\ndataset: data\ngpus: 1\nafter: {}\n"
     d.drop("a.yaml", job.format("b"))
+    wait_recorded(d, 1)  # a is the first: dropped together, either could be recorded first
     d.drop("b.yaml", job.format("a"))
     wait_recorded(d, 2)
     outcomes = {f: t for t, f in terminal(all_events(d))}
