@@ -72,3 +72,9 @@ SEED_TRAINER_JSON = """\
     "model_name": "swift-robot"
 }
 """
+SEED_RL_DATA = """\
+{"prompt": "请写一首短诗", "chosen": "春风拂面...", "rejected": "我不知道", "metadata": {"source": "beta-feedback"}}
+{"prompt": "翻译：Hello", "responses": [{"content": "你好", "score": 0.9}, {"content": "您好", "score": 0.7}]}
+"""
+"""The management API's RL preference file: a pair row and a scored-responses row, shown together
+(its code block is indented two spaces as a list item's; the file's lines are not)."""

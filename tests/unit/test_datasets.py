@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from daemon.core import datasets
 from daemon.core.datasets import DatasetReport, DatasetValidator, LineError, can_feed, line_models
+from tests.seeds import SEED_RL_DATA
 
 BOM = b"\xef\xbb\xbf"
 
@@ -270,6 +271,115 @@ def test_seed_examples_are_accepted(name: str) -> None:
     _, report = accepted(f"{name}.jsonl", *SEED_FILES[name])
     assert report.format == SEED_FORMATS[name]
     assert report.rows == len(SEED_FILES[name])
+
+
+def test_seed_rl_file_mixes_a_pair_and_scored_responses() -> None:
+    out, report = run("rl_preference.jsonl", SEED_RL_DATA.encode())
+    assert report.ok, report.errors
+    assert [json.loads(line) for line in out] == [
+        {
+            "messages": [
+                {"role": "user", "content": "请写一首短诗"},
+                {"role": "assistant", "content": "春风拂面..."},
+            ],
+            "rejected_response": "我不知道",
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "翻译：Hello"},
+                {"role": "assistant", "content": "你好"},
+            ],
+            "rejected_response": "您好",
+        },
+    ]
+    assert report.format == "preference"
+    assert report.rlhf_types == ["dpo", "orpo", "simpo", "cpo", "rm", "ppo", "grpo"]
+    assert report.stats.preference is not None
+    assert report.stats.preference.from_scored_responses == 1
+
+
+def test_a_file_of_scored_rows_becomes_preference_once_a_pair_row_comes() -> None:
+    scored = {"prompt": "p", "responses": [{"content": "a", "score": 1}, {"content": "b", "score": 0}]}
+    pair = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    _, report = accepted("rl.jsonl", scored, scored, pair)
+    assert report.format == "preference"
+    assert report.stats.preference is not None
+    assert report.stats.preference.from_scored_responses == 2
+    _, report = accepted("rl.jsonl", pair, pair)
+    assert report.stats.preference is not None
+    assert report.stats.preference.from_scored_responses == 0
+
+
+def test_a_mixed_rl_file_names_each_row_that_cannot_become_a_pair() -> None:
+    data = lines(
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "responses": [{"content": "only", "score": 1}]},
+        {"prompt": "p", "responses": [{"content": "a", "score": 0.5}, {"content": "b", "score": 0.5}]},
+        {"prompt": "p", "responses": [{"content": "a", "score": 2}, {"content": "b", "score": 1}]},
+    )
+    _, report = run("rl.jsonl", data)
+    assert report.rows == 2
+    assert [(e.line, e.field) for e in report.errors] == [(2, "responses"), (3, "responses")]
+    assert report.errors[0].message == "line 2, responses: needs at least 2 responses to compare, not 1"
+    assert report.errors[1].message == (
+        "line 3, responses: all 2 responses have the same score (0.5), so none is preferred"
+    )
+
+
+def test_pairs_and_scored_rows_still_do_not_mix_with_other_formats() -> None:
+    scored = {"prompt": "p", "responses": [{"content": "a", "score": 1}, {"content": "b", "score": 0}]}
+    data = lines(scored, {"messages": QA}, {"messages": QA, "rejected_response": "5"})
+    _, report = run("rl.jsonl", data)
+    assert report.format == "scored_responses"
+    assert [e.line for e in report.errors] == [2, 3]
+    assert "detected as scored_responses from line 1" in report.errors[1].message
+
+
+response_rows = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(-2, 2)), min_size=0, max_size=4
+)
+rl_rows = st.lists(
+    st.one_of(
+        st.tuples(st.just("pair"), st.sampled_from(["a", "b"]), st.sampled_from(["a", "b", "c"])),
+        st.tuples(st.just("scored"), response_rows),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def expected_pair(row: tuple[Any, ...]) -> tuple[str, str] | None:
+    """What the row becomes as (chosen, rejected), worked out the plain way; None when it is refused."""
+    if row[0] == "pair":
+        return None if row[1] == row[2] else (row[1], row[2])
+    responses: list[tuple[str, int]] = row[1]
+    if len(responses) < 2:
+        return None
+    scores = [score for _, score in responses]
+    best = responses[scores.index(max(scores))][0]
+    worst = responses[scores.index(min(scores))][0]
+    return None if max(scores) == min(scores) or best == worst else (best, worst)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=rl_rows)
+def test_pairs_and_scored_responses_in_one_file(rows: list[tuple[Any, ...]]) -> None:
+    def as_json(row: tuple[Any, ...]) -> dict[str, Any]:
+        if row[0] == "pair":
+            return {"prompt": "q", "chosen": row[1], "rejected": row[2]}
+        return {"prompt": "q", "responses": [{"content": c, "score": s} for c, s in row[1]]}
+
+    out, report = run("rl.jsonl", lines(*map(as_json, rows)))
+    pairs = [expected_pair(row) for row in rows]
+    assert [json.loads(line) for line in out] == [
+        {"messages": chat(("user", "q"), ("assistant", chosen)), "rejected_response": rejected}
+        for chosen, rejected in filter(None, pairs)
+    ]
+    assert [e.line for e in report.errors] == [n for n, pair in enumerate(pairs, 1) if pair is None]
+    kinds = {row[0] for row, pair in zip(rows, pairs, strict=True) if pair is not None}
+    assert report.format == ("preference" if "pair" in kinds else "scored_responses" if kinds else None)
+    scored = sum(row[0] == "scored" and pair is not None for row, pair in zip(rows, pairs, strict=True))
+    assert (report.stats.preference.from_scored_responses if report.stats.preference else 0) == scored
 
 
 # --- errors name the line and the field -----------------------------------------------------------

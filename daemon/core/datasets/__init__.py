@@ -27,8 +27,10 @@ Container
 Rows
 - Optional keys may be null, which means absent. Unknown keys are errors, with a did-you-mean.
 - The format is detected per row. A file holds one format, decided by its first valid row; a later row
-  of another format is an error. The one exception: `sft_messages` and `lora_messages` rows mix freely,
-  and the file is `lora_messages` as soon as any row carries `target_modules` or `rank`.
+  of another format is an error. Two exceptions: `sft_messages` and `lora_messages` rows mix freely,
+  and the file is `lora_messages` as soon as any row carries `target_modules` or `rank`; `preference`
+  and `scored_responses` rows mix freely (the management API's own RL example holds one of each), and
+  the file is `preference` as soon as any row is given as a pair.
 - A conversation (`messages`) is a list of `{"role", "content"}` objects (`loss` and `loss_scale` may be
   added, as ms-swift allows). `content` is a string; `role` is system, user, assistant or tool. Order: at
   most one system message, first; then a user turn; never two user or two assistant turns in a row; tool
@@ -44,7 +46,7 @@ Formats (`DatasetFormat`), with the keys each row may carry
 - `preference`: prompt, chosen, rejected (chosen != rejected, or swift fails); system, metadata.
 - `scored_responses`: prompt, responses (>= 2 of `{"content", "score"}`, scores finite numbers, not all
   equal); system, metadata. The highest score is chosen and the lowest rejected (ties: the first listed
-  wins); their contents must differ.
+  wins); their contents must differ. The stats count these rows (`preference.from_scored_responses`).
 - `swift_preference`: messages ending with the chosen answer, plus rejected_response (differs from the
   chosen answer) or rejected_messages (a conversation whose last answer differs from it), not both.
 - `kto`: messages plus label (true or false).

@@ -63,5 +63,8 @@ _KEYS: dict[str, frozenset[str]] = {
 }
 _ALL_KEYS = frozenset().union(*_KEYS.values())
 _CHAT_FAMILY = frozenset({"sft_messages", "lora_messages"})
+_PAIR_FAMILY = frozenset({"preference", "scored_responses"})
+"""Formats whose rows mix in one file, as the management API's own RL example does: every row becomes
+a pair, so nothing downstream can tell them apart."""
 _MESSAGE_KEYS = frozenset({"role", "content", "loss", "loss_scale"})
 _RESPONSE_KEYS = frozenset({"content", "score"})

@@ -57,6 +57,8 @@ class _Row(NamedTuple):
     """Characters of prompt, chosen, rejected, for preference rows."""
     plain: bool
     """The row is exactly `out`: `{"messages": [role/content pairs]}` or `{"text": ...}`."""
+    scored: bool = False
+    """The pair was picked from scored responses, so the stats can say how many were."""
 
 
 def _message(message: object, field: str) -> tuple[str, str]:
@@ -202,7 +204,7 @@ def _pretrain_messages_row(row: dict[str, Any]) -> _Row:
     return _Row({"messages": messages}, "a", len(content), None, plain)
 
 
-def _pair_row(prompt: str, chosen: str, rejected: str, system: str | None) -> _Row:
+def _pair_row(prompt: str, chosen: str, rejected: str, system: str | None, *, scored: bool) -> _Row:
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]
     chars = len(prompt) + len(chosen) + len(rejected)
     roles = "ua"
@@ -211,7 +213,7 @@ def _pair_row(prompt: str, chosen: str, rejected: str, system: str | None) -> _R
         chars += len(system)
         roles = "sua"
     out = {"messages": messages, "rejected_response": rejected}
-    return _Row(out, roles, chars, (len(prompt), len(chosen), len(rejected)), False)
+    return _Row(out, roles, chars, (len(prompt), len(chosen), len(rejected)), False, scored)
 
 
 def _preference_row(row: dict[str, Any]) -> _Row:
@@ -221,7 +223,7 @@ def _preference_row(row: dict[str, Any]) -> _Row:
     rejected: str = _required(row, "rejected", (str,))
     _check_pair(chosen, rejected, "rejected")
     _optional(row, "metadata", (dict,))
-    return _pair_row(prompt, chosen, rejected, _optional(row, "system", (str,)))
+    return _pair_row(prompt, chosen, rejected, _optional(row, "system", (str,)), scored=False)
 
 
 def _scored_row(row: dict[str, Any]) -> _Row:
@@ -244,7 +246,7 @@ def _scored_row(row: dict[str, Any]) -> _Row:
     _optional(row, "metadata", (dict,))
     system: str | None = _optional(row, "system", (str,))
     best, worst = _scored_pair(scores, contents)
-    return _pair_row(prompt, contents[best], contents[worst], system)
+    return _pair_row(prompt, contents[best], contents[worst], system, scored=True)
 
 
 def _swift_preference_row(row: dict[str, Any]) -> _Row:

@@ -29,6 +29,9 @@ class PreferenceStats(BaseModel):
     prompt_chars_mean: float
     chosen_chars_mean: float
     rejected_chars_mean: float
+    from_scored_responses: int = 0
+    """Pairs picked from a row's scored responses (highest score chosen, lowest rejected); the other
+    rows were given as pairs."""
 
 
 class DatasetStats(BaseModel):
@@ -57,6 +60,7 @@ class _Tally:
         self.roles: Counter[str] = Counter()
         self.turns: Counter[int] = Counter()
         self.pair_rows = 0
+        self.scored_rows = 0
         self.prompt_chars = self.chosen_chars = self.rejected_chars = 0
 
     def add(self, row: _Row) -> None:
@@ -72,6 +76,7 @@ class _Tally:
             self.prompt_chars += row.pair[0]
             self.chosen_chars += row.pair[1]
             self.rejected_chars += row.pair[2]
+            self.scored_rows += row.scored
 
     def _fold(self) -> None:
         for pattern, count in self.patterns.items():
@@ -92,6 +97,7 @@ class _Tally:
                 prompt_chars_mean=round(self.prompt_chars / self.pair_rows, 2),
                 chosen_chars_mean=round(self.chosen_chars / self.pair_rows, 2),
                 rejected_chars_mean=round(self.rejected_chars / self.pair_rows, 2),
+                from_scored_responses=self.scored_rows,
             )
         roles = dict(sorted(self.roles.items()))
         return DatasetStats(

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from daemon.core.datasets.codec import _decode, _parse, _serialise
 from daemon.core.datasets.fields import _kind
-from daemon.core.datasets.formats import _CHAT_FAMILY, _FEEDS, _LOOKS, DatasetFormat
+from daemon.core.datasets.formats import _CHAT_FAMILY, _FEEDS, _LOOKS, _PAIR_FAMILY, DatasetFormat
 from daemon.core.datasets.report import DatasetReport, LineError, LoraHints
 from daemon.core.datasets.rows import _CHECKS, _detect, _Row
 from daemon.core.datasets.rules import _RowError
@@ -186,6 +186,8 @@ class DatasetValidator:
             modules = obj.get("target_modules")
             self._modules.add(None if modules is None else tuple(modules))
             self._rank.add(obj.get("rank"))
+        elif fmt == "preference":
+            self._format = fmt  # one row given as a pair makes a file of pairs and scored rows preference
         self._tally.add(row)
         self.rows_done += 1
         return line
@@ -197,7 +199,9 @@ class DatasetValidator:
             )
         fmt = _detect(obj)
         known = self._format
-        if known is None or fmt == known or (fmt in _CHAT_FAMILY and known in _CHAT_FAMILY):
+        if known is None or fmt == known:
+            return fmt
+        if (fmt in _CHAT_FAMILY and known in _CHAT_FAMILY) or (fmt in _PAIR_FAMILY and known in _PAIR_FAMILY):
             return fmt
         raise _RowError(
             None,
