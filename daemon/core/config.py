@@ -2,6 +2,12 @@
 
 The file is the contract with the operator, so every mistake is reported with the file, the key and
 what was expected; nothing is silently defaulted except keys that are absent.
+
+`[models]` is a table of its own rather than a section of keys: it maps the names jobs write for
+models (`qwen-7b`, `Qwen/Qwen2.5-7B-Instruct`) to local folders, so job files written for other
+systems run unchanged on a box without a hub. A relative folder is relative to the config file. A
+name a job writes is looked up here first, then (with `[swift] offline = true`) in the Hugging Face
+and ModelScope caches; intake records which folder it became.
 """
 
 from __future__ import annotations
@@ -152,6 +158,8 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     runs: RunsConfig = RunsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    models: dict[str, Path] = Field(default_factory=dict)
+    """`[models]`: a model name as jobs write it -> its local folder (absolute once loaded)."""
     source: Path | None = Field(default=None, exclude=True)
     """The file this was read from (None: embedded defaults)."""
 
@@ -161,6 +169,16 @@ class Config(_Section):
         for name in ("inbox", "state"):
             if str(getattr(v, name)) in ("", "."):
                 raise ValueError(f"paths.{name} must name a folder of its own, not the config folder")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, Path]) -> dict[str, Path]:
+        for name, folder in v.items():
+            if not name or name != name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+                raise ValueError(f"models: {name!r} is not a model name as a job writes it")
+            if str(folder) in ("", "."):
+                raise ValueError(f"models.{name} must name a model folder")
         return v
 
     @property
@@ -237,6 +255,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return cfg.model_copy(
         update={
             "paths": PathsConfig(**resolved),
+            "models": {name: _absolute(p, base) for name, p in cfg.models.items()},
             "swift": cfg.swift.model_copy(update={"allowed_paths": allowed, "secret_files": secret_files}),
         }
     )
@@ -293,10 +312,11 @@ LIVE_KEYS = frozenset(
         "runs.gpu_probe_s",
         "daemon.on_stop",
         "daemon.log_level",
+        "models",
     }
 )
 """Keys a reload (SIGHUP) applies at once. The others name sockets, folders, thread pools or the
-GPUs the daemon manages, which only a restart changes safely."""
+GPUs the daemon manages, which only a restart changes safely. `models` is the whole `[models]` table."""
 
 
 def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
@@ -306,7 +326,12 @@ def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]
     applied: list[str] = []
     refused: list[str] = []
     merged = {section: dict(keys) for section, keys in was.items()}
+    if was["models"] != now["models"]:
+        merged["models"] = now["models"]
+        applied.append("models")
     for section, keys in now.items():
+        if section == "models":
+            continue
         for key, value in keys.items():
             if was[section][key] == value:
                 continue

@@ -50,6 +50,7 @@ from daemon.core.jobs.formats import (
 from daemon.core.jobs.params import DeployParams, ExportParams, TrainParams
 from daemon.core.jobs.parse import parse_job_file
 from daemon.core.jobs.problems import JobFileError, JobProblem
+from daemon.core.jobs.resolved import Resolution
 from daemon.core.jobs.spec import (
     DEFAULT_RLHF_TYPE,
     ControlRequest,
@@ -81,6 +82,7 @@ __all__ = [
     "JobSpec",
     "ManagementJobFile",
     "ModelRef",
+    "Resolution",
     "RetryFile",
     "RlhfType",
     "SwiftValue",

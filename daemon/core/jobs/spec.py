@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from daemon.core.jobs.params import DeployParams, ExportParams, TrainParams
+from daemon.core.jobs.resolved import Resolution
 from daemon.core.jobs.secrets import SecretRef
 from daemon.core.jobs.values import DatasetRef, ModelRef, _Frozen
 
@@ -81,7 +82,10 @@ class JobSpec(_Frozen):
     """Secret swift arguments (api_key, swanlab_token, ...) by reference; the value is read only
     when the run starts, so neither the log nor the API ever holds it."""
     notes: tuple[str, ...] = ()
-    """What was accepted but not applied, and why."""
+    """What was accepted but not applied, and why: the job's warnings."""
+    resolved: tuple[Resolution, ...] = ()
+    """What intake settled on this box: a model name that became a local folder, a model_type or
+    template read from the model's config.json. The fields above already hold the settled values."""
 
     @property
     def swift_command(self) -> str:
