@@ -7,9 +7,11 @@ Callers that need an older state fold again or load a snapshot; nobody else muta
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from daemon.core.drops import dataset_name
 from daemon.core.events import (
     ArtifactsFound,
     CancelRequested,
@@ -33,7 +35,17 @@ from daemon.core.events import (
     RunServing,
     RunStarted,
 )
-from daemon.core.state import LIVE, WAITING, DaemonInfo, Dataset, Job, Run, State, Validation
+from daemon.core.state import (
+    LIVE,
+    WAITING,
+    DaemonInfo,
+    Dataset,
+    Job,
+    RejectedDrop,
+    Run,
+    State,
+    Validation,
+)
 
 __all__ = ["apply", "fold"]
 
@@ -64,12 +76,22 @@ def _config_reloaded(state: State, rec: Recorded, ev: ConfigReloaded) -> None:
         state.daemon.config_digest = ev.config_digest
 
 
+def _rejected_note(state: State, name: str) -> str:
+    """What became of the newest drop of `name`, when it was rejected: the person waiting has a file
+    to fix, not a drop to wait for. UTC, so a replay anywhere folds the same words."""
+    drop = state.rejected_datasets.get(name)
+    if drop is None:
+        return ""
+    at = time.strftime("%H:%M UTC", time.gmtime(drop.ts))
+    return f" \u2014 {drop.filename} was rejected at {at}, see inbox/rejected/{drop.kept_as}.error.txt"
+
+
 def _resolve(state: State, job: Job, name: str) -> str | None:
     """Point the job's input `name` at the dataset now under that name; the reason if it cannot read it."""
     sha = state.dataset_names.get(name)
     if sha is None:
         job.inputs[name] = None
-        return f"waiting for dataset {name}"
+        return f"waiting for dataset {name}{_rejected_note(state, name)}"
     ds = state.datasets[sha]
     fits = job.feeds is None or (
         job.feeds in ds.task_types
@@ -80,7 +102,7 @@ def _resolve(state: State, job: Job, name: str) -> str | None:
         what = f"{job.feeds} ({job.rlhf_type})" if job.rlhf_type else job.feeds
         return (
             f"dataset {name} is {ds.format} data, which feeds {', '.join(ds.task_types)}, not {what}; "
-            f"drop a fitting {name}.jsonl"
+            f"drop a fitting {name}.jsonl{_rejected_note(state, name)}"
         )
     job.inputs[name] = sha
     return None
@@ -93,6 +115,12 @@ def _refresh_inputs(state: State, job: Job) -> None:
 
 def _dataset_named(state: State, name: str, sha: str) -> None:
     state.dataset_names[name] = sha
+    state.rejected_datasets.pop(name, None)
+    _reresolve(state, name)
+
+
+def _reresolve(state: State, name: str) -> None:
+    """Resolve again the queued jobs that read `name`, after a drop of that name was recorded."""
     for job_id in state.waiting_for.get(name, ()):
         job = state.jobs[job_id]
         if job.state == "queued":
@@ -130,6 +158,10 @@ def _duplicate(state: State, _: Recorded, ev: DuplicateDropped) -> None:
             ds.names.append(ev.alias)
         if ev.alias is not None:
             _dataset_named(state, ev.alias, ev.sha256)
+        elif ev.kind == "dataset":
+            name = dataset_name(ev.filename)
+            if state.rejected_datasets.pop(name, None) is not None:
+                _reresolve(state, name)
 
 
 def _job_submitted(state: State, rec: Recorded, ev: JobSubmitted) -> None:
@@ -167,9 +199,13 @@ def _retry_requested(state: State, _: Recorded, ev: RetryRequested) -> None:
     _refresh_inputs(state, job)
 
 
-def _rejected(state: State, _: Recorded, ev: FileRejected) -> None:
+def _rejected(state: State, rec: Recorded, ev: FileRejected) -> None:
     _end_drop(state, ev.drop)
     state.intake.rejected += 1
+    if ev.kind == "dataset":
+        name = dataset_name(ev.filename)
+        state.rejected_datasets[name] = RejectedDrop(ev.filename, ev.kept_as, rec.ts)
+        _reresolve(state, name)
 
 
 def _validating(state: State, rec: Recorded, ev: DatasetValidating) -> None:

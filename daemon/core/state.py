@@ -22,6 +22,7 @@ __all__ = [
     "IntakeCounts",
     "Job",
     "JobState",
+    "RejectedDrop",
     "Run",
     "State",
     "Validation",
@@ -29,7 +30,7 @@ __all__ = [
     "state_to_json",
 ]
 
-STATE_SCHEMA = 3
+STATE_SCHEMA = 4
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -74,6 +75,16 @@ class Validation:
     bytes_total: int
     bytes_done: int
     rows_done: int
+    ts: float
+
+
+@dataclass(slots=True)
+class RejectedDrop:
+    """The newest rejected drop of a dataset name, so a job waiting for that name can say why it waits."""
+
+    filename: str
+    kept_as: str
+    """Its name under the inbox's rejected/, beside `kept_as`.error.txt."""
     ts: float
 
 
@@ -204,6 +215,8 @@ class State:
     """Name -> id of the newest job of that name."""
     waiting_for: dict[str, list[int]] = field(default_factory=dict)
     """Dataset name -> queued jobs that read it: a new drop of that name re-resolves them."""
+    rejected_datasets: dict[str, RejectedDrop] = field(default_factory=dict)
+    """Dataset name -> its newest rejected drop, until a drop of that name is accepted."""
     next_job_id: int = 1
     intake: IntakeCounts = field(default_factory=IntakeCounts)
 

@@ -19,7 +19,7 @@ from daemon.core.events import (
     GpuSeen,
     RetryRequested,
 )
-from daemon.core.state import DaemonInfo, Dataset, IntakeCounts, Validation
+from daemon.core.state import DaemonInfo, Dataset, IntakeCounts, RejectedDrop, Validation
 from tests.fold_world import (
     EARLIER,
     SEQ,
@@ -549,9 +549,213 @@ REJECTED = {
             problems="p",
             kept_as="rejected/bad.jsonl",
         ),
-        world(intake=IntakeCounts(rejected=1)),
+        world(
+            rejected_datasets={"bad": RejectedDrop("bad.jsonl", "rejected/bad.jsonl", T)},
+            intake=IntakeCounts(rejected=1),
+        ),
     ),
 }
+
+
+def rejected(
+    filename: str = "chat.jsonl", kept_as: str = "chat.jsonl", kind: Any = "dataset"
+) -> FileRejected:
+    return FileRejected(drop="d9", filename=filename, kind=kind, summary="s", problems="p", kept_as=kept_as)
+
+
+CHAT_REJECTED = {"chat": RejectedDrop("chat.jsonl", "chat.jsonl", T)}
+CHAT_REJECTED_EARLIER = {"chat": RejectedDrop("chat.jsonl", "chat.jsonl", EARLIER)}
+NOTE = " \u2014 chat.jsonl was rejected at 00:33 UTC, see inbox/rejected/chat.jsonl.error.txt"
+"""T is 2000 s after the epoch: 00:33 UTC."""
+NOTE_EARLIER = " \u2014 chat.jsonl was rejected at 00:16 UTC, see inbox/rejected/chat.jsonl.error.txt"
+WAIT_REJECTED = WAIT_CHAT + NOTE
+WAIT_REJECTED_EARLIER = WAIT_CHAT + NOTE_EARLIER
+ONE_REJECTED = IntakeCounts(rejected=1)
+
+REJECTED_DATASET_NAMES = {
+    "a job waiting for the name says its drop was rejected, and where the reason is": Row(
+        world(job(inputs={"chat": None}, blocked=WAIT_CHAT, reason=WAIT_CHAT), waiting_for={"chat": [1]}),
+        rejected(),
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_REJECTED, reason=WAIT_REJECTED),
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED,
+            intake=ONE_REJECTED,
+        ),
+    ),
+    "a newer rejection of the name replaces the older, under the name rejected/ kept it as": Row(
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_REJECTED_EARLIER, reason=WAIT_REJECTED_EARLIER),
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+        ),
+        rejected("chat.txt", "chat-2.txt"),
+        world(
+            job(
+                inputs={"chat": None},
+                blocked=WAIT_CHAT + " \u2014 chat.txt was rejected at 00:33 UTC, "
+                "see inbox/rejected/chat-2.txt.error.txt",
+                reason=WAIT_CHAT + " \u2014 chat.txt was rejected at 00:33 UTC, "
+                "see inbox/rejected/chat-2.txt.error.txt",
+            ),
+            waiting_for={"chat": [1]},
+            rejected_datasets={"chat": RejectedDrop("chat.txt", "chat-2.txt", T)},
+            intake=ONE_REJECTED,
+        ),
+    ),
+    "data here that cannot feed the job: the rejected fix is named too": Row(
+        world(
+            job(feeds="rl", rlhf_type="dpo", inputs={"chat": None}, blocked=SFT_NOT_RL, reason=SFT_NOT_RL),
+            datasets=[dataset()],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+        ),
+        rejected(),
+        world(
+            job(
+                feeds="rl",
+                rlhf_type="dpo",
+                inputs={"chat": None},
+                blocked=SFT_NOT_RL + NOTE,
+                reason=SFT_NOT_RL + NOTE,
+            ),
+            datasets=[dataset()],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED,
+            intake=ONE_REJECTED,
+        ),
+    ),
+    "a job reading the name's accepted data keeps reading it": Row(
+        world(
+            job(inputs={"chat": "s1"}),
+            datasets=[dataset()],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+        ),
+        rejected(),
+        world(
+            job(inputs={"chat": "s1"}),
+            datasets=[dataset()],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED,
+            intake=ONE_REJECTED,
+        ),
+    ),
+    "a running job is left as it is": Row(
+        world(job(state="running", inputs={"chat": "s1"}), waiting_for={"chat": [1]}),
+        rejected(),
+        world(
+            job(state="running", inputs={"chat": "s1"}),
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED,
+            intake=ONE_REJECTED,
+        ),
+    ),
+    "a rejected job file names no dataset": Row(
+        world(job(inputs={"chat": None}, blocked=WAIT_CHAT, reason=WAIT_CHAT), waiting_for={"chat": [1]}),
+        rejected("chat.yaml", "chat.yaml", kind="job"),
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_CHAT, reason=WAIT_CHAT),
+            waiting_for={"chat": [1]},
+            intake=ONE_REJECTED,
+        ),
+    ),
+    "an accepted drop of the name forgets the rejection, and the job reads it": Row(
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_REJECTED_EARLIER, reason=WAIT_REJECTED_EARLIER),
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+        ),
+        accepted(),
+        world(
+            job(inputs={"chat": "s1"}),
+            datasets=[dataset(accepted_ts=T, accepted_seq=SEQ)],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+            intake=IntakeCounts(datasets=1),
+        ),
+    ),
+    "an accepted drop of another name keeps the rejection": Row(
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_REJECTED_EARLIER, reason=WAIT_REJECTED_EARLIER),
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+        ),
+        accepted(name="talk"),
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_REJECTED_EARLIER, reason=WAIT_REJECTED_EARLIER),
+            datasets=[dataset(name="talk", accepted_ts=T, accepted_seq=SEQ)],
+            dataset_names={"talk": "s1"},
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+            intake=IntakeCounts(datasets=1),
+        ),
+    ),
+    "the name's own data dropped again forgets the rejection": Row(
+        world(
+            job(
+                feeds="rl",
+                rlhf_type="dpo",
+                inputs={"chat": None},
+                blocked=SFT_NOT_RL + NOTE_EARLIER,
+                reason=SFT_NOT_RL + NOTE_EARLIER,
+            ),
+            datasets=[dataset()],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+        ),
+        DuplicateDropped(drop="d2", filename="chat.jsonl", kind="dataset", sha256="s1", dataset="chat"),
+        world(
+            job(feeds="rl", rlhf_type="dpo", inputs={"chat": None}, blocked=SFT_NOT_RL, reason=SFT_NOT_RL),
+            datasets=[dataset(drops=2)],
+            dataset_names={"chat": "s1"},
+            waiting_for={"chat": [1]},
+            intake=IntakeCounts(duplicates=1),
+        ),
+    ),
+    "known data dropped under the rejected name resolves the job": Row(
+        world(
+            job(inputs={"chat": None}, blocked=WAIT_REJECTED_EARLIER, reason=WAIT_REJECTED_EARLIER),
+            datasets=[dataset(name="talk")],
+            dataset_names={"talk": "s1"},
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+        ),
+        DuplicateDropped(
+            drop="d2", filename="chat.jsonl", kind="dataset", sha256="s1", dataset="talk", alias="chat"
+        ),
+        world(
+            job(inputs={"chat": "s1"}),
+            datasets=[dataset(name="talk", names=["talk", "chat"], drops=2)],
+            dataset_names={"talk": "s1", "chat": "s1"},
+            waiting_for={"chat": [1]},
+            intake=IntakeCounts(duplicates=1),
+        ),
+    ),
+    "a job submitted after the rejection says so from the start": Row(
+        world(rejected_datasets=CHAT_REJECTED_EARLIER),
+        submitted(),
+        world(
+            job(
+                inputs={"chat": None},
+                blocked=WAIT_REJECTED_EARLIER,
+                reason=WAIT_REJECTED_EARLIER,
+                submitted_ts=T,
+                submitted_seq=SEQ,
+            ),
+            job_names={"train": 1},
+            waiting_for={"chat": [1]},
+            rejected_datasets=CHAT_REJECTED_EARLIER,
+            next_job_id=2,
+            intake=IntakeCounts(jobs=1),
+        ),
+    ),
+}
+"""A dataset name's newest rejected drop, until a drop of that name is accepted: a job waiting for the
+name says which file was rejected, when, and where the reason is."""
 
 
 def both() -> dict[str, Validation]:
@@ -589,7 +793,11 @@ ENDS_ITS_DROP = {
         FileRejected(
             drop="d1", filename="chat.jsonl", kind="dataset", summary="s", problems="p", kept_as="k"
         ),
-        world(validating=other(), intake=seen(rejected=1)),
+        world(
+            validating=other(),
+            rejected_datasets={"chat": RejectedDrop("chat.jsonl", "k", T)},
+            intake=seen(rejected=1),
+        ),
     ),
     "submitted": Row(
         world(validating=both(), intake=seen()),
@@ -616,7 +824,18 @@ ENDS_ITS_DROP = {
 """A drop's last event ends its validation, whatever the file turned out to be, and adds one to the
 count of its kind."""
 
-TABLES = [DAEMON, VALIDATING, ACCEPTED, DUPLICATES, SUBMITTED, CANCELS, RETRIES, REJECTED, ENDS_ITS_DROP]
+TABLES = [
+    DAEMON,
+    VALIDATING,
+    ACCEPTED,
+    DUPLICATES,
+    SUBMITTED,
+    CANCELS,
+    RETRIES,
+    REJECTED,
+    REJECTED_DATASET_NAMES,
+    ENDS_ITS_DROP,
+]
 
 
 @pytest.mark.parametrize("row", rows(DAEMON))
@@ -656,6 +875,11 @@ def test_retry_requested(row: Row) -> None:
 
 @pytest.mark.parametrize("row", rows(REJECTED))
 def test_file_rejected(row: Row) -> None:
+    check(row)
+
+
+@pytest.mark.parametrize("row", rows(REJECTED_DATASET_NAMES))
+def test_a_rejected_dataset_drop_is_named_to_the_jobs_waiting_for_it(row: Row) -> None:
     check(row)
 
 
