@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__
+from daemon.cli.backup import add_parser as add_backup_parser
 from daemon.cli.client import Api, ApiError, gpus_table, job_detail, jobs_table, status_lines
 from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
 from daemon.core.state import state_to_json
@@ -333,6 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")
     schemas.set_defaults(fn=_cmd_schemas)
+    add_backup_parser(sub, common)
     sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_client(_status))
     sub.add_parser(
         "gpus", parents=[client], help="each GPU: memory, use, its job, foreign processes"
