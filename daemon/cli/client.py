@@ -10,18 +10,24 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
 import shutil
+import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "STATE_COLOUR",
     "Api",
     "ApiError",
+    "ControlOutcome",
+    "await_control",
+    "control_lines",
+    "control_verdict",
     "SseEvent",
     "SseReader",
     "job_detail",
@@ -117,10 +123,10 @@ class Api:
             req.add_header("Authorization", f"Bearer {self.token}")
         return req
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str, timeout_s: float | None = None) -> Any:
         req = self._request(path)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 (the URL is ours)
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:  # noqa: S310 (the URL is ours)
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
             raise ApiError(f"{path}: {e.code} {_message(e)}") from None
@@ -168,6 +174,115 @@ def _message(e: urllib.error.HTTPError) -> str:
     return str(body.get("error", {}).get("message", e.reason))
 
 
+# -- control requests: from a dropped file to the daemon's verdict ------------------------------
+
+
+@dataclass(frozen=True)
+class ControlOutcome:
+    """What became of a control request (`cancel`, `retry`, ...) dropped into the inbox."""
+
+    status: Literal["done", "pending", "refused", "unanswered"]
+    """done: accepted, and the job got where the request sends it; pending: accepted, and the
+    job is still on its way (a run still stopping); refused: the daemon rejected the file;
+    unanswered: no verdict in time, so the request is still waiting in the inbox."""
+    detail: str = ""
+    """Why it was refused, or why no answer came."""
+    job: Mapping[str, Any] | None = None
+    error_file: str | None = None
+    """The refused file's note, relative to the inbox (`rejected/NAME.error.txt`)."""
+
+
+_ARRIVED: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
+    "cancel": lambda job: job.get("state") != "running",
+}
+"""Per action, whether the job is where an accepted request sends it. A cancelled running job
+still has to stop its run; an action not named here is done once it is accepted."""
+
+
+def control_verdict(filename: str, event: Mapping[str, Any]) -> ControlOutcome | None:
+    """The daemon's answer to the control file `filename`, if `event` is it: an accepting event
+    names the file as its `source`; a refusal (or a duplicate) names it as its `filename`."""
+    data = event.get("data") or {}
+    if data.get("source") == filename and isinstance(data.get("job_id"), int):
+        return ControlOutcome("pending", job={"id": data["job_id"]})
+    if data.get("filename") != filename:
+        return None
+    if event.get("type") == "FileRejected":
+        kept = data.get("kept_as")
+        note = f"rejected/{kept}.error.txt" if kept else None
+        return ControlOutcome("refused", str(data.get("summary") or "rejected"), error_file=note)
+    if event.get("type") == "DuplicateDropped":
+        return ControlOutcome("refused", "the same request is already recorded; nothing new was done")
+    return None
+
+
+def await_control(
+    api: Api,
+    action: str,
+    filename: str,
+    *,
+    after: int,
+    wait_s: float,
+    poll_s: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ControlOutcome:
+    """Follow the event log from `after` for the daemon's verdict on `filename`, then the job until
+    the request has taken effect, for at most `wait_s` seconds in all. A daemon that cannot be
+    reached meanwhile is tried again until the time is up (it may be restarting)."""
+    deadline = clock() + wait_s
+    verdict: ControlOutcome | None = None
+    trouble = ""
+    while True:
+        remaining = max(0.5, deadline - clock())
+        full_page = False
+        try:
+            if verdict is None:
+                page = api.get(f"/v1/events?after={after}&limit=1000", timeout_s=remaining)
+                for event in page["events"]:
+                    verdict = verdict or control_verdict(filename, event)
+                after = page["next_after"]
+                full_page = len(page["events"]) == 1000
+            if verdict is not None and verdict.status == "pending" and verdict.job is not None:
+                job = api.get(f"/v1/jobs/{verdict.job['id']}", timeout_s=remaining)
+                verdict = ControlOutcome("pending", job=job)
+                arrived = _ARRIVED.get(action)
+                if arrived is None or arrived(job):
+                    return ControlOutcome("done", job=job)
+            elif verdict is not None:
+                return verdict
+        except ApiError as e:
+            trouble = str(e)
+        if clock() >= deadline:
+            if verdict is not None:
+                return verdict
+            why = f"no verdict within {wait_s:g} s" + (f" ({trouble})" if trouble else "")
+            return ControlOutcome("unanswered", why)
+        if not full_page:
+            sleep(poll_s)
+
+
+def control_lines(action: str, ref: str, outcome: ControlOutcome, *, inbox: str, dropped: str) -> str:
+    """The CLI's one or two lines about a control request, as a person reads them."""
+    job = outcome.job or {}
+    who = f"job {job.get('id')} {job.get('name', '')}".rstrip()
+    reason = f" ({job['reason']})" if job.get("reason") else ""
+    if outcome.status == "done":
+        return f"{action} {ref}: accepted; {who} is {job.get('state')}{reason}"
+    if outcome.status == "pending":
+        state = job.get("state") or "in a state the daemon did not report in time"
+        return (
+            f"{action} {ref}: accepted; {who} is still {state} (`llmtraind show {job.get('id')}` follows it)"
+        )
+    if outcome.status == "refused":
+        note = f"; see {inbox.rstrip('/')}/{outcome.error_file}" if outcome.error_file else ""
+        return f"{action} {ref}: refused: {outcome.detail}{note}"
+    return (
+        f"{action} {ref}: the daemon gave no answer: {outcome.detail}; the request stays in the "
+        f"inbox as {dropped} and takes effect when the daemon reads it (delete that file to withdraw it)"
+    )
+
+
 # -- formatting (pure) ------------------------------------------------------------------------
 
 
@@ -203,25 +318,54 @@ def _what(job: Mapping[str, Any]) -> str:
     return str(job.get("reason") or "")
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]], *, colour: bool = False, width: int | None = None) -> str:
-    """One line per job: id, name, state, task, GPUs, progress bar, and loss or reason."""
+def jobs_table(
+    jobs: Sequence[Mapping[str, Any]], *, colour: bool = False, width: int | None = None, wide: bool = False
+) -> str:
+    """One line per job: id, name, state, task, GPUs, progress bar, and loss or reason. The task is
+    shown whole; a detail too long for the terminal wraps at word boundaries onto lines of its
+    own under its column (`wide`: never wrapped, for a pager or a wide window)."""
     cols = width or shutil.get_terminal_size((120, 24)).columns
-    header = f"{'ID':>4}  {'NAME':<24} {'STATE':<10} {'TASK':<10} {'GPUS':>4}  {'PROGRESS':<27}  DETAIL"
+    tasks = [_task(job) for job in jobs]
+    tw = max([len("TASK"), 10, *map(len, tasks)])
+    header = f"{'ID':>4}  {'NAME':<24} {'STATE':<10} {'TASK':<{tw}} {'GPUS':>4}  {'PROGRESS':<27}  DETAIL"
     lines = [header]
-    for job in jobs:
+    for job, task in zip(jobs, tasks, strict=True):
         progress = job.get("progress") or {}
-        task = str(job.get("task_type", ""))
-        if job.get("tuner"):
-            task = f"{task}/{job['tuner']}"
         state = str(job.get("state", ""))
         pad = " " * max(0, 10 - len(state))
-        line = (
+        gpus = job.get("gpus") if job.get("gpus") is not None else "-"
+        head = (
             f"{job.get('id', ''):>4}  {str(job.get('name', ''))[:24]:<24} {_colour(state, colour)}{pad} "
-            f"{task[:10]:<10} {job.get('gpus') if job.get('gpus') is not None else '-':>4}  "
-            f"{progress_bar(progress.get('percent'))}  {_what(job)}"
+            f"{task:<{tw}} {gpus:>4}  {progress_bar(progress.get('percent'))}  "
         )
-        lines.append(line if colour else line[:cols])
+        indent = len(_ANSI.sub("", head))
+        detail = _what(job)
+        if wide or indent + len(detail) <= cols:
+            lines.append(head + detail)
+        elif cols - indent >= _MIN_DETAIL:
+            first, *rest = _wrap(detail, cols - indent)
+            lines += [head + first, *(" " * indent + part for part in rest)]
+        else:
+            lines += [head.rstrip(), *(_UNDER + part for part in _wrap(detail, cols - len(_UNDER)))]
     return "\n".join(lines)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MIN_DETAIL = 24
+"""A detail column narrower than this (a narrow terminal) is not used: the detail goes on lines
+of its own under the job's, indented by `_UNDER`."""
+_UNDER = " " * 6
+
+
+def _task(job: Mapping[str, Any]) -> str:
+    task = str(job.get("task_type", ""))
+    return f"{task}/{job['tuner']}" if job.get("tuner") else task
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most `width` characters, broken only between words; a word longer than a line
+    (a path, a URL) gets a line of its own rather than being cut."""
+    return textwrap.wrap(text, max(width, 1), break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def _serving(serving: Mapping[str, Any] | None, *, live: bool) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -110,17 +111,42 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
+    """Drop the request, then wait for the daemon's verdict: 0 when it is accepted, 1 when it is
+    refused (or cannot be dropped), 3 when no answer comes within `--wait` seconds."""
     from daemon.core.layout import InboxLayout
     from daemon.intake.submit import SubmitError, control_file, deliver
 
+    cfg = _config(args)
+    api = Api(_base_url(args, cfg), cfg.api.token, timeout_s=max(1.0, min(10.0, args.wait)))
+    after: int | None = None
+    unreachable = ""
+    if args.wait > 0:
+        try:
+            after = int(api.get("/v1/status")["last_seq"])
+        except (ApiError, KeyError, TypeError, ValueError) as e:
+            unreachable = str(e)
     name, data = control_file(args.command, args.job)
     try:
-        target = deliver(InboxLayout(_config(args).paths.inbox), name, data)
+        target = deliver(InboxLayout(cfg.paths.inbox), name, data)
     except (OSError, SubmitError) as e:
         print(f"llmtraind: {args.command} {args.job}: {e}", file=sys.stderr)
         return 1
-    print(f"{args.command} request for {args.job} dropped as {target}")
-    return 0
+    if args.wait <= 0:
+        print(f"{args.command} request for {args.job} dropped as {target}")
+        return 0
+    outcome = (
+        await_control(api, args.command, name, after=after, wait_s=args.wait)
+        if after is not None
+        else ControlOutcome("unanswered", unreachable)
+    )
+    text = control_lines(args.command, args.job, outcome, inbox=str(cfg.paths.inbox), dropped=str(target))
+    if args.json:
+        print(json.dumps({"request": str(target), **dataclasses.asdict(outcome)}, indent=2))
+    elif outcome.status in ("done", "pending"):
+        print(text)
+    else:
+        print(f"llmtraind: {text}", file=sys.stderr)
+    return {"done": 0, "pending": 0, "refused": 1}.get(outcome.status, 3)
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -229,7 +255,7 @@ def _jobs(args: argparse.Namespace, api: Api) -> int:
         if args.json:
             print(json.dumps(jobs, indent=2))
             return 0
-        table = jobs_table(jobs, colour=_colour())
+        table = jobs_table(jobs, colour=_colour(), wide=args.wide)
         if table != shown:
             if args.watch and sys.stdout.isatty():
                 print("\x1b[H\x1b[J", end="")
@@ -319,8 +345,21 @@ def _parser() -> argparse.ArgumentParser:
         ("cancel", "cancel a queued or running job"),
         ("retry", "run a failed or cancelled job again"),
     ):
-        control = sub.add_parser(action, parents=[common], help=f"{text} (drops a request into the inbox)")
+        control = sub.add_parser(
+            action,
+            parents=[client],
+            help=f"{text} (drops a request into the inbox and waits for the daemon's verdict)",
+            epilog="exit status: 0 accepted, 1 refused (the reason is printed), 3 no answer in time "
+            "(the request stays in the inbox)",
+        )
         control.add_argument("job", metavar="JOB", help="the job's id or name")
+        control.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="seconds to wait for the verdict (default 10; 0: drop the request and return)",
+        )
         control.set_defaults(fn=_cmd_control)
     unit = sub.add_parser("unit", parents=[common], help="print the systemd unit for this install")
     unit.add_argument(
@@ -343,6 +382,11 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", help="only jobs in this state")
     jobs.add_argument("--project", help="only this project's jobs")
     jobs.add_argument("-w", "--watch", action="store_true", help="redraw every second until Ctrl-C")
+    jobs.add_argument(
+        "--wide",
+        action="store_true",
+        help="never wrap the detail column (default: wrap it at the terminal's width)",
+    )
     jobs.set_defaults(fn=_client(_jobs))
     show = sub.add_parser(
         "show", parents=[client], help="one job: command, progress, metrics, exit, artifacts"

@@ -31,6 +31,7 @@ from daemon.core.events import (
     JobSubmitted,
     RetryRequested,
 )
+from daemon.core.jobs import ControlRequest
 from daemon.core.layout import InboxLayout, StateLayout
 from daemon.intake.claim import bounded_name
 from daemon.intake.examine import Read
@@ -195,17 +196,32 @@ class Filing:
         names = (kept, note.name)
         self._rejects.held.update(names)
         folder.mkdir(exist_ok=True)
-        problems = read.examined.verdict.problems if read.examined.verdict else ""
-        text = (
-            f"llmtraind rejected {event.filename} "
-            f"({time.strftime('%Y-%m-%d %H:%M:%S %z')}).\n\n"
-            f"{problems or event.problems}\n"
-            "Fix the file and drop it again; this copy can be deleted.\n"
-        )
         tmp = folder / f".{kept}.error.txt.tmp"
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(_note(read, event, time.strftime("%Y-%m-%d %H:%M:%S %z")), encoding="utf-8")
         os.rename(tmp, note)
         if os.path.lexists(read.claim.path):
             os.rename(read.claim.path, folder / kept)
         self._rejects.taken.update(names)
         self._rejects.held.difference_update(names)
+
+
+def _note(read: Read, event: FileRejected, when: str) -> str:
+    """The .error.txt beside a rejected file. A well-formed control request that was refused (no
+    such job, a job already ended) has nothing to fix: the note says what was asked and why it
+    was not done."""
+    verdict = read.examined.verdict
+    request = verdict.job if verdict is not None and verdict.ok else None
+    if isinstance(request, ControlRequest):
+        hints = event.problems.partition("\n")[2]
+        return (
+            f"llmtraind refused the request in {event.filename} ({when}): "
+            f"{request.action} job {request.job!r}.\n\n"
+            f"Why: {event.summary}\n{hints}\n"
+            "Nothing was changed. This copy can be deleted.\n"
+        )
+    problems = verdict.problems if verdict is not None else ""
+    return (
+        f"llmtraind rejected {event.filename} ({when}).\n\n"
+        f"{problems or event.problems}\n"
+        "Fix the file and drop it again; this copy can be deleted.\n"
+    )

@@ -76,3 +76,35 @@ def test_errors_are_one_line_and_exit_1(daemon: Daemon) -> None:
     assert missing.returncode == 1 and missing.stderr.strip().startswith("llmtraind: /v1/jobs/nope: 404")
     gone = daemon.cli("status", "--url", "http://127.0.0.1:9")
     assert gone.returncode == 1 and "cannot reach the daemon" in gone.stderr
+
+
+def test_cancel_waits_for_the_verdict(daemon: Daemon, tmp_path: Path) -> None:
+    """A refused request exits 1 with the daemon's reason and its note says what was refused; an
+    accepted one exits 0 once the job is cancelled."""
+    unknown = daemon.cli("cancel", "nope", timeout=30)
+    assert unknown.returncode == 1, (unknown.stdout, unknown.stderr)
+    assert "cancel nope: refused: there is no job 'nope' to cancel" in unknown.stderr
+    notes = list((daemon.inbox / "rejected").glob("cancel-nope-*.yaml.error.txt"))
+    assert len(notes) == 1 and str(notes[0]) in unknown.stderr
+    note = notes[0].read_text()
+    assert "refused the request" in note and "cancel job 'nope'" in note and "Fix the file" not in note
+
+    daemon.drop("later.yaml", job_yaml(fake_model(tmp_path / "m"), "sft", dataset="not_yet"))
+    wait_state(daemon, "later", ("queued",), 30)
+    cancel = daemon.cli("cancel", "later", timeout=30)
+    assert cancel.returncode == 0, (cancel.stdout, cancel.stderr)
+    assert cancel.stdout.startswith("cancel later: accepted; job 1 later is cancelled")
+    assert wait_state(daemon, "later", ("cancelled",), 5)["state"] == "cancelled"
+
+    again = daemon.cli("cancel", "later", "--json", timeout=30)
+    assert again.returncode == 1
+    verdict = json.loads(again.stdout)
+    assert verdict["status"] == "refused" and "has already ended (cancelled)" in verdict["detail"]
+
+
+def test_a_control_request_nobody_answers_stays_in_the_inbox(daemon: Daemon) -> None:
+    daemon.stop()
+    silent = daemon.cli("retry", "later", "--wait", "1", timeout=30)
+    assert silent.returncode == 3, (silent.stdout, silent.stderr)
+    assert "the daemon gave no answer" in silent.stderr and "stays in the inbox as" in silent.stderr
+    assert [p.name for p in daemon.inbox.glob("retry-later-*.yaml")] != []

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import get_args
+from collections.abc import Mapping
+from typing import Any, get_args
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.cli.client import (
     STATE_COLOUR,
+    ApiError,
+    ControlOutcome,
     SseEvent,
     SseReader,
+    await_control,
+    control_lines,
+    control_verdict,
     gpus_table,
     job_detail,
     jobs_table,
@@ -178,3 +185,179 @@ def test_keep_alive_comments_come_out_only_when_asked() -> None:
         SseEvent("", "keep-alive", "comment"),
         SseEvent("7", "x"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# `jobs`: the detail column wraps at word boundaries, the task is whole
+
+
+LONG_REASON = (
+    "model /models/qwen-7b is a hub id and [swift] offline = true; map it under [models] in the "
+    "config or name a local folder"
+)
+
+
+def test_a_long_reason_wraps_between_words_under_its_column() -> None:
+    job = WAITING | {"state": "failed", "reason": LONG_REASON}
+    lines = jobs_table([job], width=120).splitlines()
+    first, rest = lines[1], lines[2:]
+    column = first.index("model /models")
+    assert rest and all(len(line) <= 120 for line in lines)
+    assert all(line[:column].strip() == "" for line in rest)
+    assert " ".join(line.strip() for line in [first[column:], *rest]) == LONG_REASON
+
+
+def test_on_a_narrow_terminal_the_detail_gets_lines_of_its_own() -> None:
+    job = WAITING | {"state": "failed", "reason": LONG_REASON}
+    lines = jobs_table([job], width=80).splitlines()
+    assert "offline" not in lines[1] and lines[1] == lines[1].rstrip()
+    assert all(line.startswith("      ") and len(line) <= 80 for line in lines[2:])
+    assert " ".join(line.strip() for line in lines[2:]) == LONG_REASON
+
+
+def test_wide_never_wraps_and_the_task_is_whole() -> None:
+    job = WAITING | {"task_type": "rlhf", "tuner": "qlora", "reason": LONG_REASON}
+    wide = jobs_table([job], width=60, wide=True).splitlines()
+    assert len(wide) == 2 and wide[1].endswith(LONG_REASON) and "rlhf/qlora" in wide[1]
+    narrow = jobs_table([job], width=60).splitlines()
+    assert "rlhf/qlora" in narrow[1] and len(narrow) > 2
+
+
+def test_a_word_longer_than_the_column_gets_a_line_of_its_own() -> None:
+    path = "/very/long/" + "x" * 80 + "/checkpoint-30"
+    job = WAITING | {"reason": f"resuming from {path}"}
+    lines = jobs_table([job], width=80).splitlines()
+    assert any(line.strip() == path for line in lines[1:])
+
+
+def test_colour_does_not_change_where_the_detail_wraps() -> None:
+    job = WAITING | {"state": "failed", "reason": LONG_REASON}
+    plain = jobs_table([job], width=120).splitlines()
+    coloured = jobs_table([job], width=120, colour=True).splitlines()
+    assert [line.replace("\x1b[31m", "").replace("\x1b[0m", "") for line in coloured] == plain
+
+
+# ---------------------------------------------------------------------------------------------
+# cancel / retry: waiting for the daemon's verdict
+
+
+class FakeApi:
+    """Answers /v1/events with the events given, /v1/jobs/N with the job states given in turn."""
+
+    def __init__(self, events: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None) -> None:
+        self.events = events
+        self.jobs = list(jobs or [])
+        self.calls: list[str] = []
+        self.down = False
+
+    def get(self, path: str, timeout_s: float | None = None) -> Any:
+        self.calls.append(path)
+        if self.down:
+            raise ApiError("cannot reach the daemon at http://x: refused")
+        if path.startswith("/v1/events"):
+            after = int(path.split("after=")[1].split("&")[0])
+            page = [e for e in self.events if e["seq"] > after]
+            return {"events": page, "next_after": page[-1]["seq"] if page else after}
+        return self.jobs.pop(0) if len(self.jobs) > 1 else self.jobs[0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def event(seq: int, type_: str, **data: Any) -> dict[str, Any]:
+    return {"seq": seq, "stream": "intake", "type": type_, "data": data}
+
+
+def wait(
+    api: FakeApi, action: str = "cancel", name: str = "cancel-x-1.yaml", wait_s: float = 5
+) -> ControlOutcome:
+    clock = Clock()
+    return await_control(
+        api,  # type: ignore[arg-type]
+        action,
+        name,
+        after=10,
+        wait_s=wait_s,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def test_a_refusal_comes_back_with_its_reason_and_note() -> None:
+    api = FakeApi(
+        [
+            event(11, "FileRejected", filename="other.yaml", summary="not this one", kept_as="other.yaml"),
+            event(
+                12,
+                "FileRejected",
+                filename="cancel-x-1.yaml",
+                summary="there is no job 'x' to cancel",
+                kept_as="cancel-x-1.yaml",
+            ),
+        ]
+    )
+    outcome = wait(api)
+    assert outcome == ControlOutcome(
+        "refused", "there is no job 'x' to cancel", error_file="rejected/cancel-x-1.yaml.error.txt"
+    )
+    assert control_lines("cancel", "x", outcome, inbox="/in/", dropped="/in/cancel-x-1.yaml") == (
+        "cancel x: refused: there is no job 'x' to cancel; see /in/rejected/cancel-x-1.yaml.error.txt"
+    )
+
+
+def test_an_accepted_cancel_waits_until_the_run_has_stopped() -> None:
+    accepted = event(14, "CancelRequested", drop="d", job_id=3, source="cancel-x-1.yaml")
+    running = {"id": 3, "name": "x", "state": "running"}
+    ended = running | {"state": "cancelled", "reason": "cancelled while running"}
+    api = FakeApi([accepted], [running, running, ended])
+    outcome = wait(api)
+    assert outcome == ControlOutcome("done", job=ended)
+    assert control_lines("cancel", "x", outcome, inbox="/in", dropped="") == (
+        "cancel x: accepted; job 3 x is cancelled (cancelled while running)"
+    )
+
+
+def test_a_run_still_stopping_at_the_deadline_is_accepted_but_pending() -> None:
+    accepted = event(14, "CancelRequested", drop="d", job_id=3, source="cancel-x-1.yaml")
+    running = {"id": 3, "name": "x", "state": "running"}
+    outcome = wait(FakeApi([accepted], [running]), wait_s=2)
+    assert outcome == ControlOutcome("pending", job=running)
+    assert "accepted; job 3 x is still running" in control_lines("cancel", "x", outcome, inbox="", dropped="")
+
+
+def test_an_action_without_a_destination_is_done_once_accepted() -> None:
+    accepted = event(12, "RetryRequested", drop="d", job_id=3, source="retry-x-1.yaml")
+    queued = {"id": 3, "name": "x", "state": "queued", "reason": "waiting for a CPU slot"}
+    outcome = wait(FakeApi([accepted], [queued]), action="retry", name="retry-x-1.yaml")
+    assert outcome.status == "done" and outcome.job == queued
+
+
+def test_a_duplicate_request_is_refused() -> None:
+    dup = event(12, "DuplicateDropped", drop="d", filename="cancel-x-1.yaml", kind="control", sha256="s")
+    assert wait(FakeApi([dup])).status == "refused"
+
+
+@pytest.mark.parametrize("down", [False, True])
+def test_no_verdict_in_time_says_the_request_stays_in_the_inbox(down: bool) -> None:
+    api = FakeApi([event(11, "JobProgress", job_id=1)])
+    api.down = down
+    outcome = wait(api, wait_s=3)
+    assert outcome.status == "unanswered" and outcome.detail.startswith("no verdict within 3 s")
+    assert ("cannot reach the daemon" in outcome.detail) == down
+    assert len(api.calls) >= 10, "it asks again until the time is up"
+    text = control_lines("cancel", "x", outcome, inbox="/in", dropped="/in/cancel-x-1.yaml")
+    assert "stays in the inbox as /in/cancel-x-1.yaml" in text
+
+
+def test_the_verdict_is_matched_by_the_files_name_only() -> None:
+    other: Mapping[str, Any] = event(5, "CancelRequested", drop="d", job_id=1, source="cancel-y-2.yaml")
+    assert control_verdict("cancel-x-1.yaml", other) is None
+    assert control_verdict("cancel-y-2.yaml", other) == ControlOutcome("pending", job={"id": 1})
