@@ -177,10 +177,14 @@ class CancelRequested(_Event):
 
 
 class RetryRequested(_Event):
+    """Run a failed or cancelled job again: from the last complete checkpoint its attempts left, or
+    from the start when `from_scratch` (`retry: {job: X, from: scratch}`)."""
+
     type: Literal["RetryRequested"] = "RetryRequested"
     drop: str
     job_id: int
     source: str
+    from_scratch: bool = False
 
 
 class FileRejected(_Event):
@@ -228,6 +232,8 @@ class JobStarted(_Event):
     inputs: dict[str, str]
     """Dataset name -> the sha256 this attempt reads."""
     resume_from: str | None = None
+    """The complete checkpoint of an earlier attempt this one continues from (its step count goes on
+    from there); None: it starts from the beginning."""
     timeout_s: float | None = None
     ends_by: float | None = None
     """When the run is sure to be over (start + timeout + the stop grace), for backfill."""

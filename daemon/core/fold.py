@@ -196,6 +196,9 @@ def _retry_requested(state: State, _: Recorded, ev: RetryRequested) -> None:
     if job is None or job.state not in ("failed", "cancelled"):
         return
     job.state, job.ended_ts, job.cancel_requested, job.auto_retries = "queued", None, False, 0
+    job.from_scratch = ev.from_scratch
+    if ev.from_scratch:
+        job.resume_from = None
     _refresh_inputs(state, job)
 
 
@@ -220,6 +223,7 @@ def _job_started(state: State, rec: Recorded, ev: JobStarted) -> None:
         return
     job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id", "secrets"}), placed_ts=rec.ts))
     job.state, job.reason, job.attempts, job.resume_from = "running", "", ev.attempt, None
+    job.from_scratch = False
     if job.started_ts is None:
         job.started_ts = rec.ts
 

@@ -186,6 +186,8 @@ class Job:
     final_model: str | None = None
     resume_from: str | None = None
     """The checkpoint the next attempt continues from, when a reboot interrupted the last one."""
+    from_scratch: bool = False
+    """A person asked that the next attempt start over rather than continue from a checkpoint."""
 
     @property
     def run(self) -> Run | None:

@@ -307,5 +307,5 @@ def _control(
         if job_state not in ("failed", "cancelled"):
             why = f"job {req.job} (id {job_id}) is {job_state}; only a failed or cancelled job can be retried"
             return _reject(ex, why, f"{ex.filename}: rejected: {why}\n", reject_name)
-        event = RetryRequested(drop=ex.drop, job_id=job_id, source=ex.filename)
+        event = RetryRequested(drop=ex.drop, job_id=job_id, source=ex.filename, from_scratch=req.from_scratch)
     return _one(job_stream(job_id), ex, event)

@@ -16,7 +16,9 @@ from daemon.core.events import GpuShared, JobFailed, JobStarted, JobsWaiting
 from daemon.core.jobs import DatasetRef, JobSpec, ModelRef
 from daemon.core.layout import StateLayout
 from daemon.core.state import WAITING, Job, State
+from daemon.runs.outcome import RESUMABLE_TASKS
 from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
+from daemon.runs.swift.artifacts import final_checkpoint
 from daemon.runs.swift.command import CommandError, RunInputs, build_command
 
 __all__ = [
@@ -206,18 +208,21 @@ def _parent_output(state: State, ref: ModelRef | None, what: str) -> Path | None
 
 
 def _resume_from(job: Job) -> Path | None:
-    """An attempt after a reboot continues from the checkpoint recorded then; an automatic retry
-    from the failed attempt's last complete checkpoint."""
-    if job.spec.get("task") not in ("sft", "pretrain", "rlhf"):
+    """Where a training job's next attempt continues, however the last one ended (a failure, a
+    cancel, a daemon that stopped it or vanished, a reboot): the checkpoint recorded at a reboot,
+    else the last attempt's newest complete checkpoint, else where that attempt itself continued
+    from; nothing when a person asked to start over."""
+    if job.spec.get("task") not in RESUMABLE_TASKS or job.from_scratch:
         return None
     if job.resume_from is not None:
         return Path(job.resume_from)
     run = job.run
-    if run is None or job.auto_retries == 0:
+    if run is None:
         return None
-    done = [a for a in run.artifacts if a.kind in ("checkpoint", "adapter") and a.complete and a.step]
-    best = max(done, key=lambda a: a.step or 0, default=None)
-    return Path(best.path) if best is not None else None
+    best = final_checkpoint(run.artifacts)
+    if best is not None:
+        return Path(best.path)
+    return None if run.resume_from is None else Path(run.resume_from)
 
 
 def _cpu_threads(env: Mapping[str, str], placement: Placement, box: Box) -> dict[str, str]:

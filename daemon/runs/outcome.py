@@ -12,10 +12,14 @@ from daemon.core.state import Job
 from daemon.runs.swift.artifacts import Artifact, final_checkpoint, final_model
 from daemon.runs.swift.failures import Failure, classify_failure
 
-__all__ = ["EVIDENCE_LINES", "RunEnd", "exit_event", "interrupted_event"]
+__all__ = ["EVIDENCE_LINES", "RESUMABLE_TASKS", "RunEnd", "exit_event", "interrupted_event"]
 
 EVIDENCE_LINES = 30
 """Lines of the log's end kept in RunExited: the error and what led to it, for people."""
+
+RESUMABLE_TASKS = frozenset({"sft", "pretrain", "rlhf"})
+"""Training: a checkpoint holds the weights, the optimizer and the step, so a later attempt goes on
+from it (`--resume_from_checkpoint`); an export or a deployment just runs again."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +70,16 @@ def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
         "log_tail": list(end.log_tail[-EVIDENCE_LINES:]),
         "duration_s": end.duration_s,
     }
+    # GpuShared folds into the job's current run only, as every run event does
+    run = job.run if job.run is not None and job.run.attempt == attempt else None
     if end.returncode == 0:  # swift finished; a stop that raced its exit changed nothing
-        return RunExited(
-            **base,
-            outcome="succeeded",
-            final_checkpoint=_absolute(end.output_dir, final_checkpoint(end.artifacts)),
-            final_model=_absolute(end.output_dir, final_model(end.artifacts)),
-        )
-    run = job.run  # GpuShared folds into the job's current run only, as every run event does
-    failure = _failure(end, run is not None and run.attempt == attempt and bool(run.gpu_shared))
+        checkpoint = _absolute(end.output_dir, final_checkpoint(end.artifacts))
+        model = _absolute(end.output_dir, final_model(end.artifacts))
+        if checkpoint is None and run is not None and run.resume_from is not None:
+            # it resumed from the last step, so it had nothing left to train or save
+            checkpoint, model = run.resume_from, model or _full_model(job, run.resume_from)
+        return RunExited(**base, outcome="succeeded", final_checkpoint=checkpoint, final_model=model)
+    failure = _failure(end, run is not None and bool(run.gpu_shared))
     record = FailureRecord(**asdict(failure))
     if end.stopped == "cancel":
         return RunExited(**base, outcome="cancelled", failure=record)
@@ -84,9 +89,20 @@ def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
     return RunExited(**base, outcome="failed", failure=record, retry=retry)
 
 
+def _full_model(job: Job, checkpoint: str) -> str | None:
+    """`checkpoint` again when an earlier attempt recorded it as a full-weight checkpoint (a model)."""
+    kinds = {a.kind for run in job.runs for a in run.artifacts if a.path == checkpoint}
+    return checkpoint if kinds == {"checkpoint"} else None
+
+
 def interrupted_event(job: Job, attempt: int, end: RunEnd) -> RunInterrupted:
-    """A reboot ended the run: training continues from its last complete checkpoint, if any."""
-    training = job.spec.get("task") in ("sft", "pretrain", "rlhf")
-    resume = _absolute(end.output_dir, final_checkpoint(end.artifacts)) if training else None
+    """A reboot ended the run: training continues from its last complete checkpoint, else from
+    where the run itself had continued from, if anywhere."""
+    resume = None
+    if job.spec.get("task") in RESUMABLE_TASKS:
+        resume = _absolute(end.output_dir, final_checkpoint(end.artifacts))
+        run = job.run
+        if resume is None and run is not None and run.attempt == attempt:
+            resume = run.resume_from
     reason = f"the machine rebooted during attempt {attempt}"
     return RunInterrupted(job_id=job.id, attempt=attempt, reason=reason, resume_from=resume)

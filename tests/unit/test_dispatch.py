@@ -426,13 +426,13 @@ def test_an_automatic_retry_of_any_training_resumes_from_its_highest_complete_st
     assert second.resume_from == resume and value_of(second.argv, "--resume_from_checkpoint") == resume
 
 
-def test_a_retry_asked_for_by_a_person_starts_over(tmp_path: Path) -> None:
+def test_a_retry_asked_to_start_over_starts_over(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     d.drop("sft_demo.jsonl", SFT)
     d.drop("a.yaml", lora_job("a"))
     checkpoints(d, d.start(1), "adapter")
     d.exited(1, "failed", failure=FailureRecord(kind="unknown", transient=False, reason="boom"))
-    d.record(RetryRequested(drop="d9", job_id=1, source="cli"))
+    d.record(RetryRequested(drop="d9", job_id=1, source="cli", from_scratch=True))
     second = d.start(1)
     assert second.attempt == 2 and second.resume_from is None
     assert "--resume_from_checkpoint" not in second.argv

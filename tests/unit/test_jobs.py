@@ -439,11 +439,21 @@ def test_a_job_cannot_wait_for_itself() -> None:
         ("cancel: sft-a\n", "cancel", "sft-a"),
         ("retry: '@sft-a'\n", "retry", "sft-a"),
         ("cancel: 42", "cancel", "42"),
+        ("retry: {job: sft-a}\n", "retry", "sft-a"),
+        ("retry:\n  job: 7\n  from: checkpoint\n", "retry", "7"),
     ],
 )
 def test_control_requests(text: str, action: str, job: str) -> None:
     result = parse_job_file(text.encode(), "c.yaml", max_bytes=MAX, swift_args=SWIFT)
     assert result == ControlRequest.model_validate({"action": action, "job": job})
+    assert not result.from_scratch
+
+
+def test_a_retry_can_ask_to_start_over() -> None:
+    result = parse_job_file(
+        b"retry: {job: sft-a, from: scratch}\n", "r.yaml", max_bytes=MAX, swift_args=SWIFT
+    )
+    assert result == ControlRequest(action="retry", job="sft-a", from_scratch=True)
 
 
 @pytest.mark.parametrize(
@@ -454,6 +464,10 @@ def test_control_requests(text: str, action: str, job: str) -> None:
         ("cancel: [a]\n", "cancel"),
         ("cancel: '../x'\n", "cancel"),
         ("cancel: a\ntask_type: sft\n", "task_type"),
+        ("retry: {job: a, from: start}\n", "retry.from"),
+        ("retry: {from: scratch}\n", "retry.job"),
+        ("retry: {job: a, form: scratch}\n", "retry.form"),
+        ("retry: [a]\n", "retry.job"),
     ],
 )
 def test_bad_control_requests(text: str, field: str) -> None:

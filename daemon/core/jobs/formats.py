@@ -158,10 +158,31 @@ class CancelFile(_FileKeys):
     cancel: _JobRef = Field(description="The job's id or name.")
 
 
+class _RetryTarget(_FileKeys):
+    model_config = ConfigDict(title="RetryTarget")
+
+    job: _JobRef = Field(description="The job's id or name.")
+    start: Literal["checkpoint", "scratch"] = Field(
+        "checkpoint",
+        alias="from",
+        description="checkpoint (default): continue from the last complete checkpoint of the job's "
+        "earlier attempts; scratch: start over.",
+    )
+
+
+def _retry_target(value: object) -> object:
+    """`retry: JOB` is `retry: {job: JOB}`."""
+    return value if isinstance(value, Mapping) else {"job": value}
+
+
 class RetryFile(_FileKeys):
     """Run a failed or cancelled job again."""
 
-    retry: _JobRef = Field(description="The job's id or name.")
+    retry: Annotated[
+        _RetryTarget,
+        BeforeValidator(_retry_target),
+        WithJsonSchema({"anyOf": [{"type": "string"}, _RetryTarget.model_json_schema(by_alias=True)]}),
+    ] = Field(description="The job's id or name, or {job: JOB, from: checkpoint | scratch}.")
 
 
 _FILE_MODELS: Mapping[str, type[_FileKeys]] = {
@@ -178,7 +199,7 @@ _LABELS = {
     "export": "an export job (task_type: export)",
     "deploy": "a deploy job (task_type: deploy)",
     "cancel": "a cancel request (cancel: JOB, nothing else)",
-    "retry": "a retry request (retry: JOB, nothing else)",
+    "retry": "a retry request (retry: JOB or retry: {job: JOB, from: scratch}, nothing else)",
 }
 _TASK_DIALECT = {
     "sft": "management",

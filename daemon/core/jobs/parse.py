@@ -99,7 +99,8 @@ def _build(parsed: _FileKeys, c: _Ctx) -> JobSpec | ControlRequest | None:
         case CancelFile():
             return ControlRequest(action="cancel", job=parsed.cancel)
         case RetryFile():
-            return ControlRequest(action="retry", job=parsed.retry)
+            target = parsed.retry
+            return ControlRequest(action="retry", job=target.job, from_scratch=target.start == "scratch")
         case ManagementJobFile():
             return _build_management(parsed, c)
         case TrainerJobFile():

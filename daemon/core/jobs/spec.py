@@ -109,6 +109,9 @@ class ControlRequest(_Frozen):
     action: Literal["cancel", "retry"]
     job: str
     """The job's id or name."""
+    from_scratch: bool = False
+    """A retry that starts over (`retry: {job: JOB, from: scratch}`) instead of continuing from the
+    last complete checkpoint."""
 
 
 def references(spec: JobSpec) -> set[str]:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 __all__ = ["Artifact", "ArtifactKind", "final_checkpoint", "final_model", "scan_artifacts"]
 
@@ -26,7 +26,8 @@ ArtifactKind = Literal[
 ]
 
 _CHECKPOINT_RE = re.compile(r"checkpoint-([0-9]{1,12})")
-_MARKERS = frozenset({"last-checkpoint", "last", "best"})
+_LAST_LINK = "last-checkpoint"
+_MARKERS = frozenset({_LAST_LINK, "last", "best"})
 """`last-checkpoint` is always made; `last`/`best` come with --create_checkpoint_symlink true."""
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 _COMPLETE_FILE = "trainer_state.json"
@@ -65,10 +66,50 @@ def scan_artifacts(output_dir: Path) -> list[Artifact]:
     return sorted(found, key=lambda a: a.path)
 
 
-def final_checkpoint(artifacts: Iterable[Artifact]) -> Artifact | None:
-    """The complete checkpoint or adapter with the highest step: what `adapters: "@JOB"` names."""
-    done = [a for a in artifacts if a.kind in ("checkpoint", "adapter") and a.complete and a.step is not None]
+class _Saved(Protocol):
+    """An entry of an output directory as scanned (Artifact) or as recorded (ArtifactRecord)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def complete(self) -> bool: ...
+
+
+_SavedT = TypeVar("_SavedT", bound=_Saved)
+
+
+def final_checkpoint(artifacts: Iterable[_SavedT]) -> _SavedT | None:
+    """The complete checkpoint or adapter with the highest step: what `adapters: "@JOB"` names and
+    what a new attempt resumes from.
+
+    swift moves `last-checkpoint` only once a save is over (after trainer_state.json, and after the
+    trainer has deleted checkpoints beyond save_total_limit), so a checkpoint past the step it
+    names may still be mid-save; without that link (symlinks unsupported) trainer_state.json alone
+    decides."""
+    found = list(artifacts)
+    marked = [
+        a.step
+        for a in found
+        if a.kind == "last_checkpoint_marker" and a.step is not None and _name(a.path) == _LAST_LINK
+    ]
+    limit = max(marked, default=None)
+    done = [
+        a
+        for a in found
+        if a.kind in ("checkpoint", "adapter")
+        and a.complete
+        and a.step is not None
+        and (limit is None or a.step <= limit)
+    ]
     return max(done, key=lambda a: a.step or 0, default=None)
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def final_model(artifacts: Iterable[Artifact]) -> Artifact | None:
