@@ -16,7 +16,17 @@ from typing import Any
 
 from daemon import __version__
 from daemon.cli.backup import add_parser as add_backup_parser
-from daemon.cli.client import Api, ApiError, gpus_table, job_detail, jobs_table, status_lines
+from daemon.cli.client import (
+    Api,
+    ApiError,
+    ControlOutcome,
+    await_control,
+    control_lines,
+    gpus_table,
+    job_detail,
+    jobs_table,
+    status_lines,
+)
 from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
 from daemon.core.state import state_to_json
 from daemon.log.errors import LogDamaged
