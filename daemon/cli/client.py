@@ -381,6 +381,22 @@ def _section(title: str, rows: Sequence[tuple[str, Any]]) -> list[str]:
     return out
 
 
+def _resolution(r: Mapping[str, Any]) -> str:
+    given = f"{r.get('given')} -> " if r.get("given") is not None else ""
+    return f"{r.get('key')} {given}{r.get('value')} ({r.get('source')})"
+
+
+def _settled(spec: Mapping[str, Any]) -> list[str]:
+    """What intake settled on this box (a model name that became a folder, an inferred
+    model_type) and the job's warnings: keys it sets that the daemon does not apply."""
+    lines = []
+    if spec.get("resolved"):
+        lines += ["settled at intake"] + [f"  {_resolution(r)}" for r in spec["resolved"]]
+    if spec.get("notes"):
+        lines += ["warnings"] + [f"  {note}" for note in spec["notes"]]
+    return lines
+
+
 def job_detail(job: Mapping[str, Any]) -> str:
     """`llmtraind show JOB`: what a person asks about one job, in the order they ask it."""
     progress = job.get("progress") or {}
@@ -408,6 +424,7 @@ def job_detail(job: Mapping[str, Any]) -> str:
             ("final model", job.get("final_model")),
         ],
     )
+    lines += _settled(job.get("spec") or {})
     run = job.get("run")
     if run:
         metrics = run.get("metrics") or {}

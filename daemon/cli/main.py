@@ -27,11 +27,12 @@ from daemon.cli.client import (
     jobs_table,
     status_lines,
 )
+from daemon.cli.unit import add_parser as add_unit_parser
 from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
 from daemon.core.state import state_to_json
 from daemon.log.errors import LogDamaged
 from daemon.log.projector import load_state_at_path
-from daemon.systemd import SERVICE_USER, gpu_groups, setup_logging, systemd_version, unit_text
+from daemon.systemd import setup_logging
 
 __all__ = ["main"]
 
@@ -48,37 +49,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(cfg, new_log=args.new_log))
 
 
-def _cmd_unit(args: argparse.Namespace) -> int:
-    path = resolve_config_path(args.config)
-    if path is None:
-        print(
-            "llmtraind: unit: the service needs a config file (its paths decide what it may write); "
-            "pass --config FILE or run from the folder holding llmtraind.toml",
-            file=sys.stderr,
-        )
-        return 2
-    cfg = load_config(path)
-    script = Path(sys.executable).with_name("llmtraind")
-    try:
-        text = unit_text(
-            executable=str(script if script.exists() else sys.executable),
-            config=path.resolve(),
-            inbox=cfg.paths.inbox,
-            state=cfg.paths.state,
-            user=args.user,
-            group=args.group,
-            groups=gpu_groups(),
-            stop_timeout_s=cfg.daemon.stop_timeout_s,
-            stop_grace_s=cfg.runs.stop_grace_s,
-            version=systemd_version(),
-        )
-    except ValueError as e:
-        print(f"llmtraind: unit: {e}", file=sys.stderr)
-        return 2
-    print(text, end="")
-    return 0
-
-
 def _cmd_replay(args: argparse.Namespace) -> int:
     cfg = _config(args)
     state = load_state_at_path(cfg.db_path, args.at)
@@ -87,15 +57,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from daemon.intake.validate import check_file, local_swift_args
+    """Each file as intake would take it on this box: a job's models looked up, its packages,
+    GPUs and dtype checked; what was settled and the job's warnings are printed under it."""
+    from daemon.core.jobs import JobSpec
+    from daemon.intake.hardware import visible_gpus
+    from daemon.intake.validate import Box, check_file, local_swift_args
 
     cfg = _config(args)
     swift_args = local_swift_args()
+    box = Box(cfg.models, visible_gpus(cfg.gpus.devices))
     failed = 0
     for name in args.files:
-        verdict = check_file(Path(name), cfg.limits, swift_args, swift=cfg.swift)
+        verdict = check_file(Path(name), cfg.limits, swift_args, swift=cfg.swift, box=box)
         if verdict.ok:
             print(f"{name}: ok: {verdict.summary}")
+            if isinstance(verdict.job, JobSpec):
+                print("".join(f"  {r}\n" for r in verdict.job.resolved), end="")
+                print("".join(f"  warning: {note}\n" for note in verdict.job.notes), end="")
         else:
             failed += 1
             print(verdict.problems.rstrip("\n"), file=sys.stderr)
@@ -371,14 +349,7 @@ def _parser() -> argparse.ArgumentParser:
             help="seconds to wait for the verdict (default 10; 0: drop the request and return)",
         )
         control.set_defaults(fn=_cmd_control)
-    unit = sub.add_parser("unit", parents=[common], help="print the systemd unit for this install")
-    unit.add_argument(
-        "--user",
-        default=SERVICE_USER,
-        help=f"the dedicated account the service runs as (default {SERVICE_USER})",
-    )
-    unit.add_argument("--group", help="the service's primary group (default: the user's name)")
-    unit.set_defaults(fn=_cmd_unit)
+    add_unit_parser(sub, common)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")

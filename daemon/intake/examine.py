@@ -25,7 +25,8 @@ from daemon.core.swift_args import SwiftArgs
 from daemon.intake.claim import Claim, display_name
 from daemon.intake.decide import Examined
 from daemon.intake.faults import Faults
-from daemon.intake.validate import check_file
+from daemon.intake.hardware import visible_gpus
+from daemon.intake.validate import Box, check_file
 
 __all__ = ["PROGRESS_EVERY_S", "Abandoned", "Read", "Reader"]
 
@@ -104,8 +105,9 @@ class Reader:
             return Read(claim, Examined(claim.drop, filename, kind, refused=refused))
         if kind != "dataset":
             cfg = self.config()
+            box = Box(cfg.models, visible_gpus(cfg.gpus.devices))
             verdict = check_file(
-                claim.path, cfg.limits, self.swift_args, same_as=st, name=filename, swift=cfg.swift
+                claim.path, cfg.limits, self.swift_args, same_as=st, name=filename, swift=cfg.swift, box=box
             )
             return self._examined(claim, filename, st, verdict, None)
         scratch = self.blobs.scratch / f"{claim.drop}.jsonl"

@@ -4,6 +4,11 @@ This reads the file (blocking: callers on the event loop run it in a thread), ha
 streaming, and hands the bytes to the pure parsers in `jobs` and `datasets`. A job's local model
 folders are read here too: swift loads every model trusting its remote code, so a folder whose
 config asks for some (`auto_map`) is code the job brings, refused unless `[swift] allow_code`.
+
+A job is then checked against this box, so that one that cannot run here is refused now rather
+than failing once scheduled: its model names become folders (`models`), hub datasets need a hub,
+the packages its options need must be importable, and the GPUs it names or its dtype needs must
+be here (`core.runnable`). What it sets and the daemon does not apply is kept as its warnings.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import importlib.metadata
 import json
 import os
 import stat
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,9 +38,12 @@ from daemon.core.jobs import (
     parse_job_file,
 )
 from daemon.core.jobs.trust import MODEL_FOLDER_ARGS, code_refusal
+from daemon.core.runnable import device_problems, hub_dataset_problems, needed_packages
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
+from daemon.intake.hardware import missing_packages
+from daemon.intake.models import settle_models
 
-__all__ = ["CHUNK", "Progress", "check_file", "local_swift_args", "remote_code"]
+__all__ = ["CHUNK", "Box", "Progress", "check_file", "local_swift_args", "remote_code"]
 
 CHUNK = 1024 * 1024
 _REMOTE_CODE_FILES = (
@@ -70,6 +80,15 @@ def _refuse(path: Path, kind: Kind, why: str) -> FileVerdict:
     return FileVerdict(path, kind, False, why, problems=f"{path.name}: rejected: {why}\n")
 
 
+@dataclass(frozen=True)
+class Box:
+    """What this box has that a job may need: the operator's `[models]`, and the GPUs the daemon
+    manages (indices and UUIDs; None: not known, so GPU checks are skipped)."""
+
+    models: Mapping[str, Path] = field(default_factory=dict)
+    gpus: Sequence[str] | None = None
+
+
 Progress = Callable[[int, int, int], None]
 """Called after each chunk of a dataset with (bytes done, bytes in all, rows done); it may raise to
 abandon the reading (the daemon does when it stops)."""
@@ -85,13 +104,15 @@ def check_file(
     same_as: os.stat_result | None = None,
     name: str | None = None,
     swift: SwiftConfig | None = None,
+    box: Box | None = None,
 ) -> FileVerdict:
     """Validate `path`; a dataset's swift-ready lines go to `converted` when one is given.
 
     `name` is the name the file was dropped under when `path` is the claimed copy's. `same_as` is
     the file's lstat from when it was claimed: a different file found at the path now (it was
     swapped in between) is refused rather than read. `swift` carries the operator's say on code and
-    paths; without it, the defaults (no code, no paths outside the run).
+    paths; without it, the defaults (no code, no paths outside the run). `box` is what this box
+    has; without it, model names are not looked up and GPUs are not checked.
     """
     shown = Path(name) if name is not None else path
     cfg = swift or SwiftConfig()
@@ -102,7 +123,8 @@ def check_file(
         tuple(str(p) for p in cfg.secret_files),
         cfg.allow_public_deploy,
     )
-    verdict = _check(path, shown, limits, swift_args, converted, progress, same_as, policy)
+    here = _Here(cfg, box)
+    verdict = _check(path, shown, limits, swift_args, converted, progress, same_as, policy, here)
     return verdict if shown is path else dataclasses.replace(verdict, path=path)
 
 
@@ -115,6 +137,7 @@ def _check(
     progress: Progress | None,
     same_as: os.stat_result | None,
     policy: CodePolicy,
+    here: _Here,
 ) -> FileVerdict:
     kind = file_kind(shown.name)
     if kind == "unknown":
@@ -137,7 +160,7 @@ def _check(
             )
         if kind == "dataset":
             return _check_dataset(shown, f, converted, progress, st.st_size)
-        return _check_job(shown, f.read(limit + 1), limits, swift_args, policy)
+        return _check_job(shown, f.read(limit + 1), limits, swift_args, policy, here)
 
 
 def _check_dataset(
@@ -238,8 +261,55 @@ def _rejected(path: Path, error: JobFileError, sha: str) -> FileVerdict:
     return FileVerdict(path, "job", False, text.splitlines()[0], text + "\n", sha)
 
 
+@dataclass(frozen=True)
+class _Here:
+    swift: SwiftConfig
+    box: Box | None
+
+
+def _config_dtype(spec: JobSpec) -> str | None:
+    """The dtype a local model folder's config.json gives, which swift uses when the job names none."""
+    if spec.model is None or spec.model.kind != "path":
+        return None
+    body = _read_json(Path(spec.model.ref) / "config.json")
+    if not isinstance(body, dict):
+        return None
+    dtype = body.get("torch_dtype") or body.get("dtype")
+    return dtype if isinstance(dtype, str) else None
+
+
+def _package_problems(spec: JobSpec, python: str) -> list[JobProblem]:
+    shown = python or sys.executable
+    problems = []
+    for package in missing_packages(needed_packages(spec), python):
+        option = package.why.split(" ")[0]
+        problems.append(
+            JobProblem(
+                field=option,
+                message=f"{package.why} needs the Python package {package.pip}, which {shown} cannot import",
+                hint=f"install it ({shown} -m pip install {package.pip}), or remove {option}",
+            )
+        )
+    return problems
+
+
+def _on_this_box(spec: JobSpec, policy: CodePolicy, here: _Here) -> tuple[JobSpec, list[JobProblem]]:
+    """The spec as it runs here, or what keeps it from running here."""
+    problems: list[JobProblem] = []
+    box = here.box
+    if box is not None:
+        spec, problems = settle_models(spec, box.models, offline=here.swift.offline, python=here.swift.python)
+        problems += hub_dataset_problems(spec, here.swift.offline)
+    if not problems and not policy.allow_code:
+        problems += _remote_code_problems(spec)
+    if box is not None:
+        problems += _package_problems(spec, here.swift.python)
+        problems += device_problems(spec, box.gpus, _config_dtype(spec))
+    return spec, problems
+
+
 def _check_job(
-    path: Path, data: bytes, limits: LimitsConfig, swift_args: SwiftArgs, policy: CodePolicy
+    path: Path, data: bytes, limits: LimitsConfig, swift_args: SwiftArgs, policy: CodePolicy, here: _Here
 ) -> FileVerdict:
     sha = hashlib.sha256(data).hexdigest()
     try:
@@ -248,11 +318,10 @@ def _check_job(
         )
     except JobFileError as e:
         return _rejected(path, e, sha)
-    if isinstance(parsed, JobSpec) and not policy.allow_code:
-        problems = _remote_code_problems(parsed)
-        if problems:
-            return _rejected(path, JobFileError(path.name, problems), sha)
     if isinstance(parsed, ControlRequest):
         return FileVerdict(path, "control", True, f"{parsed.action} {parsed.job}", sha256=sha, job=parsed)
-    summary = f"job {parsed.name}: {parsed.task} ({parsed.tuner or 'default tuner'}) on {parsed.model}"
-    return FileVerdict(path, "job", True, summary, sha256=sha, job=parsed)
+    spec, problems = _on_this_box(parsed, policy, here)
+    if problems:
+        return _rejected(path, JobFileError(path.name, problems), sha)
+    summary = f"job {spec.name}: {spec.task} ({spec.tuner or 'default tuner'}) on {spec.model}"
+    return FileVerdict(path, "job", True, summary, sha256=sha, job=spec)
