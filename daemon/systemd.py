@@ -10,25 +10,38 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import pwd
 import shlex
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from daemon.core.config import Config
+
 __all__ = [
     "GPU_GROUPS",
     "SERVICE_USER",
+    "STATE_DIRECTORY",
+    "Hardening",
+    "Need",
     "Notifier",
+    "Unit",
+    "config_needs",
     "gpu_groups",
+    "hardening",
     "journal_wanted",
+    "service_unit",
     "setup_logging",
+    "source_checkout",
     "systemd_version",
     "unit_text",
+    "user_home",
     "watchdog_interval",
 ]
 
@@ -186,9 +199,133 @@ def gpu_groups(names: Sequence[str] = GPU_GROUPS) -> list[str]:
     return found
 
 
+STATE_DIRECTORY = Path("/var/lib/llmtraind")
+"""What `StateDirectory=llmtraind` makes: created by systemd before the service starts, owned by its
+user and writable under ProtectSystem=strict without a ReadWritePaths= entry."""
+_UNIT_DIRECTORIES = (STATE_DIRECTORY, Path("/var/cache/llmtraind"), Path("/var/log/llmtraind"))
+_PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108 (the folders PrivateTmp= replaces)
+_HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
+_VENV = "a venv of its own such as /opt/llmtraind"
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """A path the service must reach; one it writes needs a ReadWritePaths= entry."""
+
+    what: str
+    path: Path
+    writes: bool = False
+    instead: str = "a folder outside /tmp and /var/tmp"
+    """Where the service layout keeps it (README, 'Run it as a service')."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hardening:
+    """How the unit's sandbox is set for these paths, and what it would still hide."""
+
+    protect_home: str
+    read_write: tuple[Path, ...]
+    warnings: tuple[str, ...]
+
+
+def _within(path: Path, roots: Sequence[Path]) -> Path | None:
+    for root in roots:
+        if path == root or root in path.parents:
+            return root
+    return None
+
+
+def _real(path: Path) -> Path:
+    """Where the path really is: the sandbox hides mount points, not the names a symlink gives them."""
+    return Path(os.path.realpath(path))
+
+
+def hardening(
+    needs: Sequence[Need],
+    *,
+    user: str,
+    home: Path | None,
+    exists: Callable[[Path], bool] = os.path.exists,
+) -> Hardening:
+    """ProtectHome=, ReadWritePaths= and warnings for the paths the service needs.
+
+    PrivateTmp=yes gives the service an empty /tmp and /var/tmp of its own, so nothing there can be
+    reached and the unit only warns. ProtectHome=yes makes /home, /root and /run/user vanish, so a
+    path under them relaxes it to read-only (ReadWritePaths= can reopen a path below read-only,
+    never below hidden). ProtectSystem=strict leaves every other path read-only: what the daemon
+    writes is listed in ReadWritePaths=, which must exist when the service starts, and the user's
+    home, where trainers keep their caches, has to be one of the writable folders.
+    """
+    warnings: list[str] = []
+    in_homes: list[Need] = []
+    for need in needs:
+        real = _real(need.path)
+        tmp = _within(real, _PRIVATE_TMP)
+        if tmp is not None:
+            warnings.append(
+                f"{need.what} {need.path} is under {tmp}: the unit's PrivateTmp=yes gives the service "
+                f"a {tmp} of its own, where it is not; move it to {need.instead}"
+            )
+            continue
+        if _within(real, _HOMES) is not None:
+            in_homes.append(need)
+        if need.writes and real != STATE_DIRECTORY and not exists(need.path):
+            warnings.append(
+                f"{need.what} {need.path} does not exist: systemd refuses to start a service whose "
+                f"ReadWritePaths= is missing; create it, owned by {user}"
+            )
+    if in_homes:
+        named = ", ".join(f"{n.what} {n.path}" for n in in_homes)
+        warnings.append(
+            f"{named}: under a home folder, which ProtectHome=yes hides, so this unit sets "
+            "ProtectHome=read-only (the service may read every home folder, and the folders above "
+            f"each path must let {user} through); move them out of /home, /root and /run/user"
+        )
+    writable = tuple(dict.fromkeys(n.path for n in needs if n.writes and _real(n.path) != STATE_DIRECTORY))
+    if home is None:
+        warnings.append(
+            f"there is no user {user} here yet: create it with the home {STATE_DIRECTORY} "
+            f"(useradd --system --user-group --home-dir {STATE_DIRECTORY} {user})"
+        )
+    elif _within(_real(home), tuple(_real(p) for p in writable) + _UNIT_DIRECTORIES + _PRIVATE_TMP) is None:
+        warnings.append(
+            f"{user}'s home {home} is read-only for the service (ProtectSystem=strict, ProtectHome): "
+            "the caches trainers keep there (Hugging Face downloads with [swift] offline = false, "
+            f"CUDA and Triton kernels) cannot be written; usermod -d {STATE_DIRECTORY} {user}"
+        )
+    return Hardening("read-only" if in_homes else "yes", writable, tuple(warnings))
+
+
+def source_checkout(package: Path | None = None) -> Path | None:
+    """The source tree this code runs from (an editable install, or `python -m daemon` there), or
+    None for an installed copy: a unit that runs a checkout runs whatever it holds at each start."""
+    root = (package or Path(__file__).resolve().parent).parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def config_needs(cfg: Config, config: Path) -> list[Need]:
+    """Every path the daemon reads or writes that the config names."""
+    needs = [
+        Need("the config file", config, instead="/etc/llmtraind/llmtraind.toml"),
+        Need("[paths] state", cfg.paths.state, writes=True, instead=str(STATE_DIRECTORY)),
+        Need("[paths] inbox", cfg.paths.inbox, writes=True, instead="/srv/llmtraind/inbox"),
+    ]
+    if cfg.swift.python and Path(cfg.swift.python).is_absolute():
+        needs.append(Need("[swift] python", Path(cfg.swift.python), instead=_VENV))
+    needs += [Need(f"[models] {name}", folder) for name, folder in cfg.models.items()]
+    needs += [Need("[swift] allowed_paths", p) for p in cfg.swift.allowed_paths]
+    needs += [Need("[swift] secret_files", p) for p in cfg.swift.secret_files]
+    return needs
+
+
+def _arg(word: str) -> str:
+    """One word of an Exec line: quoted as systemd splits it, `%` and `$` kept literal."""
+    return shlex.quote(word).replace("%", "%%").replace("$", "$$")
+
+
 def unit_text(
     *,
-    executable: str,
+    executable: str | Sequence[str],
     config: Path,
     inbox: Path,
     state: Path,
@@ -198,6 +335,9 @@ def unit_text(
     version: int | None,
     group: str | None = None,
     groups: Sequence[str] = (),
+    read_write: Sequence[Path] | None = None,
+    protect_home: str = "yes",
+    warnings: Sequence[str] = (),
 ) -> str:
     """The service unit for this install.
 
@@ -211,13 +351,15 @@ def unit_text(
     """
     if not user or user in ("root", "0"):
         raise ValueError(f"the service must run as a dedicated user, not {user or 'root'!r}")
+    command = [executable] if isinstance(executable, str) else list(executable)
     reload_lines = (
         ["Type=notify-reload"]
         if version is not None and version >= 253
         else ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID"]
     )
     stop_timeout = int(stop_timeout_s + 10)
-    paths = " ".join(shlex.quote(str(p)) for p in (inbox, state))
+    if read_write is None:
+        read_write = [p for p in dict.fromkeys((inbox, state)) if p != STATE_DIRECTORY]
     lines = [
         "[Unit]",
         "Description=llmtraind: ms-swift fine-tuning daemon (drop files into the inbox, watch with curl)",
@@ -227,7 +369,7 @@ def unit_text(
         "",
         "[Service]",
         *reload_lines,
-        f"ExecStart={shlex.quote(executable)} serve --config {shlex.quote(str(config))}",
+        "ExecStart=" + " ".join(_arg(w) for w in [*command, "serve", "--config", str(config)]),
         "NotifyAccess=main",
         "WatchdogSec=30",
         "Restart=on-failure",
@@ -242,9 +384,10 @@ def unit_text(
         "StateDirectory=llmtraind",
         "LogsDirectory=llmtraind",
         "CacheDirectory=llmtraind",
-        f"Environment=LLMTRAIND_CONFIG={shlex.quote(str(config))}",
+        f"Environment=LLMTRAIND_CONFIG={_arg(str(config))}",
         "NoNewPrivileges=yes",
-        "ProtectSystem=full",
+        "ProtectSystem=strict",
+        f"ProtectHome={protect_home}",
         "PrivateTmp=yes",
         "ProtectKernelTunables=yes",
         "ProtectKernelModules=yes",
@@ -252,7 +395,7 @@ def unit_text(
         "RestrictSUIDSGID=yes",
         "LockPersonality=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-        f"ReadWritePaths={paths}",
+        *([f"ReadWritePaths={' '.join(_arg(str(p)) for p in read_write)}"] if read_write else []),
         "LimitNOFILE=65536",
         "",
         "[Install]",
@@ -261,11 +404,84 @@ def unit_text(
     ]
     header = [
         "# llmtraind.service, generated by `llmtraind unit` for this install.",
-        f"# Runs as user {user}; create it first (README, systemd section).",
-        "# Install: llmtraind unit | sudo tee /etc/systemd/system/llmtraind.service",
+        f"# Runs as user {user}; create it first (README, 'Run it as a service').",
+        f"# Install: llmtraind unit --config {config} | sudo tee /etc/systemd/system/llmtraind.service",
         "#          sudo systemctl daemon-reload && sudo systemctl enable --now llmtraind",
         f"# Runs stop on cancel: SIGTERM, then SIGKILL after {stop_grace_s:g} s ([runs] stop_grace_s).",
         "# Never set PrivateDevices=yes: it hides /dev/nvidia* from NVML and the trainers.",
+        *(f"# WARNING: {w}" for w in warnings),
         "",
     ]
     return "\n".join(header + lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    text: str
+    warnings: tuple[str, ...]
+
+
+def service_unit(
+    cfg: Config,
+    config: Path,
+    *,
+    user: str,
+    group: str | None = None,
+    executable: Path | None = None,
+    groups: Sequence[str] = (),
+    version: int | None = None,
+    home: Path | None = None,
+    checkout: Path | None = None,
+) -> Unit:
+    """The unit for `cfg`, with what its sandbox would hide or break as warnings.
+
+    `executable` is the installed `llmtraind` the service runs (default: the one running now, or
+    this interpreter with `-m daemon`); `checkout` is the source tree this code runs from, if any:
+    a unit started from it would follow whatever that tree holds.
+    """
+    warnings: list[str] = []
+    if executable is None:
+        script = Path(sys.executable).with_name("llmtraind")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "daemon"]
+        needs = [Need("the llmtraind executable", Path(command[0]), instead=_VENV)]
+        if checkout is not None:
+            needs.append(Need("the daemon's code", checkout, instead=_VENV))
+            warnings.append(
+                f"this llmtraind runs from the source checkout {checkout}, and so would the service, "
+                f"with whatever the checkout holds at each start: install it into a venv of its own "
+                f"(python3 -m venv /opt/llmtraind && /opt/llmtraind/bin/pip install {checkout}) and "
+                "run /opt/llmtraind/bin/llmtraind unit, or name that install with --executable"
+            )
+    else:
+        command = [str(executable)]
+        needs = [Need("the llmtraind executable", executable, instead=_VENV)]
+        if not executable.is_file():
+            warnings.append(f"--executable {executable} is not a file here")
+        elif checkout is not None and _within(_real(executable), [_real(checkout)]) is not None:
+            warnings.append(f"--executable {executable} is inside the source checkout {checkout}")
+    hard = hardening([*needs, *config_needs(cfg, config)], user=user, home=home)
+    warnings += hard.warnings
+    text = unit_text(
+        executable=command,
+        config=config,
+        inbox=cfg.paths.inbox,
+        state=cfg.paths.state,
+        user=user,
+        group=group,
+        groups=groups,
+        stop_timeout_s=cfg.daemon.stop_timeout_s,
+        stop_grace_s=cfg.runs.stop_grace_s,
+        version=version,
+        read_write=hard.read_write,
+        protect_home=hard.protect_home,
+        warnings=warnings,
+    )
+    return Unit(text, tuple(warnings))
+
+
+def user_home(user: str) -> Path | None:
+    """The account's home folder, or None where there is no such account."""
+    try:
+        return Path(pwd.getpwnam(user).pw_dir)
+    except KeyError:
+        return None
