@@ -78,3 +78,23 @@ SEED_RL_DATA = """\
 """
 """The management API's RL preference file: a pair row and a scored-responses row, shown together
 (its code block is indented two spaces as a list item's; the file's lines are not)."""
+
+SEED_SFT_DATA = """\
+{"conversation_id": "demo-001", "messages": [{"role": "user", "content": "指令"}, {"role": "assistant", "content": "回答"}], "task_tags": ["qa"], "metadata": {"language": "zh"}}
+{"conversation_id": "demo-002", "messages": [{"role": "user", "content": "请总结"}, {"role": "assistant", "content": "总结内容"}]}
+"""
+"""The management API's SFT dataset example, as its document shows it (less the list item's indent)."""
+SEED_LORA_DATA = """\
+{"conversation_id": "lora-001", "messages": [{"role": "user", "content": "写一封感谢信"}, {"role": "assistant", "content": "亲爱的团队..."}], "target_modules": ["q_proj", "v_proj"], "rank": 8}
+"""
+SEED_PRETRAIN_DATA = """\
+{"doc_id": "pt-0001", "text": "大模型预训练语料第一段...", "metadata": {"domain": "finance"}}
+{"doc_id": "pt-0002", "text": "第二段语料..."}
+"""
+SEED_DATASETS = {
+    "sft_dataset.jsonl": SEED_SFT_DATA,
+    "rl_preference.jsonl": SEED_RL_DATA,
+    "lora_demo.jsonl": SEED_LORA_DATA,
+    "pretrain_corpus.jsonl": SEED_PRETRAIN_DATA,
+}
+"""Each dataset example under the file name the seed jobs give it (`dataset: datasets/NAME.jsonl`)."""
