@@ -38,6 +38,19 @@ def test_fixtures_are_real_failures() -> None:
         "missing_model": 1,
         "sigterm": -signal.SIGTERM,
         "unknown_argument": 1,
+        "model_type_unmatched": 1,
+        "template_unmatched": 1,
+        "bf16_on_cpu": 1,
+        "bfloat16_on_cpu": 1,
+        "bnb_8bit": 1,
+        "bnb_optimizer_missing": 1,
+        "deepspeed_missing": 1,
+        "flash_attn_missing": 1,
+        "liger_missing": 1,
+        "wandb_missing": 1,
+        "hub_id_no_network": 1,
+        "hub_id_no_network_modelscope": 1,
+        "hub_id_offline": 1,
     }
 
 
@@ -103,6 +116,112 @@ def test_what_the_daemon_did_comes_first() -> None:
     assert "timeout" in timed_out.reason
 
 
+def test_model_type_not_matched_names_the_candidates() -> None:
+    failure = fixture("model_type_unmatched")
+    assert (failure.kind, failure.argument, failure.transient) == ("bad_argument", "--model_type", False)
+    assert failure.reason == (
+        "swift cannot tell the model's model_type: it could be qwen2, qwen2_gte; "
+        "set `model_type: qwen2` in the job (or another of them)"
+    )
+    template = fixture("template_unmatched")
+    assert (template.kind, template.argument) == ("bad_argument", "--template")
+    assert "it could be qwen, qwen2_5, qwen2_5_math," in template.reason
+    assert "set `template: qwen` in the job" in template.reason
+
+
+@pytest.mark.parametrize("name", ["bf16_on_cpu", "bfloat16_on_cpu"])
+def test_bf16_on_the_cpu(name: str) -> None:
+    """`--bf16 true`, or `--torch_dtype bfloat16` (swift then turns bf16 on), on a CPU-only box."""
+    failure = fixture(name)
+    assert (failure.kind, failure.argument, failure.transient) == (
+        "dtype_unsupported",
+        "--torch_dtype",
+        False,
+    )
+    assert "set `torch_dtype: float32` in the job" in failure.reason
+    assert failure.exception is not None and "doesn't support bf16" in failure.exception
+
+
+def test_bf16_on_an_older_gpu() -> None:
+    line = (
+        "ValueError: Your setup doesn't support bf16/gpu. You need to assign use_cpu if you want to train "
+        "the model on CPU. You need Ampere+ GPU with cuda>=11.0."
+    )
+    failure = classify_failure([*TRACE, line], returncode=1)
+    assert failure.kind == "dtype_unsupported" and "Ampere" in failure.reason
+    assert "`torch_dtype: float16`" in failure.reason
+
+
+def test_a_half_precision_kernel_missing_on_the_device() -> None:
+    line = "RuntimeError: \"addmm_impl_cpu_\" not implemented for 'Half'"
+    failure = classify_failure([*TRACE, line], returncode=1)
+    assert failure.kind == "dtype_unsupported"
+    assert failure.reason.startswith("float16 is not supported") and "float32" in failure.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "package", "install"),
+    [
+        ("bnb_8bit", "bitsandbytes", "<venv>/bin/python -m pip install 'bitsandbytes>=0.46.1'"),
+        ("bnb_optimizer_missing", "bitsandbytes", "<venv>/bin/python -m pip install bitsandbytes"),
+        ("deepspeed_missing", "deepspeed", "<venv>/bin/python -m pip install deepspeed"),
+        ("flash_attn_missing", "flash-attn", "<venv>/bin/python -m pip install flash-attn"),
+        ("liger_missing", "liger-kernel", "<venv>/bin/python -m pip install liger-kernel"),
+        ("wandb_missing", "wandb", "<venv>/bin/python -m pip install wandb"),
+    ],
+)
+def test_a_missing_package_is_named_with_its_install_command(name: str, package: str, install: str) -> None:
+    """The interpreter is the one whose site-packages the traceback runs through: where swift runs."""
+    failure = fixture(name)
+    assert (failure.kind, failure.transient) == ("missing_package", False)
+    assert failure.reason == (
+        f"the Python package {package} is not installed where swift runs; install it there: {install}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "package"),
+    [
+        ("ModuleNotFoundError: No module named 'sklearn.metrics'", "scikit-learn"),
+        ("ModuleNotFoundError: No module named 'vllm'", "vllm"),
+        (
+            "ImportError: LlamaTokenizer requires the protobuf library but it was not found in your "
+            "environment. Check out the instructions on the installation page of its repo",
+            "protobuf",
+        ),
+        ("importlib.metadata.PackageNotFoundError: No package metadata was found for deepspeed", "deepspeed"),
+    ],
+)
+def test_python_and_transformers_missing_package_messages(line: str, package: str) -> None:
+    failure = classify_failure([*TRACE, line], returncode=1)
+    assert failure.kind == "missing_package"
+    assert failure.reason.endswith(f"install it there: /x/venv/bin/python -m pip install {package}"), failure
+
+
+def test_a_missing_package_without_a_traceback_path_names_the_configured_interpreter() -> None:
+    failure = classify_failure(["ModuleNotFoundError: No module named 'yaml'"], returncode=1)
+    assert failure.reason.endswith("install it there: <the [swift] python> -m pip install pyyaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("hub_id_no_network", "and the HuggingFace Hub cannot be reached"),
+        ("hub_id_offline", "and HuggingFace Hub downloads are off"),
+        ("hub_id_no_network_modelscope", "and the ModelScope Hub cannot be reached"),
+    ],
+)
+def test_a_hub_id_that_cannot_be_downloaded(name: str, why: str) -> None:
+    failure = fixture(name)
+    assert (failure.kind, failure.path, failure.transient) == (
+        "model_not_found",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        False,
+    )
+    assert failure.reason.startswith(f"model Qwen/Qwen2.5-0.5B-Instruct is a hub id, {why}: ")
+    assert "under [models] in the config" in failure.reason
+
+
 def test_one_string_is_split_into_lines() -> None:
     text = (FIXTURES / "unknown_argument.log").read_text()
     assert classify_failure(text, returncode=1) == fixture("unknown_argument")
@@ -121,7 +240,10 @@ OOM_SHARED = (
     "23.65 GiB of which 11.06 MiB is free. Process 2839 has 6.38 GiB memory in use. Process 2907 has 17.24 GiB "
     "memory in use. Of the allocated memory 16.85 GiB is allocated by PyTorch."
 )
-TRACE = ["Traceback (most recent call last):", '  File "/x/sft.py", line 20, in <module>']
+TRACE = [
+    "Traceback (most recent call last):",
+    '  File "/x/venv/lib/python3.11/site-packages/swift/cli/sft.py", line 20, in <module>',
+]
 
 
 def test_gpu_out_of_memory_is_not_transient() -> None:
@@ -244,7 +366,20 @@ def test_unknown_failures_name_the_exception() -> None:
         "unknown", False, "exit status 1: KeyError: 'messages'", exception="KeyError: 'messages'"
     )
     bare = classify_failure(["[INFO:swift] Start time of running main"], returncode=None)
-    assert bare.reason == "exited with an unknown status and printed no error"
+    assert bare.reason == (
+        "exited with an unknown status and printed no error; the log ends: [INFO:swift] Start time of running main"
+    )
+    assert (
+        classify_failure([], returncode=None).reason == "exited with an unknown status and printed no error"
+    )
+
+
+def test_unknown_failures_quote_the_last_lines_after_the_exception() -> None:
+    lines = [*TRACE, "KeyError: 'messages'", "cleanup 1", "cleanup 2", "cleanup 3", "cleanup 4"]
+    failure = classify_failure(lines, returncode=1)
+    assert failure.reason == (
+        "exit status 1: KeyError: 'messages'; the log ends: cleanup 2 | cleanup 3 | cleanup 4"
+    )
 
 
 def test_only_the_tail_is_read() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 import signal as signals
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ FailureKind = Literal[
     "port_in_use",
     "gpu_error",
     "disk_full",
+    "missing_package",
+    "dtype_unsupported",
     "killed",
     "timeout",
     "cancelled",
@@ -41,6 +44,8 @@ TAIL_LINES = 400
 """Lines of the log worth passing: a bad-dataset message comes about 100 lines before the end."""
 _MAX_LINE = 4096
 _MAX_REASON = 300
+_ENDING_LINES = 3
+"""Last lines of the log an unclassified failure's reason quotes."""
 
 _EXCEPTION_RE = re.compile(
     r"(?:(?:[A-Za-z_]\w{0,100}\.){1,10}[A-Z]\w{0,100}|\w{0,100}(?:Error|Exception|Exit|Interrupt))(?::\s|$)"
@@ -71,7 +76,40 @@ _NOT_A_MODEL_RE = re.compile(
 _REMAINING_RE = re.compile(r"remaining_argv: (\[.{0,2000}\])")
 _ARGPARSE_RE = re.compile(r"^\S{1,200}: error: (.*)$")
 _ARGPARSE_ARG_RE = re.compile(r"(?:argument|option:?|arguments:) (--?[\w-]{1,200})")
-_AUTO_MATCH_RE = re.compile(r"Failed to automatically match (model_type|template_type)")
+_AUTO_MATCH_RE = re.compile(r"Failed to automatically match `?(model_type|template_type)")
+_CANDIDATES_RE = re.compile(r"Multiple possible types found: (\[[^\]]{0,2000}\])")
+_HUB_DOWNLOAD_RE = re.compile(r"Downloading the model from (\w{1,40}) Hub, model_id: (\S{1,512})")
+_HUB_UNREACHABLE_RE = re.compile(
+    r"LocalEntryNotFoundError|OfflineModeIsEnabled|Name or service not known|Temporary failure in name"
+    r"|Network is unreachable|Max retries exceeded|ConnectError|ConnectionError"
+)
+_HUB_OFF_RE = re.compile(r"outgoing traffic has been disabled|OfflineModeIsEnabled")
+_BF16_RE = re.compile(r"Your setup doesn't support bf16")
+_HALF_OP_RE = re.compile(r"not implemented for '(Half|BFloat16)'")
+_PIP_RE = re.compile(r"`pip install (?:-U |--upgrade )?([^`]{1,200})`")
+_MISSING_RE = re.compile(
+    r"No module named '(?P<module>[\w.]{1,200})'"
+    r"|requires the (?P<library>[\w.-]{1,200}) library"
+    r"|The '(?P<dist>[\w.-]{1,200})' distribution was not found"
+    r"|No package metadata was found for (?!The ')(?P<meta>[\w.-]{1,200})"
+    r"|(?P<flash>FlashAttention)\d? has been toggled on, but it cannot be used"
+    r"|(?:requires|install) `?(?P<needed>[\w.-]{1,200})`?(?: to be installed)?[:.,]? .{0,200}`pip install"
+)
+"""What transformers, swift and Python print when a package is not installed (the messages of the
+fixtures `*_missing.log` and `bnb_8bit.log`, and Python's own)."""
+_PIP_NAMES = {
+    "flash_attn": "flash-attn",
+    "liger_kernel": "liger-kernel",
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python",
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "google": "protobuf",
+    "attr": "attrs",
+    "bs4": "beautifulsoup4",
+}
+"""Import names whose package is called something else on PyPI."""
+_VENV_RE = re.compile(r'File "(.{1,1024}?)/lib/python3\.\d{1,3}/site-packages/')
 _ENUM_RE = re.compile(r"ValueError: (.{1,200}) is not a valid (\w{1,100})")
 _PORT_RE = re.compile(r"Address already in use|EADDRINUSE|server socket has failed to (?:listen|bind)")
 _GPU_RE = re.compile(
@@ -150,8 +188,9 @@ def classify_failure(
             return found
     if sig is not None:
         return _by_signal(sig, exception)
-    detail = f": {exception}" if exception else " and printed no error"
-    return Failure("unknown", False, _one_line(f"{_status(returncode)}{detail}"), exception=exception)
+    return Failure(
+        "unknown", False, _one_line(_status(returncode) + _ending(lines, exception)), exception=exception
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +228,16 @@ def _one_line(text: str) -> str:
 
 def _status(returncode: int | None) -> str:
     return "exited with an unknown status" if returncode is None else f"exit status {returncode}"
+
+
+def _ending(lines: list[str], exception: str | None) -> str:
+    """How an unclassified run's log ends: the exception it died of, and the last lines when they
+    are not that exception (the log may end after it, or print none)."""
+    last = lines[-_ENDING_LINES:]
+    tail = " | ".join(last)
+    if exception is None:
+        return f" and printed no error; the log ends: {tail}" if last else " and printed no error"
+    return f": {exception}" if exception in last else f": {exception}; the log ends: {tail}"
 
 
 def _signal_name(sig: int | None) -> str | None:
@@ -289,9 +338,63 @@ def _model_not_found(lines: list[str], exception: str | None, _: bool) -> Failur
         reason = f"{path or 'the model directory'} is not a model directory (no usable config.json)"
         return Failure("model_not_found", False, _one_line(reason), exception=exception, path=path)
     match = _search(_MODEL_HUB_RE, lines)
+    download = _search(_HUB_DOWNLOAD_RE, lines)
+    if download is not None and (match is not None or _search(_HUB_UNREACHABLE_RE, lines) is not None):
+        hub = f"{download[1]} Hub"
+        why = f"{hub} downloads are off" if _search(_HUB_OFF_RE, lines) else f"the {hub} cannot be reached"
+        reason = (
+            f"model {download[2]} is a hub id, and {why}: "
+            "map its name to a local folder under [models] in the config, or put it in the local "
+            "Hugging Face or ModelScope cache"
+        )
+        return Failure("model_not_found", False, _one_line(reason), exception=exception, path=download[2])
     if match is not None:
         reason = "the model is not a local directory, and the hub has no copy that can be reached"
         return Failure("model_not_found", False, reason, exception=exception, path=match[1])
+    return None
+
+
+def _missing_package(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    """A package the options need is not installed: named, with the command that installs it into
+    the environment swift runs in (the interpreter its traceback's site-packages belong to)."""
+    match = _MISSING_RE.search(exception) if exception is not None else None
+    if match is None or exception is None:
+        return None
+    named = next((name for name in match.group("module", "library", "dist", "meta", "needed") if name), None)
+    pip = _PIP_RE.search(exception)
+    if pip is not None:
+        spec = pip[1].strip()
+        package = re.split(r"[<>=!~\[;\s]", spec)[0]
+    elif match["flash"]:
+        spec = package = "flash-attn"
+    elif named is not None:
+        spec = package = _PIP_NAMES.get(named.split(".")[0], named.split(".")[0])
+    else:
+        return None
+    venv = _search(_VENV_RE, lines)
+    python = f"{venv[1]}/bin/python" if venv is not None else "<the [swift] python>"
+    reason = (
+        f"the Python package {package} is not installed where swift runs; "
+        f"install it there: {python} -m pip install {shlex.quote(spec)}"
+    )
+    return Failure("missing_package", False, _one_line(reason), exception=exception)
+
+
+def _dtype_unsupported(lines: list[str], exception: str | None, _: bool) -> Failure | None:
+    bf16 = _search(_BF16_RE, lines)
+    if bf16 is not None:
+        reason = (
+            "bf16 needs an Ampere or newer GPU; set `torch_dtype: float16` (or float32) in the job"
+            if "Ampere" in bf16.string
+            else "bf16 cannot train here (no GPU; transformers refuses bf16 on the CPU, and a model "
+            "saved in bfloat16 asks for it): set `torch_dtype: float32` in the job, and no `bf16` under `swift:`"
+        )
+        return Failure("dtype_unsupported", False, reason, exception=exception, argument="--torch_dtype")
+    half = _search(_HALF_OP_RE, lines)
+    if half is not None:
+        dtype = "float16" if half[1] == "Half" else "bfloat16"
+        reason = f"{dtype} is not supported by this device's kernels; set `torch_dtype: float32` in the job"
+        return Failure("dtype_unsupported", False, reason, exception=exception, argument="--torch_dtype")
     return None
 
 
@@ -307,13 +410,18 @@ def _unknown_argument(lines: list[str], exception: str | None, _: bool) -> Failu
 
 
 def _flag_names(text: str) -> list[str]:
+    return [item for item in _names(text) if item.startswith("-")]
+
+
+def _names(text: str) -> list[str]:
+    """The strings of a printed Python list (`['qwen2', 'qwen2_gte']`); none if it is not one."""
     try:
         items = ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return []
     if not isinstance(items, list):
         return []
-    return [item for item in items if isinstance(item, str) and item.startswith("-")]
+    return [item for item in items if isinstance(item, str)]
 
 
 def _bad_argument(lines: list[str], exception: str | None, _: bool) -> Failure | None:
@@ -329,8 +437,15 @@ def _bad_argument(lines: list[str], exception: str | None, _: bool) -> Failure |
     auto = _search(_AUTO_MATCH_RE, lines)
     if auto is not None:
         key = "model_type" if auto[1] == "model_type" else "template"
-        reason = f"swift cannot tell the model's {key}; add `{key}:` to the job (e.g. model_type: qwen2, template: qwen)"
-        return Failure("bad_argument", False, reason, exception=exception, argument=f"--{key}")
+        found = _CANDIDATES_RE.search(auto.string)
+        names = _names(found[1]) if found is not None else []
+        reason = (
+            f"swift cannot tell the model's {key}: it could be {', '.join(names)}; "
+            f"set `{key}: {names[0]}` in the job (or another of them)"
+            if names
+            else f"swift cannot tell the model's {key}; add `{key}:` to the job (e.g. model_type: qwen2, template: qwen)"
+        )
+        return Failure("bad_argument", False, _one_line(reason), exception=exception, argument=f"--{key}")
     enum = _search(_ENUM_RE, lines)
     if enum is not None:
         reason = f"{enum[1]} is not a valid {enum[2]}"
@@ -355,11 +470,14 @@ def _environment(lines: list[str], exception: str | None, _: bool) -> Failure | 
 
 _RULES: tuple[_Rule, ...] = (
     _out_of_memory,
+    _missing_package,
+    _dtype_unsupported,
     _unknown_argument,
     _bad_argument,
     _model_not_found,
     _bad_dataset,
     _environment,
 )
-"""In order: an out-of-memory error can surface as a dataset or NCCL error further down, and the
-argument checks run before swift touches the model or the data."""
+"""In order: an out-of-memory error can surface as a dataset or NCCL error further down; a missing
+package or an unusable dtype is the exception the run ended with; and the argument checks run
+before swift touches the model or the data."""
