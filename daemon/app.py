@@ -35,6 +35,7 @@ from daemon.log.projector import Projector
 from daemon.log.store import EventStore, private_dirs
 from daemon.runs.gpus import make_probe
 from daemon.runs.loop import Scheduling
+from daemon.runs.reaper import become_subreaper
 from daemon.runs.recorder import RunRecorder
 from daemon.runs.runner import Runner
 from daemon.runs.supervise import boot_id
@@ -251,7 +252,11 @@ async def _run(
         inbox = Inbox(cfg, store, state, await asyncio.to_thread(local_swift_args))
         recorder = RunRecorder(store, state)
         runner = Runner(
-            recorder.report, recorder.ended, grace_s=cfg.runs.stop_grace_s, poll_s=cfg.runs.poll_s
+            recorder.report,
+            recorder.ended,
+            grace_s=cfg.runs.stop_grace_s,
+            poll_s=cfg.runs.poll_s,
+            reaper=become_subreaper(),
         )
         scheduling = Scheduling(cfg, store, state, probe, runner)
         side = ReadSide(

@@ -5,7 +5,10 @@ The run's process tree is `supervisor (own session) -> swift (own process group)
 and the runner reads files (`logging.jsonl` for metrics, the log's last lines for the failure's
 evidence), so a run never blocks on a slow daemon and a restarted daemon reads the same files.
 The supervisor's exit is awaited through a pidfd, which works the same for a run this daemon
-started and for one an earlier daemon started, and cannot be fooled by a reused pid.
+started and for one an earlier daemon started, and cannot be fooled by a reused pid. A supervisor
+that dies without writing exit.json leaves swift to the daemon when the daemon is a subreaper
+(`daemon.runs.reaper`): the runner then stops, waits for and reaps swift itself and writes its real
+exit status; any other swift left behind is killed, and its end recorded as unknown.
 
 Everything seen is handed to `Report` callbacks as events; the runner knows nothing of the log but
 that it may refuse a write for a while (StoreError: its lock is held elsewhere, the disk is full).
@@ -24,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +39,16 @@ from daemon.core.streams import run_key
 from daemon.log.errors import StoreError
 from daemon.runs import supervise
 from daemon.runs.outcome import RunEnd
+from daemon.runs.reaper import Orphan, find_orphan, kill_group, reaped, remaining_s
 from daemon.runs.secrets import SecretError, resolve_secrets
-from daemon.runs.supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
+from daemon.runs.supervise import (
+    EXIT_FILE,
+    RUN_FILE,
+    SUPERVISOR_FILE,
+    boot_id,
+    proc_start_ticks,
+    write_atomically,
+)
 from daemon.runs.watch import Watch, collect, observe, read_json
 
 __all__ = ["Adoptable", "Report", "Runner"]
@@ -98,12 +110,16 @@ class Runner:
         grace_s: float,
         poll_s: float,
         supervisor_python: str = sys.executable,
+        reaper: bool = False,
     ) -> None:
+        """`reaper`: this process is a child subreaper (`daemon.runs.reaper.become_subreaper`), so
+        a swift whose supervisor dies becomes its child and need not die with the supervisor."""
         self._report = report
         self._on_end = on_end
         self.grace_s = grace_s
         self.poll_s = poll_s
         self.python = supervisor_python
+        self.reaper = reaper
         self._runs: dict[int, Watch] = {}
         self._trouble: dict[int, str] = {}
 
@@ -182,19 +198,30 @@ class Runner:
     # -- one run -----------------------------------------------------------------------------
 
     def _signal(self, w: Watch) -> None:
+        if w.orphan is not None:
+            self._stop_orphan(w.orphan, "shutdown" if w.cancel == "shutdown" else "cancel")
+            return
         if w.pidfd is None:
             return  # not started yet: _launch_and_watch sends it once it is
         sig = signal.SIGUSR1 if w.cancel == "shutdown" else signal.SIGTERM
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(w.pidfd, sig)
 
+    def _stop_orphan(self, orphan: Orphan, why: str) -> None:
+        """What the supervisor would do: SIGTERM to swift's group, SIGKILL after the grace. The pid
+        is safe to signal: an unreaped child's pid names no other process."""
+        if orphan.stopped is None:
+            orphan.stopped = why
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(orphan.pid, signal.SIGTERM)
+            orphan.timers.append(asyncio.get_running_loop().call_later(self.grace_s, kill_group, orphan.pid))
+
     def _close(self, w: Watch) -> None:
         self._runs.pop(w.job_id, None)
-        if w.pidfd is not None:
-            with contextlib.suppress(OSError):
-                asyncio.get_running_loop().remove_reader(w.pidfd)
-            os.close(w.pidfd)
-            w.pidfd = None
+        if w.orphan is not None:
+            for timer in w.orphan.timers:
+                timer.cancel()
+        self._forget_pidfd(w)
 
     async def _launch_and_watch(self, w: Watch, started: JobStarted) -> None:
         try:
@@ -202,17 +229,20 @@ class Runner:
             if error is None:
                 await self._record_started(w, boot_id())
                 await self._watch(w)
+                error = await self._supervisor_gone(w, error)
             await self._finish(w, error)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a run must end with a record, whatever broke here
             log.exception("job %d attempt %d: the runner failed", w.job_id, w.attempt)
             await self._exited(w)
+            if w.pidfd is not None:
+                reaped(w.pidfd)
             await self._finish(w, f"the daemon's runner failed: {e}")
 
     async def _spawn(self, w: Watch, started: JobStarted) -> str | None:
         header = f"\n==> llmtraind: job {w.job_id} attempt {w.attempt}: {started.command}\n"
-        w.log_offset = await asyncio.to_thread(self._prepare, w, started, header, self.grace_s)
+        w.log_offset = await asyncio.to_thread(self._prepare, w, started, header, self.grace_s, self.reaper)
         env = {k: v for k, v in os.environ.items() if k not in {*started.unset_env, *_UNSET_FOR_RUNS}}
         try:
             secrets = await asyncio.to_thread(resolve_secrets, started.secrets, os.environ)
@@ -249,13 +279,13 @@ class Runner:
         return self._open_pidfd(w)
 
     @staticmethod
-    def _prepare(w: Watch, started: JobStarted, header: str, grace_s: float) -> int:
+    def _prepare(w: Watch, started: JobStarted, header: str, grace_s: float, reaper: bool) -> int:
         """Make the run's folders and its run.json; the log's size before the attempt's header."""
         for folder in (w.run_dir, w.output_dir, w.log.parent):
             _private_dirs(folder)
         expand = sorted(var for var in started.secrets if var.startswith(ARG_VAR_PREFIX))
         spec = {"argv": started.argv, "log": str(w.log), "timeout_s": started.timeout_s, "expand": expand}
-        (w.run_dir / RUN_FILE).write_text(json.dumps(spec | {"grace_s": grace_s}))
+        (w.run_dir / RUN_FILE).write_text(json.dumps(spec | {"grace_s": grace_s, "reaper": reaper}))
         fd = os.open(w.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "ab") as f:
             offset = f.tell()
@@ -297,6 +327,7 @@ class Runner:
                 await self._record_started(w, boot_id)
             if error is None:
                 await self._watch(w)
+            error = await self._supervisor_gone(w, error)
             await self._finish(w, error)
         except asyncio.CancelledError:
             raise
@@ -311,6 +342,7 @@ class Runner:
         pid = run.pid if run.pid is not None else (int(info["pid"]) if info else None)
         ticks = run.start_ticks if run.start_ticks is not None else (info or {}).get("start_ticks")
         boot = run.boot_id if run.boot_id is not None else (info or {}).get("boot_id")
+        w.pid = pid
         if (w.run_dir / EXIT_FILE).exists():
             return None
         if pid is None:
@@ -320,7 +352,6 @@ class Runner:
             return "the machine rebooted while the run was running"
         if proc_start_ticks(pid) != ticks:
             return f"the run's supervisor (pid {pid}) is gone without recording an exit"
-        w.pid = pid
         try:
             w.pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -348,6 +379,75 @@ class Runner:
                 await self._poll(w, final=done)
         finally:
             loop.remove_reader(w.pidfd)
+
+    async def _supervisor_gone(self, w: Watch, error: str | None) -> str | None:
+        """The supervisor has exited, or was found gone: reap it if it is our child, and if it left
+        no exit.json while its swift goes on, see swift to its end. Returns the run's error."""
+        if w.pidfd is not None:
+            reaped(w.pidfd)
+            self._forget_pidfd(w)
+        if w.interrupted:
+            return error
+        orphan = await asyncio.to_thread(self._orphan, w)
+        if orphan is None:
+            return error
+        w.orphan, w.pidfd = orphan, orphan.pidfd
+        gone = f"the run's supervisor (pid {w.pid}) is gone without recording an exit"
+        if not orphan.ours:
+            log.warning(
+                "job %d attempt %d: %s; killing its swift (pid %d)", w.job_id, w.attempt, gone, orphan.pid
+            )
+            kill_group(orphan.pid)
+            await self._exited(w)
+            return error or gone
+        log.warning(
+            "job %d attempt %d: %s; the daemon waits for swift (pid %d)",
+            w.job_id,
+            w.attempt,
+            gone,
+            orphan.pid,
+        )
+        if w.cancel is not None:
+            self._signal(w)
+        left = remaining_s(orphan)
+        if left is not None:
+            orphan.timers.append(
+                asyncio.get_running_loop().call_later(left, self._stop_orphan, orphan, "timeout")
+            )
+        await self._watch(w)
+        kill_group(orphan.pid)  # before the reap, while its pid still names it
+        returncode = reaped(orphan.pidfd)
+        w.exit_info = {
+            "returncode": returncode,
+            "stopped": orphan.stopped,
+            "started": orphan.started,
+            "ended": time.time(),
+            "error": None if returncode is not None else f"{gone}, and swift's exit status was lost",
+        }
+        try:
+            await asyncio.to_thread(write_atomically, w.run_dir / EXIT_FILE, w.exit_info)
+        except OSError as e:
+            log.warning("job %d attempt %d: cannot write %s: %s", w.job_id, w.attempt, EXIT_FILE, e)
+        return None
+
+    @staticmethod
+    def _orphan(w: Watch) -> Orphan | None:
+        """The run's swift, if its supervisor left no exit.json and swift still exists."""
+        if (w.run_dir / EXIT_FILE).exists():
+            return None
+        spec = read_json(w.run_dir / RUN_FILE) or {}
+        timeout_s = spec.get("timeout_s")
+        return find_orphan(
+            read_json(w.run_dir / SUPERVISOR_FILE),
+            float(timeout_s) if isinstance(timeout_s, (int, float)) else None,
+        )
+
+    def _forget_pidfd(self, w: Watch) -> None:
+        if w.pidfd is not None:
+            with contextlib.suppress(OSError):
+                asyncio.get_running_loop().remove_reader(w.pidfd)
+            os.close(w.pidfd)
+            w.pidfd = None
 
     async def _exited(self, w: Watch) -> None:
         """Until the supervisor has exited: a run is never declared ended while it goes on."""

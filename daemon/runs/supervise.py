@@ -9,6 +9,14 @@ process group with output appended to the job's log, waits for it, and writes ho
 daemon, this one or the next, finds the run again from `supervisor.json` and learns its end from
 `exit.json`.
 
+If the supervisor itself is killed (SIGKILL, the OOM killer) it writes nothing. When the daemon
+that started it is a child subreaper (`run.json` says `"reaper": true`), swift outlives it: swift is
+then the daemon's child, and the daemon waits for it and writes `exit.json` from swift's real exit
+status (see `daemon.runs.reaper`). Otherwise swift dies with its supervisor (PR_SET_PDEATHSIG), so
+that no unsupervised swift holds the GPUs. The supervisor is a subreaper itself: what swift leaves
+orphaned (DataLoader workers) comes to it, is killed with swift's group and reaped here, and never
+becomes a zombie of the daemon.
+
 Signals to the supervisor: SIGTERM = the job was cancelled, SIGUSR1 = the daemon stops and was
 told to stop its runs. Either sends SIGTERM to swift's group, waits `grace_s`, then SIGKILLs the
 group. The job's timeout is enforced here too, so it holds while no daemon runs. When swift
@@ -31,20 +39,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BOOT_ID_ENV", "EXIT_FILE", "RUN_FILE", "SUPERVISOR_FILE", "boot_id", "main", "proc_start_ticks"]
+__all__ = [
+    "BOOT_ID_ENV",
+    "EXIT_FILE",
+    "RUN_FILE",
+    "SUPERVISOR_FILE",
+    "boot_id",
+    "main",
+    "proc_start_ticks",
+    "write_atomically",
+]
 
 RUN_FILE = "run.json"
 """Written by the daemon: {"argv": [...], "log": path, "timeout_s": float|null, "grace_s": float,
-"expand": [VAR, ...]}: each argv item `${VAR}` is replaced by the value of VAR in this process's
+"expand": [VAR, ...], "reaper": bool}: each argv item `${VAR}` is replaced by the value of VAR in this process's
 environment, which the daemon put there (a secret, which must not stand in run.json or the log),
-and VAR is removed from swift's environment."""
+and VAR is removed from swift's environment. `reaper`: the daemon takes swift over if the
+supervisor dies, so swift does not die with it."""
 SUPERVISOR_FILE = "supervisor.json"
-"""Written here once swift runs: {"pid", "start_ticks", "boot_id", "child_pid", "sid"}."""
+"""Written here once swift runs: {"pid", "start_ticks", "boot_id", "child_pid", "child_start_ticks",
+"sid", "started"}."""
 EXIT_FILE = "exit.json"
 """Written here when swift has exited: {"returncode", "stopped", "started", "ended", "error"}."""
 
 BOOT_ID_ENV = "LLMTRAIND_TEST_BOOT_ID"
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_REAP_S = 2.0
+"""How long the supervisor waits for the rest of swift's killed group before it writes the exit."""
 _STOPS: dict[int, str] = {signal.SIGTERM: "cancel", signal.SIGUSR1: "shutdown"}
 _WAKE = {signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD}
 
@@ -69,7 +91,7 @@ def boot_id() -> str:
         return "unknown"
 
 
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+def write_atomically(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f)
@@ -91,7 +113,7 @@ def _write_until_written(path: Path, data: dict[str, Any], log: Path) -> None:
     said = False
     while True:
         try:
-            _write_atomically(path, data)
+            write_atomically(path, data)
             return
         except OSError as e:
             if not said:
@@ -115,6 +137,20 @@ def _die_with_parent(libc: ctypes.CDLL) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _reap_orphans(deadline: float) -> None:
+    """Reap what swift left behind and came to this subreaper, until none is left or `deadline`:
+    a zombie left here would pass to the daemon when the supervisor exits."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -130,6 +166,7 @@ class _Run:
         self.log = Path(spec["log"])
         self.timeout_s: float | None = spec.get("timeout_s")
         self.grace_s: float = spec.get("grace_s", 30.0)
+        self.reaper: bool = spec.get("reaper", False)
         self.stopped: str | None = None
         self.kill_at: float | None = None
 
@@ -146,7 +183,7 @@ class _Run:
                 stderr=log_fd,
                 cwd=self.run_dir,
                 process_group=0,
-                preexec_fn=lambda: _die_with_parent(libc),  # safe: the supervisor has one thread
+                preexec_fn=None if self.reaper else lambda: _die_with_parent(libc),  # one thread here
             )
         finally:
             os.close(log_fd)
@@ -175,16 +212,21 @@ class _Run:
             if info is not None and info.si_signo in _STOPS:
                 self.stop(_STOPS[info.si_signo], child.pid)
         _killpg(child.pid, signal.SIGKILL)  # the group outlives its leader while a worker lives
-        return child.wait()
+        returncode = child.wait()
+        _reap_orphans(time.monotonic() + _REAP_S)
+        return returncode
 
 
 def _detach() -> int:
     """Fork; the parent (the daemon's child) exits once the supervisor reports swift running, so
     the daemon reads supervisor.json as soon as its child has exited. Returns the pipe to report on."""
     read_end, write_end = os.pipe()
-    if os.fork() > 0:
+    supervisor = os.fork()
+    if supervisor > 0:
         os.close(write_end)
         ok = os.read(read_end, 1)
+        if ok != b"1":  # the supervisor exits now: reaped here, not left to a subreaper daemon
+            os.waitpid(supervisor, 0)
         os._exit(0 if ok == b"1" else 1)
     os.close(read_end)
     return write_end
@@ -198,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args[0]).resolve()
     run = _Run(run_dir, json.loads((run_dir / RUN_FILE).read_text()))
     report = _detach()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pending: list[int] = []
     for sig in _STOPS:
         signal.signal(sig, lambda signo, _frame: pending.append(signo))
@@ -210,19 +253,21 @@ def main(argv: list[str] | None = None) -> int:
         with open(run.log, "a") as f:
             f.write(error)
         exit_info: dict[str, Any] = {"returncode": 127, "stopped": None, "started": started}
-        _write_atomically(run_dir / EXIT_FILE, exit_info | {"ended": time.time(), "error": error.strip()})
+        write_atomically(run_dir / EXIT_FILE, exit_info | {"ended": time.time(), "error": error.strip()})
         os.write(report, b"0")
         return 1
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
     me = os.getpid()
-    _write_atomically(
+    write_atomically(
         run_dir / SUPERVISOR_FILE,
         {
             "pid": me,
             "start_ticks": proc_start_ticks(me),
             "boot_id": boot_id(),
             "child_pid": child.pid,
+            "child_start_ticks": proc_start_ticks(child.pid),
             "sid": os.getsid(0),
+            "started": started,
         },
     )
     os.write(report, b"1")

@@ -20,6 +20,7 @@ from typing import Any
 from daemon.core.events import ArtifactRecord, ArtifactsFound, JobProgress, NewEvent, RunServing
 from daemon.core.streams import run_key
 from daemon.runs.outcome import RunEnd
+from daemon.runs.reaper import Orphan
 from daemon.runs.supervise import EXIT_FILE
 from daemon.runs.swift.artifacts import Artifact, scan_artifacts
 from daemon.runs.swift.deploy import listening_url, local_url
@@ -67,6 +68,10 @@ class Watch:
     """Where a deploy run's server said it listens."""
     serving: bool = False
     """Its server has answered (RunServing is recorded)."""
+    orphan: Orphan | None = None
+    """Swift, once its supervisor died before writing exit.json: `pidfd` is then swift's."""
+    exit_info: dict[str, Any] | None = None
+    """How the orphan ended, as the daemon wrote it to exit.json (or could not)."""
 
 
 def read_tail(path: Path, start: int, limit: int = _TAIL_BYTES) -> list[str]:
@@ -191,7 +196,7 @@ def _new_metrics(w: Watch) -> list[StepMetrics]:
 
 
 def collect(w: Watch, error: str | None) -> RunEnd:
-    info = read_json(w.run_dir / EXIT_FILE)
+    info = read_json(w.run_dir / EXIT_FILE) or w.exit_info
     tail = read_tail(w.log, w.log_offset)
     artifacts = scan_artifacts(w.output_dir)
     if info is None:

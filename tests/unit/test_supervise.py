@@ -115,9 +115,17 @@ class Run:
         path.write_text(text)
         return str(path)
 
-    def start(self, argv: list[str], *, timeout_s: float | None = None, grace_s: float = 5.0) -> int:
+    def start(
+        self, argv: list[str], *, timeout_s: float | None = None, grace_s: float = 5.0, reaper: bool = False
+    ) -> int:
         """Start the supervisor as the runner does; returns the exit status of its detaching parent."""
-        spec = {"argv": argv, "log": str(self.log), "timeout_s": timeout_s, "grace_s": grace_s}
+        spec = {
+            "argv": argv,
+            "log": str(self.log),
+            "timeout_s": timeout_s,
+            "grace_s": grace_s,
+            "reaper": reaper,
+        }
         (self.dir / RUN_FILE).write_text(json.dumps(spec))
         with open(self.dir.parent / "supervisor.out", "ab") as out:
             self.parent = subprocess.Popen(
@@ -187,9 +195,11 @@ def test_exit_status_is_recorded_and_output_appended_to_the_log(run: Run) -> Non
 def test_supervisor_json_names_the_supervisor_and_swift(run: Run) -> None:
     """What the next daemon needs to find the run again and to tell its pid from a reused one."""
     info = run.start_fake(SLEEPER)
-    assert set(info) == {"pid", "start_ticks", "boot_id", "child_pid", "sid"}
+    assert set(info) == {"pid", "start_ticks", "boot_id", "child_pid", "child_start_ticks", "sid", "started"}
     pid, child = info["pid"], info["child_pid"]
     assert info["start_ticks"] == proc_start_ticks(pid) and info["start_ticks"] is not None
+    assert info["child_start_ticks"] == proc_start_ticks(child) and info["child_start_ticks"] is not None
+    assert isinstance(info["started"], float) and info["started"] <= time.time()
     assert info["boot_id"] == boot_id()
     # The detaching parent was the session leader; the supervisor stays in its session, so a
     # GPU process of this session is the run's. swift leads a process group of its own.
@@ -275,6 +285,36 @@ def test_swift_dies_with_a_killed_supervisor(run: Run) -> None:
     eventually(lambda: not alive(info["child_pid"]), "swift to die with its supervisor")
     assert group_gone(info["child_pid"])
     assert not (run.dir / EXIT_FILE).exists(), "nobody was left to record an exit"
+
+
+def test_with_a_subreaper_daemon_swift_outlives_a_killed_supervisor(run: Run) -> None:
+    """run.json's reaper: the daemon takes swift over and learns its exit status, so no PDEATHSIG."""
+    info = run.start_fake(SLEEPER, reaper=True)
+    os.kill(info["pid"], signal.SIGKILL)
+    eventually(lambda: not alive(info["pid"]), "the supervisor to die")
+    time.sleep(0.2)
+    assert alive(info["child_pid"]), "swift goes on without its supervisor"
+    assert not (run.dir / EXIT_FILE).exists()
+
+
+def test_what_swift_leaves_orphaned_is_reaped_by_the_supervisor(run: Run) -> None:
+    """The supervisor is a subreaper: a worker whose parent exited comes to it, is killed with the
+    group and reaped, not left as a zombie for the daemon (or pid 1) when the supervisor exits."""
+    fake = run.script(
+        "import os, pathlib, sys, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "pathlib.Path(sys.argv[1]).write_text(str(pid))\n"
+        "sys.exit(0)\n"
+    )
+    assert run.start([sys.executable, fake, str(run.ready)]) == 0
+    end = run.exit_info()
+    worker = int(run.ready.read_text())
+    assert end["returncode"] == 0
+    eventually(lambda: not alive(run.supervisor()["pid"]), "the supervisor to exit")
+    assert not Path(f"/proc/{worker}").exists(), "the worker was killed and reaped, not left a zombie"
 
 
 def test_usage_error_without_a_run_dir() -> None:
