@@ -348,6 +348,8 @@ def unit_text(
 
     The service runs as a dedicated user, never root: its trainings run whatever ms-swift loads, and
     what a job may make it load is bounded by [swift] allow_code, not by the account's reach.
+    StateDirectoryMode=0700 keeps systemd from opening the owner-only state folder to 0755 at each
+    start.
     """
     if not user or user in ("root", "0"):
         raise ValueError(f"the service must run as a dedicated user, not {user or 'root'!r}")
@@ -382,6 +384,7 @@ def unit_text(
         f"Group={group or user}",
         *([f"SupplementaryGroups={' '.join(groups)}"] if groups else []),
         "StateDirectory=llmtraind",
+        "StateDirectoryMode=0700",
         "LogsDirectory=llmtraind",
         "CacheDirectory=llmtraind",
         f"Environment=LLMTRAIND_CONFIG={_arg(str(config))}",

@@ -109,7 +109,8 @@ def _verify(target: Path) -> tuple[int, int, int | None, str | None]:
 
 
 def backup(cfg: Config, dest: Path) -> Backup:
-    """Copy the event log and the log-id into the new folder `dest` (0700), durably.
+    """Copy the event log and the log-id into the new folder `dest` (0700; missing parents are made),
+    durably.
 
     Refuses an existing `dest` rather than mixing a new log with an older log-id, and removes what
     it created when the copy fails, so a folder named like a backup always holds a whole one.
@@ -118,6 +119,7 @@ def backup(cfg: Config, dest: Path) -> Backup:
     if not source.is_file():
         raise BackupError(f"there is no event log at {source}")
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         dest.mkdir(mode=0o700)
     except FileExistsError:
         raise BackupError(

@@ -28,7 +28,7 @@ async def test_a_log_with_events_is_copied_with_its_id(tmp_path: Path) -> None:
     for n in range(3):
         await store.append("daemon", [NewEvent(DaemonStopped(pid=n, reason="r"))])
     await store.save_snapshot(2, 1, "{}")
-    dest = tmp_path / "b"
+    dest = tmp_path / "backups" / "b"
     try:
         made = backup(cfg, dest)
     finally:

@@ -126,6 +126,7 @@ def test_the_unit_runs_the_executable_it_is_given_under_a_strict_sandbox(tmp_pat
     assert f"ExecStart={exe} serve --config {ETC}" in lines
     assert "ProtectSystem=strict" in lines and "ProtectHome=yes" in lines and "PrivateTmp=yes" in lines
     assert f"ReadWritePaths={INBOX}" in lines
+    assert "StateDirectory=llmtraind" in lines and "StateDirectoryMode=0700" in lines
     assert all(f"# WARNING: {w}" in lines for w in unit.warnings)
     assert not any("is not a file" in w or "checkout" in w for w in unit.warnings)
 
