@@ -256,14 +256,14 @@ def await_control(
         if clock() >= deadline:
             if verdict is not None:
                 return verdict
-            why = f"no verdict within {wait_s:g} s" + (f" ({trouble})" if trouble else "")
+            why = f"none within {wait_s:g} s" + (f"; {trouble}" if trouble else "")
             return ControlOutcome("unanswered", why)
         if not full_page:
             sleep(poll_s)
 
 
 def control_lines(action: str, ref: str, outcome: ControlOutcome, *, inbox: str, dropped: str) -> str:
-    """The CLI's one or two lines about a control request, as a person reads them."""
+    """The CLI's line about a control request, as a person reads it."""
     job = outcome.job or {}
     who = f"job {job.get('id')} {job.get('name', '')}".rstrip()
     reason = f" ({job['reason']})" if job.get("reason") else ""
@@ -278,7 +278,7 @@ def control_lines(action: str, ref: str, outcome: ControlOutcome, *, inbox: str,
         note = f"; see {inbox.rstrip('/')}/{outcome.error_file}" if outcome.error_file else ""
         return f"{action} {ref}: refused: {outcome.detail}{note}"
     return (
-        f"{action} {ref}: the daemon gave no answer: {outcome.detail}; the request stays in the "
+        f"{action} {ref}: no verdict from the daemon ({outcome.detail}); the request stays in the "
         f"inbox as {dropped} and takes effect when the daemon reads it (delete that file to withdraw it)"
     )
 

@@ -106,5 +106,8 @@ def test_a_control_request_nobody_answers_stays_in_the_inbox(daemon: Daemon) -> 
     daemon.stop()
     silent = daemon.cli("retry", "later", "--wait", "1", timeout=30)
     assert silent.returncode == 3, (silent.stdout, silent.stderr)
-    assert "the daemon gave no answer" in silent.stderr and "stays in the inbox as" in silent.stderr
+    assert (
+        "retry later: no verdict from the daemon (cannot reach the daemon" in silent.stderr
+        and "stays in the inbox as" in silent.stderr
+    )
     assert [p.name for p in daemon.inbox.glob("retry-later-*.yaml")] != []

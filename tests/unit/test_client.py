@@ -350,7 +350,7 @@ def test_no_verdict_in_time_says_the_request_stays_in_the_inbox(down: bool) -> N
     api = FakeApi([event(11, "JobProgress", job_id=1)])
     api.down = down
     outcome = wait(api, wait_s=3)
-    assert outcome.status == "unanswered" and outcome.detail.startswith("no verdict within 3 s")
+    assert outcome.status == "unanswered" and outcome.detail.startswith("none within 3 s")
     assert ("cannot reach the daemon" in outcome.detail) == down
     assert len(api.calls) >= 10, "it asks again until the time is up"
     text = control_lines("cancel", "x", outcome, inbox="/in", dropped="/in/cancel-x-1.yaml")
