@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,50 @@ def test_links_fifos_and_odd_files_are_refused_without_blocking(tmp_path: Path) 
     assert "dir.yaml: rejected: cannot read it: not a regular file" in err
     assert "notes.md: rejected: unknown file type" in err
     assert "big.yaml: rejected: 1100005 bytes is over the limit of 1048576" in err
+
+
+def test_the_seed_jobs_as_this_box_would_take_them(tmp_path: Path, tiny_model: Path) -> None:
+    from tests.seeds import SEED_LORA, SEED_RL, SEED_SFT
+
+    config = tmp_path / "llmtraind.toml"
+    config.write_text(
+        '[gpus]\ndevices = "none"\n[models]\n'
+        + "".join(f"{name} = {json.dumps(str(tiny_model))}\n" for name in ("qwen-7b-sft", "qwen-7b-rm"))
+    )
+    for name, text in (("sft.yaml", SEED_SFT), ("rl.yaml", SEED_RL), ("lora.yaml", SEED_LORA)):
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "check",
+            "--config",
+            str(config),
+            "rl.yaml",
+            "sft.yaml",
+            "lora.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    folder = tiny_model.resolve()
+    assert (
+        f"rl.yaml: ok: job rl: rlhf (full) on {folder}\n  model qwen-7b-sft -> {folder} ([models])\n"
+        in result.stdout
+    )
+    assert (
+        "  swift.reward_model_type qwen2 (config.json: Qwen2ForCausalLM, model_type qwen2)\n" in result.stdout
+    )
+    assert "  warning: kl_target 0.1 not applied: ms-swift 4.6 has no adaptive KL target" in result.stdout
+    assert "- model: model qwen-7b: not a folder, not in [models]" in result.stderr
+    assert '  hint: add `qwen-7b = "/path/to/the/model"` under [models] in llmtraind.toml' in result.stderr
+    assert "lora.yaml: rejected, 3 problems\n- model: model llama2-7b: not a folder" in result.stderr
+    assert "needs the Python package bitsandbytes" in result.stderr
+    assert (
+        "8-bit loading (bitsandbytes; use_8bit, quant_bits or bnb_4bit_quant_type) needs a GPU"
+        in result.stderr
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core.config import ConfigError, config_digest, load_config, resolve_config_path
+from daemon.core.config import ConfigError, config_digest, load_config, merge_reload, resolve_config_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +100,31 @@ def test_digest_changes_with_the_config() -> None:
     a = load_config(None, environ={})
     b = load_config(None, environ={"LLMTRAIND_API_PORT": "1"})
     assert config_digest(a) == config_digest(load_config(None, environ={})) != config_digest(b)
+
+
+def test_models_map_names_to_folders_relative_to_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[models]\nqwen-7b = "models/qwen"\n"Qwen/Qwen2.5-7B-Instruct" = "/srv/qwen2.5"\n')
+    cfg = load_config(f, environ={})
+    assert cfg.models == {
+        "qwen-7b": tmp_path / "models" / "qwen",
+        "Qwen/Qwen2.5-7B-Instruct": Path("/srv/qwen2.5"),
+    }
+    assert load_config(None, environ={}).models == {}
+    f.write_text('[models]\n"" = "/m"\n')
+    with pytest.raises(ConfigError, match="models: '' is not a model name as a job writes it"):
+        load_config(f, environ={})
+    f.write_text('[models]\nq = ""\n')
+    with pytest.raises(ConfigError, match="models.q must name a model folder"):
+        load_config(f, environ={})
+
+
+def test_a_reload_applies_the_models_table_as_a_whole(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[models]\nqwen-7b = "/a"\n')
+    old = load_config(f, environ={})
+    f.write_text('[models]\nqwen-7b = "/b"\nllama2-7b = "/c"\n\n[api]\nport = 1\n')
+    merged, applied, refused = merge_reload(old, load_config(f, environ={}))
+    assert (applied, refused) == (["models"], ["api.port"])
+    assert merged.models == {"qwen-7b": Path("/b"), "llama2-7b": Path("/c")}
+    assert config_digest(merged) != config_digest(old)
