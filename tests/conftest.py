@@ -33,6 +33,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen2")
 
 
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a one-label scoring head (Qwen2ForSequenceClassification), as a reward
+    model for PPO is: swift's PPO reads the reward and value from that head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    dest = tmp_path_factory.mktemp("reward") / "tiny-qwen2-rm"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    model.config.pad_token_id = model.config.pad_token_id or 0
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(dest)
+    return dest
+
+
 @pytest.fixture
 def stranger() -> Iterator[int]:
     """Somebody else's process, in a session of its own: what a GPU probe reports as foreign. (pid 1

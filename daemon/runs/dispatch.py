@@ -259,6 +259,15 @@ def _start(
     def files(refs: Sequence[DatasetRef]) -> tuple[tuple[Path, int | None], ...]:
         return tuple((env.layout.converted_dataset(inputs[r.name]), r.sample) for r in refs if not r.hub)
 
+    def rows(refs: Sequence[DatasetRef]) -> int | None:
+        """What swift reads: `#N` samples N rows (repeating a smaller set); a hub set is unknown."""
+        counts = [
+            r.sample or state.datasets[inputs[r.name]].rows
+            for r in refs
+            if not r.hub and inputs.get(r.name) in state.datasets
+        ]
+        return sum(counts) if len(counts) == len(refs) else None
+
     run_inputs = RunInputs(
         output_dir=paths.output_dir,
         python=env.python,
@@ -267,6 +276,7 @@ def _start(
         adapters_dir=resolved["adapters"],
         reward_model_dir=resolved["reward_model"],
         datasets=files(spec.datasets),
+        rows=rows(spec.datasets),
         val_datasets=files(spec.val_datasets),
         gpu_uuids=placement.gpu_uuids,
         offline=env.offline,

@@ -114,6 +114,59 @@ def test_seed_rl_ppo() -> None:
     assert_known_flags(command)
 
 
+PPO_JOB = "task_type: rl\nalgorithm: ppo\npolicy_model: /m\nreward_model: /rm\ndataset: prefs\n"
+
+
+def accumulation(command: SwiftCommand) -> str | None:
+    argv = command.argv
+    return (
+        argv[argv.index("--gradient_accumulation_steps") + 1]
+        if "--gradient_accumulation_steps" in argv
+        else None
+    )
+
+
+def test_seed_rl_ppo_on_its_two_rows_takes_two_prompts_per_step() -> None:
+    """swift's default accumulation (16 on one process) would make trl's PPO wait forever for a
+    batch the seed's two-row file never fills."""
+    text = SEED_RL.replace("qwen-7b-sft", "/models/qwen-7b-sft").replace("qwen-7b-rm", "/models/qwen-7b-rm")
+    assert accumulation(build(text, datasets=data("rl_preference"), rows=2)) == "2"
+
+
+@given(rows=st.integers(1, 64), batch=st.integers(1, 8), gpus=st.integers(1, 4), mini=st.integers(1, 3))
+@settings(max_examples=200, deadline=None)
+def test_ppo_left_to_swift_never_asks_for_more_prompts_than_the_data_gives(
+    rows: int, batch: int, gpus: int, mini: int
+) -> None:
+    text = PPO_JOB + f"per_device_train_batch_size: {batch}\nswift: {{num_mini_batches: {mini}}}\n"
+    uuids = tuple(f"GPU-{i}" for i in range(gpus))
+    try:
+        command = build(text, datasets=data("prefs"), rows=rows, gpu_uuids=uuids)
+    except CommandError as e:
+        assert batch * mini * gpus > rows, e
+        assert "would wait forever" in str(e)
+        return
+    passed = accumulation(command)
+    steps = int(passed) if passed is not None else -(-16 // (batch * gpus))
+    assert batch * mini * gpus * steps <= rows
+
+
+def test_ppo_with_accumulation_too_large_for_its_data_is_refused_naming_the_numbers() -> None:
+    with pytest.raises(CommandError) as e:
+        build(PPO_JOB + "gradient_accumulation_steps: 8\n", datasets=data("prefs"), rows=5)
+    assert str(e.value) == (
+        "ppo draws 8 prompts per step (per_device_train_batch_size 1 x gradient_accumulation_steps 8"
+        " x num_mini_batches 1 x 1 process) and its datasets give 5; it would wait forever for a full"
+        " batch: add rows, or lower gradient_accumulation_steps or per_device_train_batch_size"
+    )
+
+
+def test_ppo_with_unknown_rows_and_other_rlhf_types_are_left_alone() -> None:
+    assert accumulation(build(PPO_JOB, datasets=data("prefs"))) is None
+    dpo = PPO_JOB.replace("ppo", "dpo").replace("reward_model: /rm\n", "")
+    assert accumulation(build(dpo, datasets=data("prefs"), rows=2)) is None
+
+
 def test_seed_lora_is_8bit_qlora_with_derived_batch() -> None:
     """train_batch_size 64 with accumulation 4 on one device: 16 per device (64 = 16 x 1 x 4)."""
     command = build(SEED_LORA.replace("llama2-7b", "/models/llama2-7b"), datasets=data("lora_demo"))

@@ -113,6 +113,8 @@ class RunInputs:
     """`[swift] offline`: no hub lookups at all."""
     cache_dir: Path | None = None
     """Where swift's dataset cache and matplotlib's font cache go instead of $HOME/.cache."""
+    rows: int | None = None
+    """How many rows the training datasets give swift (after `#N` sampling); None when unknown."""
     resume_from: Path | None = None
     """A checkpoint of an earlier attempt to continue from (`--resume_from_checkpoint`, training
     only). It must hold the optimizer state, as swift's checkpoints do unless `save_only_model`."""
@@ -353,6 +355,8 @@ def _training_flags(spec: JobSpec, inputs: RunInputs, flags: _Flags) -> None:
     if tuner == "qlora":
         for name, default in _QLORA_DEFAULTS:
             values[name] = values.get(name) or default
+    if spec.task == "rlhf" and spec.effective_rlhf_type == "ppo":
+        _fit_ppo_batch(values, spec.swift_args, inputs)
     for name in TrainParams.model_fields:
         if name in values:
             flags.set(name, values[name])
@@ -360,6 +364,40 @@ def _training_flags(spec: JobSpec, inputs: RunInputs, flags: _Flags) -> None:
     flags.default("logging_steps", 1)
     flags.set("report_to", "none")
     _offline_flags(inputs, flags, check_model=True)
+
+
+def _fit_ppo_batch(values: dict[str, object], swift_args: Mapping[str, object], inputs: RunInputs) -> None:
+    """PPO (trl) draws whole batches of prompts and drops the last partial one, and its loop
+    waits forever for a batch a dataset too small never gives. swift's accumulation default
+    (16 / batch / processes) alone asks for 16 prompts per step, more than a small dataset holds:
+    when the job leaves accumulation to swift, take as many as the data gives; when the job set
+    it, refuse rather than start a run that never ends."""
+    if inputs.rows is None:
+        return
+    processes = max(1, len(inputs.gpu_uuids))
+    per_device = _positive(values.get("per_device_train_batch_size"), 1)
+    mini_batches = _positive(swift_args.get("num_mini_batches"), 1)
+    given = values.get("gradient_accumulation_steps")
+    accumulation = _positive(given, math.ceil(16 / per_device / processes))
+    step = per_device * mini_batches * processes
+    if step * accumulation <= inputs.rows:
+        return
+    what = (
+        f"ppo draws {step * accumulation} prompts per step (per_device_train_batch_size {per_device}"
+        f" x gradient_accumulation_steps {accumulation} x num_mini_batches {mini_batches}"
+        f" x {processes} process{'es' if processes > 1 else ''}) and its datasets give {inputs.rows}"
+    )
+    if given is None and step <= inputs.rows:
+        values["gradient_accumulation_steps"] = inputs.rows // step
+        return
+    raise CommandError(
+        f"{what}; it would wait forever for a full batch: add rows, or lower "
+        "gradient_accumulation_steps or per_device_train_batch_size"
+    )
+
+
+def _positive(value: object, default: int) -> int:
+    return value if isinstance(value, int) and value > 0 else default
 
 
 def _train_values(params: TrainParams, gpus: int) -> dict[str, object]:
