@@ -141,9 +141,10 @@ def _check(
 ) -> FileVerdict:
     kind = file_kind(shown.name)
     if kind == "unknown":
-        return _refuse(
-            shown, kind, "unknown file type: datasets end in .jsonl or .txt, jobs in .yaml or .yml"
-        )
+        why = "unknown file type: datasets end in .jsonl or .txt, jobs in .yaml or .yml"
+        if shown.suffix.lower() == ".json":
+            why += f"; a job written in JSON is YAML too: rename it to {shown.stem}.yaml"
+        return _refuse(shown, kind, why)
     if kind == "dataset" and (problem := dataset_name_problem(dataset_name(shown.name))) is not None:
         return _refuse(shown, kind, problem)
     try:

@@ -64,13 +64,21 @@ def test_links_fifos_and_odd_files_are_refused_without_blocking(tmp_path: Path) 
     other.write_text("x")
     big = tmp_path / "big.yaml"
     big.write_bytes(b"a: 1\n" + b"#" * 1_100_000)
-    result = check(link, fifo, folder, other, big)
+    body = tmp_path / "body.json"
+    body.write_text('{"model_path": "/m", "datasets": "x"}')
+    result = check(link, fifo, folder, other, big, body)
     assert result.returncode == 1
     err = result.stderr
     assert "passwd.jsonl: rejected: cannot read it" in err
     assert "pipe.jsonl: rejected: cannot read it: not a regular file" in err
     assert "dir.yaml: rejected: cannot read it: not a regular file" in err
     assert "notes.md: rejected: unknown file type" in err
+    assert "body.json: rejected: unknown file type" in err
+    assert "a job written in JSON is YAML too: rename it to body.yaml" in err
+    assert (
+        "notes.md: rejected: unknown file type: datasets end in .jsonl or .txt, jobs in .yaml or .yml\n"
+        in err
+    )
     assert "big.yaml: rejected: 1100005 bytes is over the limit of 1048576" in err
 
 
