@@ -102,6 +102,18 @@ def test_cancel_waits_for_the_verdict(daemon: Daemon, tmp_path: Path) -> None:
     assert verdict["status"] == "refused" and "has already ended (cancelled)" in verdict["detail"]
 
 
+def test_cancel_of_a_running_job_waits_until_its_run_has_stopped(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.drop("chat.jsonl", sft_rows())
+    daemon.drop("long.yaml", job_yaml(fake_model(tmp_path / "m"), "sft", dataset="chat", max_steps=4000))
+    wait_state(daemon, "long", ("running",), 60)
+    cancel = daemon.cli("cancel", "long", timeout=30)
+    assert cancel.returncode == 0, (cancel.stdout, cancel.stderr)
+    assert cancel.stdout.startswith("cancel long: accepted; job 1 long is cancelled"), cancel.stdout
+    retry = daemon.cli("retry", "long", "--json", timeout=30)
+    assert retry.returncode == 0, (retry.stdout, retry.stderr)
+    assert json.loads(retry.stdout)["job"]["state"] in ("queued", "running")
+
+
 def test_a_control_request_nobody_answers_stays_in_the_inbox(daemon: Daemon) -> None:
     daemon.stop()
     silent = daemon.cli("retry", "later", "--wait", "1", timeout=30)
