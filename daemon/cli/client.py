@@ -433,6 +433,7 @@ def job_detail(job: Mapping[str, Any]) -> str:
             [
                 ("gpus", ",".join(map(str, run.get("gpus") or [])) or "CPU slot"),
                 ("pid", run.get("pid")),
+                ("resumes from", run.get("resume_from")),
                 ("command", run.get("command")),
                 ("log", run.get("log")),
                 ("serving", _serving(run.get("serving"), live=job.get("state") == "running")),

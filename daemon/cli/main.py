@@ -113,7 +113,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
             after = int(api.get("/v1/status")["last_seq"])
         except (ApiError, KeyError, TypeError, ValueError) as e:
             unreachable = str(e)
-    name, data = control_file(args.command, args.job)
+    name, data = control_file(args.command, args.job, from_scratch=getattr(args, "from_scratch", False))
     try:
         target = deliver(InboxLayout(cfg.paths.inbox), name, data)
     except (OSError, SubmitError) as e:
@@ -348,6 +348,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="S",
             help="seconds to wait for the verdict (default 10; 0: drop the request and return)",
         )
+        if action == "retry":
+            control.add_argument(
+                "--from-scratch",
+                action="store_true",
+                help="start over instead of continuing from the last complete checkpoint",
+            )
         control.set_defaults(fn=_cmd_control)
     add_unit_parser(sub, common)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")

@@ -64,7 +64,9 @@ def deliver(inbox: InboxLayout, name: str, source: Path | bytes) -> Path:
     return target
 
 
-def control_file(action: str, job: str) -> tuple[str, bytes]:
-    """The name and bytes of a `{cancel: JOB}` or `{retry: JOB}` drop; the name is unique per request."""
+def control_file(action: str, job: str, *, from_scratch: bool = False) -> tuple[str, bytes]:
+    """The name and bytes of a `{cancel: JOB}` or `{retry: JOB}` drop (`{retry: {job: JOB, from:
+    scratch}}` to start over); the name is unique per request."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job)[:64]
-    return f"{action}-{safe}-{time.time_ns():x}.yaml", f"{action}: {json.dumps(job)}\n".encode()
+    target = json.dumps({"job": job, "from": "scratch"} if from_scratch else job)
+    return f"{action}-{safe}-{time.time_ns():x}.yaml", f"{action}: {target}\n".encode()

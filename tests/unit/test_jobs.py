@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon.cli.main import _parser
 from daemon.core.jobs import (
     ControlRequest,
     DatasetRef,
@@ -28,6 +29,7 @@ from daemon.core.jobs import (
     references,
 )
 from daemon.core.swift_args import SwiftArgs, bundled
+from daemon.intake.submit import control_file
 from tests.seeds import SEED_LORA, SEED_PRETRAIN, SEED_RL, SEED_SFT, SEED_TRAINER_JSON
 
 SWIFT = bundled()
@@ -454,6 +456,15 @@ def test_a_retry_can_ask_to_start_over() -> None:
         b"retry: {job: sft-a, from: scratch}\n", "r.yaml", max_bytes=MAX, swift_args=SWIFT
     )
     assert result == ControlRequest(action="retry", job="sft-a", from_scratch=True)
+
+
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_the_clis_retry_file_says_where_to_start(from_scratch: bool) -> None:
+    args = ["retry", "sft-a", *(["--from-scratch"] if from_scratch else [])]
+    assert _parser().parse_args(args).from_scratch == from_scratch
+    name, data = control_file("retry", "sft-a", from_scratch=from_scratch)
+    result = parse_job_file(data, name, max_bytes=MAX, swift_args=SWIFT)
+    assert result == ControlRequest(action="retry", job="sft-a", from_scratch=from_scratch)
 
 
 @pytest.mark.parametrize(
