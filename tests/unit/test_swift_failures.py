@@ -222,6 +222,17 @@ def test_a_hub_id_that_cannot_be_downloaded(name: str, why: str) -> None:
     assert "under [models] in the config" in failure.reason
 
 
+def test_a_dataset_hub_failure_after_a_model_download_is_the_datasets() -> None:
+    lines = [
+        "[INFO:swift] Downloading the model from HuggingFace Hub, model_id: Qwen/Qwen2.5-0.5B-Instruct",
+        "[INFO:swift] model_info: ...",
+        *TRACE,
+        "ConnectionError: Couldn't reach 'org/chat' on the Hub (ConnectionError)",
+    ]
+    failure = classify_failure(lines, returncode=1)
+    assert (failure.kind, failure.path) == ("bad_dataset", "org/chat")
+
+
 def test_one_string_is_split_into_lines() -> None:
     text = (FIXTURES / "unknown_argument.log").read_text()
     assert classify_failure(text, returncode=1) == fixture("unknown_argument")

@@ -339,7 +339,7 @@ def _model_not_found(lines: list[str], exception: str | None, _: bool) -> Failur
         return Failure("model_not_found", False, _one_line(reason), exception=exception, path=path)
     match = _search(_MODEL_HUB_RE, lines)
     download = _search(_HUB_DOWNLOAD_RE, lines)
-    if download is not None and (match is not None or _search(_HUB_UNREACHABLE_RE, lines) is not None):
+    if download is not None and _model_download_failed(exception):
         hub = f"{download[1]} Hub"
         why = f"{hub} downloads are off" if _search(_HUB_OFF_RE, lines) else f"the {hub} cannot be reached"
         reason = (
@@ -352,6 +352,15 @@ def _model_not_found(lines: list[str], exception: str | None, _: bool) -> Failur
         reason = "the model is not a local directory, and the hub has no copy that can be reached"
         return Failure("model_not_found", False, reason, exception=exception, path=match[1])
     return None
+
+
+def _model_download_failed(exception: str | None) -> bool:
+    """The run ended failing to reach a hub, and not for a dataset (which names itself)."""
+    return (
+        exception is not None
+        and _HUB_UNREACHABLE_RE.search(exception) is not None
+        and _HUB_DATASET_RE.search(exception) is None
+    )
 
 
 def _missing_package(lines: list[str], exception: str | None, _: bool) -> Failure | None:
