@@ -42,3 +42,18 @@ def test_a_resumed_attempt_that_saved_names_its_own_checkpoint() -> None:
     own = [Artifact(kind="adapter", path="checkpoint-40", bytes=1, step=40)]
     ev = exit_event(job(runs=resumed()), 2, end(0, artifacts=own))
     assert ev.final_checkpoint == str(OUT / "checkpoint-40")
+
+
+def test_a_reboot_mid_save_resumes_from_the_checkpoint_swifts_link_names() -> None:
+    """checkpoint-6 has its trainer_state.json, but swift had not moved `last-checkpoint` to it."""
+    saved = [
+        Artifact(kind="adapter", path="checkpoint-4", bytes=1, step=4),
+        Artifact(kind="adapter", path="checkpoint-6", bytes=1, step=6),
+        Artifact(
+            kind="last_checkpoint_marker", path="last-checkpoint", bytes=0, step=4, target="checkpoint-4"
+        ),
+    ]
+    ev = interrupted_event(job(), 1, end(None, artifacts=saved))
+    assert ev.resume_from == str(OUT / "checkpoint-4")
+    unlinked = interrupted_event(job(), 1, end(None, artifacts=saved[:2]))
+    assert unlinked.resume_from == str(OUT / "checkpoint-6"), "without the link, trainer_state.json decides"
