@@ -198,6 +198,17 @@ def test_python_and_transformers_missing_package_messages(line: str, package: st
     assert failure.reason.endswith(f"install it there: /x/venv/bin/python -m pip install {package}"), failure
 
 
+def test_a_missing_module_named_on_the_line_after_the_exception() -> None:
+    lines = [
+        *TRACE,
+        "RuntimeError: Failed to import transformers.integrations.deepspeed because of the following error "
+        "(look up to see its traceback):",
+        "No module named 'deepspeed'",
+    ]
+    failure = classify_failure(lines, returncode=1)
+    assert failure.kind == "missing_package" and failure.reason.endswith("pip install deepspeed")
+
+
 def test_a_missing_package_without_a_traceback_path_names_the_configured_interpreter() -> None:
     failure = classify_failure(["ModuleNotFoundError: No module named 'yaml'"], returncode=1)
     assert failure.reason.endswith("install it there: <the [swift] python> -m pip install pyyaml")

@@ -46,6 +46,8 @@ _MAX_LINE = 4096
 _MAX_REASON = 300
 _ENDING_LINES = 3
 """Last lines of the log an unclassified failure's reason quotes."""
+_MESSAGE_LINES = 2
+"""Lines after an exception line read as the rest of its message."""
 
 _EXCEPTION_RE = re.compile(
     r"(?:(?:[A-Za-z_]\w{0,100}\.){1,10}[A-Z]\w{0,100}|\w{0,100}(?:Error|Exception|Exit|Interrupt))(?::\s|$)"
@@ -363,14 +365,25 @@ def _model_download_failed(exception: str | None) -> bool:
     )
 
 
+def _message_lines(lines: list[str], exception: str) -> list[str]:
+    """The exception line and the lines of its message after it: transformers' lazy imports end
+    in `RuntimeError: Failed to import X because of the following error ...` and name the
+    missing module on the next line."""
+    last = len(lines) - 1 - lines[::-1].index(exception) if exception in lines else len(lines)
+    return [exception, *lines[last + 1 : last + 1 + _MESSAGE_LINES]]
+
+
 def _missing_package(lines: list[str], exception: str | None, _: bool) -> Failure | None:
     """A package the options need is not installed: named, with the command that installs it into
     the environment swift runs in (the interpreter its traceback's site-packages belong to)."""
-    match = _MISSING_RE.search(exception) if exception is not None else None
-    if match is None or exception is None:
+    if exception is None:
+        return None
+    message = " ".join(_message_lines(lines, exception))
+    match = _MISSING_RE.search(message)
+    if match is None:
         return None
     named = next((name for name in match.group("module", "library", "dist", "meta", "needed") if name), None)
-    pip = _PIP_RE.search(exception)
+    pip = _PIP_RE.search(message)
     if pip is not None:
         spec = pip[1].strip()
         package = re.split(r"[<>=!~\[;\s]", spec)[0]
