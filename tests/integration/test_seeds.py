@@ -112,4 +112,6 @@ def test_every_seed_example_trains_or_is_refused_with_the_fix(
     argv = rl["run"]["argv"]
     assert argv[argv.index("--rlhf_type") + 1] == "ppo"
     assert argv[argv.index("--reward_model") + 1] == str(tiny_reward_model)
+    # Two prompts per step: the file has two rows, and swift's default would wait for sixteen.
+    assert argv[argv.index("--gradient_accumulation_steps") + 1] == "2"
     assert any("kl_target" in note for note in rl["spec"]["notes"]), rl["spec"]
