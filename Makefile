@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-slow test-browser browser lint check bench mutation schemas clean
+.PHONY: setup run serve test test-slow test-extended test-browser browser lint check bench mutation schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ browser:
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+# Heavier real-swift feature suites (multimodal, long-running operation), kept out of `make test`'s time.
+test-extended: setup browser
+	$(BIN)/python -m pytest -m extended
 
 # The status page in headless Chromium: Debian's chromium and chromium-driver (root, apt).
 test-browser: setup browser

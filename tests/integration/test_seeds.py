@@ -24,7 +24,7 @@ from tests.seeds import (
     SEED_TRAINER_JSON,
 )
 
-pytestmark = [pytest.mark.timeout(900), pytest.mark.swift]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.swift, pytest.mark.extended]
 
 RUNS = """
 [runs]
