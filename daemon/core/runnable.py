@@ -54,6 +54,8 @@ class Package:
     """What `pip install` names."""
     why: str
     """The job's option that needs it."""
+    key: str
+    """Where the job sets that option."""
 
 
 def _texts(value: object) -> list[str]:
@@ -67,7 +69,11 @@ def _quant_package(spec: JobSpec) -> Package | None:
     if method is None or method not in _QUANT_PACKAGES or (spec.task != "export" and spec.tuner != "qlora"):
         return None
     bits = params.quant_bits if params is not None else None
-    return Package(*_QUANT_PACKAGES[method], f"quant_method {method}" + (f" ({bits}-bit)" if bits else ""))
+    if method == "bnb" and spec.task != "export":
+        return Package(
+            "bitsandbytes", "bitsandbytes", f"{bits or 4}-bit loading (use_8bit, quant_bits)", "quant_method"
+        )
+    return Package(*_QUANT_PACKAGES[method], f"quant_method {method}", "quant_method")
 
 
 def _backends(spec: JobSpec) -> list[str]:
@@ -84,18 +90,24 @@ def needed_packages(spec: JobSpec) -> list[Package]:
     args = spec.swift_args
     wanted = [_quant_package(spec)]
     wanted += [
-        Package("flash_attn", "flash-attn", f"attn_impl {v}")
+        Package("flash_attn", "flash-attn", f"attn_impl {v}", "swift.attn_impl")
         for v in _texts(args.get("attn_impl"))
         if v in _FLASH
     ]
     if args.get("deepspeed"):
-        wanted.append(Package("deepspeed", "deepspeed", "deepspeed"))
-    wanted += [Package(*_BACKENDS[b], f"infer_backend {b}") for b in _backends(spec) if b in _BACKENDS]
+        wanted.append(Package("deepspeed", "deepspeed", "deepspeed", "swift.deepspeed"))
     wanted += [
-        Package(*_REPORTERS[r], f"report_to {r}") for r in _texts(args.get("report_to")) if r in _REPORTERS
+        Package(*_BACKENDS[b], f"infer_backend {b}", "infer_backend")
+        for b in _backends(spec)
+        if b in _BACKENDS
+    ]
+    wanted += [
+        Package(*_REPORTERS[r], f"report_to {r}", "swift.report_to")
+        for r in _texts(args.get("report_to"))
+        if r in _REPORTERS
     ]
     if args.get("use_liger_kernel") is True:
-        wanted.append(Package("liger_kernel", "liger-kernel", "use_liger_kernel"))
+        wanted.append(Package("liger_kernel", "liger-kernel", "use_liger_kernel", "swift.use_liger_kernel"))
     found: dict[str, Package] = {}
     for package in wanted:
         if package is not None:

@@ -283,12 +283,11 @@ def _package_problems(spec: JobSpec, python: str) -> list[JobProblem]:
     shown = python or sys.executable
     problems = []
     for package in missing_packages(needed_packages(spec), python):
-        option = package.why.split(" ")[0]
         problems.append(
             JobProblem(
-                field=option,
+                field=package.key,
                 message=f"{package.why} needs the Python package {package.pip}, which {shown} cannot import",
-                hint=f"install it ({shown} -m pip install {package.pip}), or remove {option}",
+                hint=f"install it ({shown} -m pip install {package.pip}), or leave out what needs it",
             )
         )
     return problems

@@ -28,9 +28,12 @@ def test_options_name_the_packages_they_need() -> None:
     def modules(text: str) -> list[tuple[str, str, str]]:
         return [(p.module, p.pip, p.why) for p in needed_packages(spec(text))]
 
+    (bnb,) = needed_packages(spec(BASE + "use_8bit: true\n"))
+    assert bnb.key == "quant_method"
+
     assert modules(BASE) == []
     assert modules(BASE + "use_8bit: true\n") == [
-        ("bitsandbytes", "bitsandbytes", "quant_method bnb (8-bit)")
+        ("bitsandbytes", "bitsandbytes", "8-bit loading (use_8bit, quant_bits)")
     ]
     swift = "swift: {attn_impl: flash_attn, deepspeed: zero2, report_to: [wandb], use_liger_kernel: true}\n"
     assert modules(BASE + swift) == [
@@ -45,7 +48,7 @@ def test_options_name_the_packages_they_need() -> None:
 
 
 def test_missing_packages_are_asked_of_the_interpreter_that_runs_swift() -> None:
-    wanted = [Package("json", "json", "x"), Package("no_such_module_here", "nope", "y")]
+    wanted = [Package("json", "json", "x", "k"), Package("no_such_module_here", "nope", "y", "k")]
     assert [p.module for p in missing_packages(wanted)] == ["no_such_module_here"]
     assert [p.module for p in missing_packages(wanted, "/usr/bin/python3")] == ["no_such_module_here"]
 
