@@ -218,28 +218,28 @@ class _Settle:
         return ref
 
     def naming(self, key: str, ref: ModelRef | None, given: ModelRef | None, keys: tuple[str, str]) -> Naming:
-        """model_type and template for a local folder, where the job gave none."""
+        """model_type and template for a local folder, where the job gave none; where the folder is
+        not here, or the job gave both, only a model_type it gave is checked against the registry."""
         if ref is None or ref.kind != "path":
             return Naming()
         folder = Path(ref.ref)
-        if not folder.is_dir():
-            return Naming()
         type_key, template_key = keys
         current = (self.current(type_key), self.current(template_key))
-        if None not in current:
+        infer = None in current and folder.is_dir()
+        if not infer and current[0] is None:
             return Naming()
         try:
             table = registry(self.python)
         except RegistryError as exc:
-            return Naming(notes=(f"{key}: model_type and template not inferred: {exc}",))
+            return Naming(notes=(f"{key}: model_type and template not checked or inferred: {exc}",))
         names = [given.ref] if given is not None and given.kind == "hub" else []
         return infer_naming(
             table,
             what=f"{key} {ref.ref}",
             model_type=current[0],
-            template=current[1],
-            config=_read_json(folder / "config.json"),
-            args=_read_json(folder / "args.json"),
+            template=current[1] if infer else "",
+            config=_read_json(folder / "config.json") if infer else None,
+            args=_read_json(folder / "args.json") if infer else None,
             names=[*names, ref.ref],
         )
 

@@ -204,3 +204,12 @@ def test_an_ambiguous_folder_is_refused_naming_the_key_to_set(tmp_path: Path) ->
     given = spec(f"task_type: sft\nmodel_name: {folder}\nmodel_type: qwen2\ndataset: d\n")
     settled, problems = settle_models(given, {}, offline=True, environ={})
     assert problems == [] and settled.template == "qwen"
+
+
+def test_a_model_type_the_installed_swift_does_not_have_is_refused_even_before_the_folder_exists() -> None:
+    job = spec("task_type: sft\nmodel_name: /models/not-here-yet\nmodel_type: qwen-7b-chat\ndataset: d\n")
+    _, (p,) = settle_models(job, {}, offline=True, environ={})
+    assert p.message == "model /models/not-here-yet: ms-swift 4.6.0 has no model_type 'qwen-7b-chat'"
+    assert p.hint == "set model_type to a model type of the installed ms-swift, or leave it out to infer it"
+    fine = spec("task_type: sft\nmodel_name: /models/not-here-yet\nmodel_type: qwen2\ndataset: d\n")
+    assert settle_models(fine, {}, offline=True, environ={}) == (fine, [])
