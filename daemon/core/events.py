@@ -22,6 +22,9 @@ __all__ = [
     "JobProgress",
     "JobStarted",
     "JobsWaiting",
+    "NotifyCursor",
+    "NotifyDelivered",
+    "NotifyGivenUp",
     "RunExited",
     "GpuShared",
     "RunInterrupted",
@@ -389,6 +392,42 @@ class JobsWaiting(_Event):
     """Job id (as text: JSON keys are strings) -> the reason for a person."""
 
 
+# -- notifications: each target's cursor, on the stream `notify:<target>` --------------------------
+#
+# A delivery's record is the target's cursor: the next delivery starts after its seq. These events
+# never map to a notification themselves, so recording them cannot start a loop.
+
+
+class NotifyDelivered(_Event):
+    """Target `target` acknowledged (2xx, exit 0) the notification of event `seq`."""
+
+    type: Literal["NotifyDelivered"] = "NotifyDelivered"
+    target: str
+    seq: int
+    webhook_id: str
+    attempts: int
+
+
+class NotifyGivenUp(_Event):
+    """Every attempt to notify `target` of event `seq` failed; the cursor moved on without it."""
+
+    type: Literal["NotifyGivenUp"] = "NotifyGivenUp"
+    target: str
+    seq: int
+    webhook_id: str
+    attempts: int
+    reason: str
+
+
+class NotifyCursor(_Event):
+    """A target's cursor moved to `seq` without a delivery: a new target starts at the log's end, and
+    a long run of events it does not notify is skipped once, rather than read again at each start."""
+
+    type: Literal["NotifyCursor"] = "NotifyCursor"
+    target: str
+    seq: int
+
+
 _EVENT_CLASSES: tuple[type[_Event], ...] = (
     DaemonStarted,
     DaemonStopped,
@@ -410,6 +449,9 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     GpuShared,
     JobFailed,
     JobsWaiting,
+    NotifyDelivered,
+    NotifyGivenUp,
+    NotifyCursor,
 )
 
 Event = Annotated[
@@ -432,7 +474,10 @@ Event = Annotated[
     | RunServing
     | GpuShared
     | JobFailed
-    | JobsWaiting,
+    | JobsWaiting
+    | NotifyDelivered
+    | NotifyGivenUp
+    | NotifyCursor,
     Field(discriminator="type"),
 ]
 

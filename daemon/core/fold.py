@@ -28,6 +28,9 @@ from daemon.core.events import (
     JobStarted,
     JobSubmitted,
     JobsWaiting,
+    NotifyCursor,
+    NotifyDelivered,
+    NotifyGivenUp,
     Recorded,
     RetryRequested,
     RunExited,
@@ -74,6 +77,10 @@ def _daemon_stopped(state: State, rec: Recorded, ev: DaemonStopped) -> None:
 def _config_reloaded(state: State, rec: Recorded, ev: ConfigReloaded) -> None:
     if state.daemon is not None:
         state.daemon.config_digest = ev.config_digest
+
+
+def _no_state(state: State, rec: Recorded, ev: object) -> None:
+    """Notification cursors are the notifier's, read from their own streams; the state keeps none."""
 
 
 def _rejected_note(state: State, name: str) -> str:
@@ -346,6 +353,9 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     DaemonStarted: _daemon_started,
     DaemonStopped: _daemon_stopped,
     ConfigReloaded: _config_reloaded,
+    NotifyDelivered: _no_state,
+    NotifyGivenUp: _no_state,
+    NotifyCursor: _no_state,
 }
 """Event class -> its fold step; every event type has one (a test checks)."""
 

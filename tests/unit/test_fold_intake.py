@@ -17,6 +17,9 @@ from daemon.core.events import (
     DuplicateDropped,
     FileRejected,
     GpuSeen,
+    NotifyCursor,
+    NotifyDelivered,
+    NotifyGivenUp,
     RetryRequested,
 )
 from daemon.core.state import DaemonInfo, Dataset, IntakeCounts, RejectedDrop, Validation
@@ -101,6 +104,19 @@ DAEMON = {
     ),
     "config reload before any start changes nothing": Row(
         world(), ConfigReloaded(config_digest="c2", applied=[], refused=[]), world()
+    ),
+    "a notification delivered changes no state": Row(
+        world(daemon=info()),
+        NotifyDelivered(target="ops", seq=3, webhook_id="msg_x", attempts=1),
+        world(daemon=info()),
+    ),
+    "a notification given up changes no state": Row(
+        world(daemon=info()),
+        NotifyGivenUp(target="ops", seq=3, webhook_id="msg_x", attempts=5, reason="HTTP 500"),
+        world(daemon=info()),
+    ),
+    "a notification cursor changes no state": Row(
+        world(daemon=info()), NotifyCursor(target="ops", seq=9), world(daemon=info())
     ),
 }
 
