@@ -12,6 +12,7 @@ and ModelScope caches; intake records which folder it became.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -20,12 +21,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "LIVE_KEYS",
+    "NOTIFY_TYPES",
     "Config",
     "ConfigError",
+    "NotifyTarget",
     "config_digest",
     "load_config",
     "merge_reload",
@@ -148,6 +159,117 @@ class DaemonConfig(_Section):
     """How often the daemon checks that its event log is still writable (shown in /healthz)."""
 
 
+NotifyType = Literal[
+    "job.queued",
+    "job.started",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.paused",
+    "job.serving",
+    "file.rejected",
+    "dataset.accepted",
+    "daemon.started",
+    "daemon.unhealthy",
+]
+NOTIFY_TYPES: tuple[NotifyType, ...] = (
+    "job.queued",
+    "job.started",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.paused",
+    "job.serving",
+    "file.rejected",
+    "dataset.accepted",
+    "daemon.started",
+    "daemon.unhealthy",
+)
+
+
+class NotifyTarget(_Section):
+    """One `[[notify]]` entry: where notifications go (exactly one of `url`, `apprise`, `command`) and
+    which. The secret and the apprise URL (which holds a chat service's token) are SecretStr, so no
+    dump, repr or API answer shows them."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: str = ""
+    """A Standard Webhooks receiver (http or https)."""
+    secret: SecretStr = SecretStr("")
+    """`whsec_<base64>`, the webhook's signing key."""
+    apprise: SecretStr = SecretStr("")
+    command: tuple[str, ...] = ()
+    """argv (no shell), the payload on its stdin."""
+    on: tuple[NotifyType, ...] = NOTIFY_TYPES
+    projects: tuple[str, ...] = ()
+    """Only jobs of these projects (empty: every project; events of no job always pass)."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    attempts: int = Field(default=8, ge=1, le=100)
+    """Tries of one notification before it is recorded as given up and the cursor moves on."""
+    backoff_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> NotifyTarget:
+        ways = [
+            w
+            for w, v in (
+                ("url", self.url),
+                ("apprise", self.apprise.get_secret_value()),
+                ("command", self.command),
+            )
+            if v
+        ]
+        if len(ways) != 1:
+            raise ValueError(
+                f"notify {self.name!r}: give exactly one of url, apprise, command (got {ways or 'none'})"
+            )
+        if self.url:
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"notify {self.name!r}: url must be http:// or https://")
+            if not _is_whsec(self.secret.get_secret_value()):
+                raise ValueError(f"notify {self.name!r}: secret must be whsec_<base64 of at least 16 bytes>")
+        elif self.secret.get_secret_value():
+            raise ValueError(f"notify {self.name!r}: secret signs webhooks; it goes with url only")
+        return self
+
+
+def _is_whsec(secret: str) -> bool:
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret[6:] + "==", validate=False)) >= 16
+    except ValueError:
+        return False
+
+
+class ExecutorConfig(_Section):
+    kind: Literal["local", "slurm"] = "local"
+    """Who places runs: this box (`local`), or a Slurm cluster the daemon hands each attempt to."""
+
+
+class SlurmConfig(_Section):
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_limit: str = ""
+    """Slurm's --time for jobs that give neither `slurm: {time: ...}` nor `timeout`; "" = the partition's."""
+    sbatch_args: tuple[str, ...] = ()
+    """Extra sbatch options, each one `--name=value` item, added to every job's script."""
+    shared_root: Path | None = None
+    """A folder every node sees: run folders, logs, converted datasets and caches go there; unset
+    (or "") = the state folder, which must then be shared."""
+    python: str = ""
+    """The interpreter with ms-swift on the nodes; "" = `[swift] python`, else the daemon's."""
+    poll_s: float = Field(default=5.0, gt=0)
+    """How often squeue is asked about the jobs the daemon submitted."""
+
+    @field_validator("shared_root", mode="before")
+    @classmethod
+    def _unset_root(cls, v: object) -> object:
+        return None if v == "" else v
+
+
 class Config(_Section):
     paths: PathsConfig = PathsConfig()
     api: ApiConfig = ApiConfig()
@@ -158,8 +280,12 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     runs: RunsConfig = RunsConfig()
     daemon: DaemonConfig = DaemonConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    slurm: SlurmConfig = SlurmConfig()
     models: dict[str, Path] = Field(default_factory=dict)
     """`[models]`: a model name as jobs write it -> its local folder (absolute once loaded)."""
+    notify: tuple[NotifyTarget, ...] = ()
+    """`[[notify]]`: notification targets, each delivered from the event log with its own cursor."""
     source: Path | None = Field(default=None, exclude=True)
     """The file this was read from (None: embedded defaults)."""
 
@@ -179,6 +305,15 @@ class Config(_Section):
                 raise ValueError(f"models: {name!r} is not a model name as a job writes it")
             if str(folder) in ("", "."):
                 raise ValueError(f"models.{name} must name a model folder")
+        return v
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_names(cls, v: tuple[NotifyTarget, ...]) -> tuple[NotifyTarget, ...]:
+        names = [t.name for t in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"notify: names must differ (twice: {', '.join(twice)})")
         return v
 
     @property
@@ -232,6 +367,8 @@ def _describe(err: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key")
+        elif e["loc"][:1] == ("notify",):
+            lines.append(f"  {loc}: {e['msg']}")  # its input may hold a secret
         else:
             lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -252,8 +389,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             )
     allowed = tuple(_absolute(p, base) for p in cfg.swift.allowed_paths)
     secret_files = tuple(_absolute(p, base) for p in cfg.swift.secret_files)
+    root = cfg.slurm.shared_root
     return cfg.model_copy(
         update={
+            "slurm": cfg.slurm.model_copy(update={"shared_root": root and _absolute(root, base)}),
             "paths": PathsConfig(**resolved),
             "models": {name: _absolute(p, base) for name, p in cfg.models.items()},
             "swift": cfg.swift.model_copy(update={"allowed_paths": allowed, "secret_files": secret_files}),
@@ -310,13 +449,16 @@ LIVE_KEYS = frozenset(
         "runs.poll_s",
         "runs.schedule_s",
         "runs.gpu_probe_s",
+        "slurm.poll_s",
         "daemon.on_stop",
         "daemon.log_level",
         "models",
+        "notify",
     }
 )
 """Keys a reload (SIGHUP) applies at once. The others name sockets, folders, thread pools or the
-GPUs the daemon manages, which only a restart changes safely. `models` is the whole `[models]` table."""
+GPUs the daemon manages, which only a restart changes safely. `models` is the whole `[models]` table,
+`notify` every `[[notify]]` entry."""
 
 
 def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
@@ -325,12 +467,13 @@ def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]
     was, now = old.model_dump(), new.model_dump()
     applied: list[str] = []
     refused: list[str] = []
-    merged = {section: dict(keys) for section, keys in was.items()}
-    if was["models"] != now["models"]:
-        merged["models"] = now["models"]
-        applied.append("models")
+    merged: dict[str, Any] = {s: v if s in ("models", "notify") else dict(v) for s, v in was.items()}
+    for whole in ("models", "notify"):
+        if was[whole] != now[whole]:
+            merged[whole] = now[whole]
+            applied.append(whole)
     for section, keys in now.items():
-        if section == "models":
+        if section in ("models", "notify"):
             continue
         for key, value in keys.items():
             if was[section][key] == value:
