@@ -73,8 +73,9 @@ Modules, each named after what it owns
 - `stats`: the statistics of a file, summed as rows go by.
 - `report`: the report on a file, and whether it can feed a job.
 - `validator`: `DatasetValidator`, which streams a file's bytes through all of the above.
-A new row format (the multimodal media rows to come) adds its name and keys to `formats`, its line
-model to `lines` and its check to `rows`.
+- `media`: the multimodal keys (`images`, `videos`, `audios`, `rejected_images`, `objects`), lifted out
+  of a conversation row before its check and attached after it, each item resolved to a stored file.
+A new row format adds its name and keys to `formats`, its line model to `lines` and its check to `rows`.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ from daemon.core.datasets.lines import (
     SwiftPreferenceLine,
     line_models,
 )
+from daemon.core.datasets.media import MediaItem, MediaKind, MediaProblem, MediaResolver
 from daemon.core.datasets.report import DatasetReport, LineError, LoraHints, can_feed
-from daemon.core.datasets.stats import DatasetStats, PreferenceStats, TurnStats
+from daemon.core.datasets.stats import DatasetStats, ImageSize, MediaStats, PreferenceStats, TurnStats
 from daemon.core.datasets.validator import DatasetValidator
 
 __all__ = [
@@ -102,10 +104,16 @@ __all__ = [
     "DatasetReport",
     "DatasetStats",
     "DatasetValidator",
+    "ImageSize",
     "KtoLine",
     "LineError",
     "LoraHints",
     "LoraMessagesLine",
+    "MediaItem",
+    "MediaKind",
+    "MediaProblem",
+    "MediaResolver",
+    "MediaStats",
     "Message",
     "PreferenceLine",
     "PreferenceStats",

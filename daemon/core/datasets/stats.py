@@ -6,9 +6,10 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict
 
+from daemon.core.datasets.media import MediaItem
 from daemon.core.datasets.rows import _ROLE_NAMES, _Row
 
-__all__ = ["DatasetStats", "PreferenceStats", "TurnStats"]
+__all__ = ["DatasetStats", "ImageSize", "MediaStats", "PreferenceStats", "TurnStats"]
 
 _ROLE_PATTERNS_KEPT = 4096
 
@@ -34,6 +35,29 @@ class PreferenceStats(BaseModel):
     rows were given as pairs."""
 
 
+class ImageSize(BaseModel):
+    model_config = _FROZEN
+    width: int
+    height: int
+
+
+class MediaStats(BaseModel):
+    """A multimodal dataset's media: items per kind as the rows reference them, and the distinct
+    files stored for them (the same file named twice is stored and counted once)."""
+
+    model_config = _FROZEN
+    images: int = 0
+    videos: int = 0
+    audios: int = 0
+    files: int = 0
+    bytes: int = 0
+    """Of the distinct files."""
+    pixels_min: ImageSize | None = None
+    pixels_median: ImageSize | None = None
+    pixels_max: ImageSize | None = None
+    """Distinct images ordered by width x height."""
+
+
 class DatasetStats(BaseModel):
     """Over the converted rows: what the model will see."""
 
@@ -43,6 +67,42 @@ class DatasetStats(BaseModel):
     turns: TurnStats | None = None
     role_counts: dict[str, int] = {}
     preference: PreferenceStats | None = None
+    media: MediaStats | None = None
+
+
+class _MediaTally:
+    """Per-kind counts and the distinct files; memory grows with distinct files, which intake bounds
+    by `[limits] max_members`."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter[str] = Counter()
+        self.seen: set[str] = set()
+        self.bytes = 0
+        self.sizes: list[tuple[int, int, int]] = []
+
+    def add(self, kind: str, item: MediaItem) -> None:
+        self.kinds[kind] += 1
+        if item.sha256 in self.seen:
+            return
+        self.seen.add(item.sha256)
+        self.bytes += item.bytes
+        if item.width is not None and item.height is not None:
+            self.sizes.append((item.width * item.height, item.width, item.height))
+
+    def stats(self) -> MediaStats:
+        sizes = sorted(self.sizes)
+        picks = [sizes[0], sizes[(len(sizes) - 1) // 2], sizes[-1]] if sizes else []
+        shown: list[ImageSize | None] = [ImageSize(width=w, height=h) for _, w, h in picks] or [None] * 3
+        return MediaStats(
+            images=self.kinds["image"],
+            videos=self.kinds["video"],
+            audios=self.kinds["audio"],
+            files=len(self.seen),
+            bytes=self.bytes,
+            pixels_min=shown[0],
+            pixels_median=shown[1],
+            pixels_max=shown[2],
+        )
 
 
 class _Tally:
@@ -62,6 +122,7 @@ class _Tally:
         self.pair_rows = 0
         self.scored_rows = 0
         self.prompt_chars = self.chosen_chars = self.rejected_chars = 0
+        self.media: _MediaTally | None = None
 
     def add(self, row: _Row) -> None:
         self.rows += 1
@@ -100,6 +161,12 @@ class _Tally:
                 from_scored_responses=self.scored_rows,
             )
         roles = dict(sorted(self.roles.items()))
+        media = None if self.media is None else self.media.stats()
         return DatasetStats(
-            rows=self.rows, characters=self.chars, turns=turns, role_counts=roles, preference=pair
+            rows=self.rows,
+            characters=self.chars,
+            turns=turns,
+            role_counts=roles,
+            preference=pair,
+            media=media,
         )

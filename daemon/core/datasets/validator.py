@@ -8,10 +8,11 @@ from typing import Any, Generic, TypeVar
 from daemon.core.datasets.codec import _decode, _parse, _serialise
 from daemon.core.datasets.fields import _kind
 from daemon.core.datasets.formats import _CHAT_FAMILY, _FEEDS, _LOOKS, _PAIR_FAMILY, DatasetFormat
+from daemon.core.datasets.media import MediaResolver, _attach, _take_media
 from daemon.core.datasets.report import DatasetReport, LineError, LoraHints
 from daemon.core.datasets.rows import _CHECKS, _detect, _Row
 from daemon.core.datasets.rules import _RowError
-from daemon.core.datasets.stats import _Tally
+from daemon.core.datasets.stats import _MediaTally, _Tally
 
 __all__ = ["DatasetValidator"]
 
@@ -43,10 +44,17 @@ class DatasetValidator:
 
     Use: `v.feed(chunk)` for every chunk, then `v.flush()` (a last line without a newline is only
     complete at the end of the input), then `v.finish()`. Write every line the first two return.
+    `media` looks up, checks and stores each media item a row names (see `media`); without it, a row
+    with media is refused.
     """
 
     def __init__(
-        self, filename: str, *, max_line_bytes: int = 16 * 1024 * 1024, max_errors: int = 20
+        self,
+        filename: str,
+        *,
+        max_line_bytes: int = 16 * 1024 * 1024,
+        max_errors: int = 20,
+        media: MediaResolver | None = None,
     ) -> None:
         name = filename.lower()
         if not name.endswith((".jsonl", ".txt")):
@@ -67,6 +75,7 @@ class DatasetValidator:
         self._modules: _Agreement[tuple[str, ...]] = _Agreement()
         self._rank: _Agreement[int] = _Agreement()
         self._report: DatasetReport | None = None
+        self._media = media
         self.rows_done = 0
         """Rows accepted so far."""
         self.bytes_done = 0
@@ -176,8 +185,15 @@ class DatasetValidator:
             row = _Row({"text": text}, "", len(text), None, False)
         else:
             obj = _parse(text)
+            media = _take_media(obj, raw)
             fmt = self._detect_in_file(obj)
             row = _CHECKS[fmt](obj)
+            if media is not None:
+                out, used = _attach(fmt, row.out, media, self._media)
+                row = row._replace(out=out, plain=False)
+                tally = self._tally.media = self._tally.media or _MediaTally()
+                for kind, item in used:
+                    tally.add(kind, item)
         line = _serialise(row, raw)
         if self._format is None:
             self._format, self._format_line = fmt, n
