@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from daemon.core.jobs.context import _Ctx, _validate
 from daemon.core.jobs.fields import _NAME_HINT, _NAME_RE, _Word
-from daemon.core.jobs.formats import _CommonKeys
+from daemon.core.jobs.formats import _CommonKeys, _suggest
 from daemon.core.jobs.problems import show
 from daemon.core.jobs.spec import JobSpec, SwiftValue
 from daemon.core.jobs.swift_block import (
@@ -79,7 +79,52 @@ def _common_fields(
         "min_free_memory_mib": f.min_free_memory_mib,
         "timeout_s": f.timeout,
         "retries": f.retries or 0,
+        "nodes": f.nodes or 1,
+        "slurm": _slurm_options(f.slurm or {}, c),
     }
+
+
+SLURM_OPTIONS = frozenset(
+    {
+        "partition",
+        "qos",
+        "account",
+        "time",
+        "constraint",
+        "reservation",
+        "exclude",
+        "nodelist",
+        "mem",
+        "mem_per_gpu",
+        "cpus_per_task",
+        "cpus_per_gpu",
+        "comment",
+        "mail_type",
+        "mail_user",
+        "begin",
+        "nice",
+        "licenses",
+        "wckey",
+    }
+)
+"""The job-level sbatch options a `slurm:` block may set; the daemon owns the rest (--nodes,
+--ntasks-per-node, --job-name, --output, --chdir), since its watching depends on them."""
+
+
+def _slurm_options(block: Mapping[str, Any], c: _Ctx) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for raw, value in block.items():
+        name = str(raw).replace("-", "_")
+        if name not in SLURM_OPTIONS:
+            hint = _suggest(name, SLURM_OPTIONS) or "one of: " + ", ".join(sorted(SLURM_OPTIONS))
+            c.add(f"slurm.{raw}", f"unknown Slurm option {show(str(raw))}", hint)
+        elif isinstance(value, bool) or value is None or not isinstance(value, str | int | float):
+            c.add(f"slurm.{raw}", f"slurm.{raw} must be a text or a number", 'e.g. time: "2:00:00"')
+        elif any(ch in str(value) for ch in "\n\r\0"):
+            c.add(f"slurm.{raw}", f"slurm.{raw} must be one line", "")
+        else:
+            options[name] = str(value)
+    return options
 
 
 def _assemble(

@@ -33,6 +33,8 @@ from daemon.core.jobs.values import _Datasets, _JobRef, _JobRefs, _ModelSource
 
 __all__ = [
     "CancelFile",
+    "PauseFile",
+    "ResumeFile",
     "DeployJobFile",
     "ExportJobFile",
     "ManagementJobFile",
@@ -64,6 +66,12 @@ class _CommonKeys(_FileKeys):
     template: _Word | None = Field(None, description="swift --template, e.g. qwen.")
     swift: dict[str, Any] | None = Field(
         None, description="Extra swift arguments by name, checked against the installed ms-swift."
+    )
+    nodes: Annotated[int, Field(ge=1, le=4096), BeforeValidator(_int_like)] | None = Field(
+        None, description="Nodes a Slurm job runs on; default 1. `gpus` is then per node."
+    )
+    slurm: dict[str, Any] | None = Field(
+        None, description="sbatch options for this job (partition, qos, time, constraint, ...)."
     )
 
 
@@ -158,6 +166,18 @@ class CancelFile(_FileKeys):
     cancel: _JobRef = Field(description="The job's id or name.")
 
 
+class PauseFile(_FileKeys):
+    """Pause a running training: it saves a checkpoint at its next step, stops, and frees its GPUs."""
+
+    pause: _JobRef = Field(description="The job's id or name.")
+
+
+class ResumeFile(_FileKeys):
+    """Resume a paused job from the checkpoint its pause saved."""
+
+    resume: _JobRef = Field(description="The job's id or name.")
+
+
 class _RetryTarget(_FileKeys):
     model_config = ConfigDict(title="RetryTarget")
 
@@ -192,6 +212,8 @@ _FILE_MODELS: Mapping[str, type[_FileKeys]] = {
     "deploy": DeployJobFile,
     "cancel": CancelFile,
     "retry": RetryFile,
+    "pause": PauseFile,
+    "resume": ResumeFile,
 }
 _LABELS = {
     "management": "the management-API format (task_type: sft | rl | lora | pretrain)",
@@ -200,6 +222,8 @@ _LABELS = {
     "deploy": "a deploy job (task_type: deploy)",
     "cancel": "a cancel request (cancel: JOB, nothing else)",
     "retry": "a retry request (retry: JOB or retry: {job: JOB, from: scratch}, nothing else)",
+    "pause": "a pause request (pause: JOB, nothing else)",
+    "resume": "a resume request (resume: JOB, nothing else)",
 }
 _TASK_DIALECT = {
     "sft": "management",
@@ -227,7 +251,16 @@ _SYNONYMS = (  # in order of preference for the hint
 
 def job_file_schema() -> dict[str, Any]:
     """JSON Schema of a job file (any format) or control request, for editors and `schemas/`."""
-    union = ManagementJobFile | TrainerJobFile | ExportJobFile | DeployJobFile | CancelFile | RetryFile
+    union = (
+        ManagementJobFile
+        | TrainerJobFile
+        | ExportJobFile
+        | DeployJobFile
+        | CancelFile
+        | RetryFile
+        | PauseFile
+        | ResumeFile
+    )
     schema: dict[str, Any] = TypeAdapter(union).json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

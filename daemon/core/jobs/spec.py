@@ -76,6 +76,10 @@ class JobSpec(_Frozen):
     min_free_memory_mib: int | None = None
     timeout_s: int | None = None
     retries: int = 0
+    nodes: int = 1
+    """Nodes of a Slurm job (`[executor] kind = "slurm"`); `gpus` is per node."""
+    slurm: dict[str, str] = Field(default_factory=dict)
+    """The job's own sbatch options (`SLURM_OPTIONS` names), by sbatch's long option name."""
     swift_args: dict[str, SwiftValue] = Field(default_factory=dict)
     """Extra swift arguments (underscore names) from the file's `swift:` block."""
     secrets: dict[str, SecretRef] = Field(default_factory=dict)
@@ -104,9 +108,9 @@ class JobSpec(_Frozen):
 
 
 class ControlRequest(_Frozen):
-    """A dropped `{cancel: JOB}` or `{retry: JOB}` file."""
+    """A dropped `{cancel: JOB}`, `{retry: JOB}`, `{pause: JOB}` or `{resume: JOB}` file."""
 
-    action: Literal["cancel", "retry"]
+    action: Literal["cancel", "retry", "pause", "resume"]
     job: str
     """The job's id or name."""
     from_scratch: bool = False
