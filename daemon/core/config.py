@@ -114,6 +114,19 @@ class SwiftConfig(_Section):
 class LimitsConfig(_Section):
     max_yaml_bytes: int = Field(default=1_048_576, gt=0)
     max_dataset_bytes: int = Field(default=10_737_418_240, gt=0)
+    max_bundle_bytes: int = Field(default=10_737_418_240, gt=0)
+    """A multimodal bundle (NAME.zip|tar|tar.gz): its own size, and the sum of its members' sizes as
+    the archive declares them, checked before anything is inflated."""
+    max_members: int = Field(default=100_000, gt=0)
+    """Members of a bundle, and distinct media files of one dataset (bundle or data: URIs)."""
+    max_media_bytes: int = Field(default=268_435_456, gt=0)
+    """One picture, video or sound, as stored."""
+    max_image_pixels: int = Field(default=89_478_485, gt=0)
+    """Width x height of one picture, read from its header before it is decoded (Pillow's own
+    decompression-bomb limit by default)."""
+    max_expansion_ratio: float = Field(default=100.0, gt=1)
+    """A member larger than 1 MiB may inflate to at most this many times its compressed size (a
+    .tar.gz: the members so far against the compressed bytes so far); more is a zip bomb."""
 
 
 class IntakeConfig(_Section):
@@ -443,6 +456,11 @@ LIVE_KEYS = frozenset(
         "swift.allow_public_deploy",
         "limits.max_yaml_bytes",
         "limits.max_dataset_bytes",
+        "limits.max_bundle_bytes",
+        "limits.max_members",
+        "limits.max_media_bytes",
+        "limits.max_image_pixels",
+        "limits.max_expansion_ratio",
         "intake.rescan_s",
         "intake.settle_s",
         "runs.stop_grace_s",
