@@ -43,6 +43,7 @@ STATE_COLOUR: Mapping[str, str] = {
     "failed": "31",
     "cancelled": "35",
     "interrupted": "33",
+    "paused": "34",
 }
 """ANSI colours of the job states (`JobState`, every one of them) on a terminal; interrupted waits,
 like queued."""
@@ -194,9 +195,11 @@ class ControlOutcome:
 
 _ARRIVED: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
     "cancel": lambda job: job.get("state") != "running",
+    "pause": lambda job: job.get("state") != "running",
 }
-"""Per action, whether the job is where an accepted request sends it. A cancelled running job
-still has to stop its run; an action not named here is done once it is accepted."""
+"""Per action, whether the job is where an accepted request sends it. A cancelled or paused running
+job still has to stop its run (a pause first saves a checkpoint at its next step); an action not
+named here is done once it is accepted."""
 
 
 def control_verdict(filename: str, event: Mapping[str, Any]) -> ControlOutcome | None:

@@ -27,6 +27,7 @@ from daemon.cli.client import (
     jobs_table,
     status_lines,
 )
+from daemon.cli.notify import add_parser as add_notify_parser
 from daemon.cli.unit import add_parser as add_unit_parser
 from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
 from daemon.core.state import state_to_json
@@ -332,6 +333,8 @@ def _parser() -> argparse.ArgumentParser:
     for action, text in (
         ("cancel", "cancel a queued or running job"),
         ("retry", "run a failed or cancelled job again"),
+        ("pause", "pause a running training at a checkpoint, freeing its GPUs or slot"),
+        ("resume", "resume a paused job from the checkpoint its pause saved"),
     ):
         control = sub.add_parser(
             action,
@@ -344,9 +347,11 @@ def _parser() -> argparse.ArgumentParser:
         control.add_argument(
             "--wait",
             type=float,
-            default=10.0,
+            default=60.0 if action == "pause" else 10.0,
             metavar="S",
-            help="seconds to wait for the verdict (default 10; 0: drop the request and return)",
+            help="seconds to wait for the verdict (default "
+            + ("60: a pause ends at the next step's checkpoint" if action == "pause" else "10")
+            + "; 0: drop the request and return)",
         )
         if action == "retry":
             control.add_argument(
@@ -356,6 +361,7 @@ def _parser() -> argparse.ArgumentParser:
             )
         control.set_defaults(fn=_cmd_control)
     add_unit_parser(sub, common)
+    add_notify_parser(sub, common)
     schemas = sub.add_parser("schemas", help="write (or --check) the JSON Schemas in schemas/")
     schemas.add_argument("--check", action="store_true", help="exit 1 if a schema file is stale")
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")

@@ -45,6 +45,8 @@ __all__ = [
     "JobSubmitted",
     "NewEvent",
     "Recorded",
+    "PauseRequested",
+    "ResumeRequested",
     "RetryRequested",
     "decode_event",
     "upcast",
@@ -190,6 +192,25 @@ class RetryRequested(_Event):
     from_scratch: bool = False
 
 
+class PauseRequested(_Event):
+    """Stop a running training at its next step with a checkpoint and hold it `paused`, releasing
+    its slot or GPUs until `ResumeRequested`."""
+
+    type: Literal["PauseRequested"] = "PauseRequested"
+    drop: str
+    job_id: int
+    source: str
+
+
+class ResumeRequested(_Event):
+    """Queue a paused job again: its next attempt continues from the checkpoint the pause saved."""
+
+    type: Literal["ResumeRequested"] = "ResumeRequested"
+    drop: str
+    job_id: int
+    source: str
+
+
 class FileRejected(_Event):
     """A dropped file was refused; it is kept as `kept_as` (under the inbox) with `kept_as`.error.txt."""
 
@@ -314,7 +335,7 @@ class FailureRecord(BaseModel):
     signal: str | None = None
 
 
-RunOutcome = Literal["succeeded", "failed", "cancelled"]
+RunOutcome = Literal["succeeded", "failed", "cancelled", "paused"]
 
 
 class RunExited(_Event):
@@ -327,8 +348,8 @@ class RunExited(_Event):
     returncode: int | None
     """None: unknown (the supervisor died, or the run could not start)."""
     signal: int | None = None
-    stopped: Literal["cancel", "timeout", "shutdown"] | None = None
-    """Why the daemon stopped it, if it did."""
+    stopped: Literal["cancel", "timeout", "shutdown", "pause"] | None = None
+    """Why the daemon stopped it, if it did; "pause": it saved a checkpoint and stopped when asked."""
     failure: FailureRecord | None = None
     log_tail: list[str] = []
     """The last lines of the attempt's output, for people and for the failure's evidence."""
@@ -438,6 +459,8 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     DuplicateDropped,
     CancelRequested,
     RetryRequested,
+    PauseRequested,
+    ResumeRequested,
     FileRejected,
     JobStarted,
     RunStarted,
@@ -464,6 +487,8 @@ Event = Annotated[
     | DuplicateDropped
     | CancelRequested
     | RetryRequested
+    | PauseRequested
+    | ResumeRequested
     | FileRejected
     | JobStarted
     | RunStarted

@@ -31,7 +31,9 @@ from daemon.core.events import (
     NotifyCursor,
     NotifyDelivered,
     NotifyGivenUp,
+    PauseRequested,
     Recorded,
+    ResumeRequested,
     RetryRequested,
     RunExited,
     RunInterrupted,
@@ -189,9 +191,10 @@ def _cancel_requested(state: State, rec: Recorded, ev: CancelRequested) -> None:
     job = state.jobs.get(ev.job_id)
     if job is None:
         return
-    if job.state in WAITING:
+    if job.state in WAITING or job.state == "paused":
+        while_ = "while it waited to run" if job.state in WAITING else "while it was paused"
         job.state, job.ended_ts = "cancelled", rec.ts
-        job.reason = f"cancelled by {ev.source} while it waited to run"
+        job.reason = f"cancelled by {ev.source} {while_}"
     elif job.state in LIVE:
         job.cancel_requested = True
 
@@ -206,6 +209,24 @@ def _retry_requested(state: State, _: Recorded, ev: RetryRequested) -> None:
     job.from_scratch = ev.from_scratch
     if ev.from_scratch:
         job.resume_from = None
+    _refresh_inputs(state, job)
+
+
+def _pause_requested(state: State, _: Recorded, ev: PauseRequested) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.controls += 1
+    job = state.jobs.get(ev.job_id)
+    if job is not None and job.state == "running" and job.pause_requested is None:
+        job.pause_requested = ev.source
+
+
+def _resume_requested(state: State, _: Recorded, ev: ResumeRequested) -> None:
+    _end_drop(state, ev.drop)
+    state.intake.controls += 1
+    job = state.jobs.get(ev.job_id)
+    if job is None or job.state != "paused":
+        return
+    job.state = "queued"
     _refresh_inputs(state, job)
 
 
@@ -230,7 +251,7 @@ def _job_started(state: State, rec: Recorded, ev: JobStarted) -> None:
         return
     job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id", "secrets"}), placed_ts=rec.ts))
     job.state, job.reason, job.attempts, job.resume_from = "running", "", ev.attempt, None
-    job.from_scratch = False
+    job.from_scratch, job.pause_requested = False, None
     if job.started_ts is None:
         job.started_ts = rec.ts
 
@@ -278,6 +299,16 @@ def _run_exited(state: State, rec: Recorded, ev: RunExited) -> None:
         return
     run.exit, run.ended_ts = ev, rec.ts
     failure = ev.failure.reason if ev.failure is not None else ""
+    asked, job.pause_requested = job.pause_requested, None
+    if ev.outcome == "paused":
+        step = run.progress.step if run.progress is not None else None
+        at = f" at step {step}" if step is not None else ""
+        saved = ev.final_checkpoint.rsplit("/", 1)[-1] if ev.final_checkpoint else "its last checkpoint"
+        job.state = "paused"
+        job.reason = (
+            f"paused by {asked or 'a pause request'}{at}; resumes from {saved} (llmtraind resume {job.name})"
+        )
+        return
     if ev.retry:
         job.state, job.cancel_requested = "queued", False
         if ev.stopped == "shutdown":
@@ -339,6 +370,8 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     DuplicateDropped: _duplicate,
     CancelRequested: _cancel_requested,
     RetryRequested: _retry_requested,
+    PauseRequested: _pause_requested,
+    ResumeRequested: _resume_requested,
     FileRejected: _rejected,
     JobProgress: _progress,
     JobsWaiting: _waiting,

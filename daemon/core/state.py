@@ -30,7 +30,7 @@ __all__ = [
     "state_to_json",
 ]
 
-STATE_SCHEMA = 4
+STATE_SCHEMA = 5
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -97,11 +97,12 @@ class IntakeCounts:
     rejected: int = 0
 
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "paused"]
 """Every state the fold gives a job: `queued` until it starts, `running` while an attempt runs, one of
-the three ends, or `interrupted` when a reboot stopped an attempt that resumes from its checkpoint."""
+the three ends, `interrupted` when a reboot stopped an attempt that resumes from its checkpoint, or
+`paused` when a pause stopped it at a checkpoint it resumes from once a person says so."""
 
-LIVE: tuple[JobState, ...] = ("queued", "running", "interrupted")
+LIVE: tuple[JobState, ...] = ("queued", "running", "interrupted", "paused")
 """Job states in which a name is taken and the same job file counts as a duplicate."""
 TERMINAL: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 WAITING: tuple[JobState, ...] = ("queued", "interrupted")
@@ -145,6 +146,11 @@ class Run:
     """Indices of this run's GPUs on which a foreign process was seen (GpuShared)."""
     serving: RunServing | None = None
     """Where a deploy run answers, once it does."""
+    slurm_job_id: int | None = None
+    """The Slurm job running this attempt (`[executor] kind = "slurm"`), once sbatch accepted it."""
+    slurm_state: str | None = None
+    slurm_reason: str | None = None
+    slurm_nodes: str = ""
 
 
 @dataclass(slots=True)
@@ -176,6 +182,8 @@ class Job:
     inputs: dict[str, str | None] = field(default_factory=dict)
     """Dataset name -> the sha256 it resolves to now (None: not dropped yet, or unusable)."""
     cancel_requested: bool = False
+    pause_requested: str | None = None
+    """The control file that asked the running attempt to pause, until that attempt ends."""
     attempts: int = 0
     auto_retries: int = 0
     """Attempts started by the `retries` rule since the job was last queued by a person."""

@@ -26,10 +26,13 @@ from daemon.core.events import (
     FileRejected,
     JobSubmitted,
     NewEvent,
+    PauseRequested,
+    ResumeRequested,
     RetryRequested,
 )
 from daemon.core.jobs import ControlRequest, JobSpec, dataset_names
-from daemon.core.state import LIVE, WAITING, State
+from daemon.core.pausing import pausable
+from daemon.core.state import LIVE, WAITING, Job, State
 from daemon.core.streams import INTAKE_STREAM, Append, dataset_stream, drop_key, job_stream
 
 __all__ = ["Examined", "RejectName", "decide", "feeds"]
@@ -285,6 +288,24 @@ def _cycle(state: State, overlay: _Overlay, job_id: int, spec: JobSpec) -> list[
     return None
 
 
+def _pause_refusal(action: str, ref: str, job_id: int, job_state: str, job: Job | None) -> str | None:
+    """Why a pause or resume cannot be done now, or None."""
+    name = f"job {ref} (id {job_id})"
+    if action == "resume":
+        return None if job_state == "paused" else f"{name} is {job_state}; only a paused job can be resumed"
+    if job_state != "running" or job is None or job.run is None:
+        return f"{name} is {job_state}; only a running job can be paused"
+    if job.pause_requested is not None:
+        return f"{name} is already pausing ({job.pause_requested} asked)"
+    if not pausable(job.run.argv):
+        return (
+            f"{name} cannot pause: attempt {job.run.attempt} runs without llmtraind's pause callback "
+            "(only training pauses, and not when its swift: block sets callbacks or external_plugins); "
+            "cancel it instead, and retry it later from its last checkpoint"
+        )
+    return None
+
+
 def _control(
     state: State, overlay: _Overlay, ex: Examined, req: ControlRequest, reject_name: RejectName
 ) -> Append:
@@ -303,6 +324,12 @@ def _control(
             why = f"job {req.job} (id {job_id}) has already ended ({job_state}); there is nothing to cancel"
             return _reject(ex, why, f"{ex.filename}: rejected: {why}\n", reject_name)
         event: Event = CancelRequested(drop=ex.drop, job_id=job_id, source=ex.filename)
+    elif req.action in ("pause", "resume"):
+        refused = _pause_refusal(req.action, req.job, job_id, job_state, job)
+        if refused is not None:
+            return _reject(ex, refused, f"{ex.filename}: rejected: {refused}\n", reject_name)
+        kind = PauseRequested if req.action == "pause" else ResumeRequested
+        event = kind(drop=ex.drop, job_id=job_id, source=ex.filename)
     else:
         if job_state not in ("failed", "cancelled"):
             why = f"job {req.job} (id {job_id}) is {job_state}; only a failed or cancelled job can be retried"

@@ -29,6 +29,8 @@ from daemon.core.events import (
     Event,
     FileRejected,
     JobSubmitted,
+    PauseRequested,
+    ResumeRequested,
     RetryRequested,
 )
 from daemon.core.jobs import ControlRequest
@@ -151,7 +153,7 @@ class Filing:
                     folders.append(self.blobs.converted)
                 self._keep_original(claim.path, event.sha256)
                 folders.append(self.blobs.originals)
-            case JobSubmitted() | CancelRequested() | RetryRequested():
+            case JobSubmitted() | CancelRequested() | RetryRequested() | PauseRequested() | ResumeRequested():
                 sha = read.examined.verdict.sha256 if read.examined.verdict else None
                 if sha is not None:
                     self._keep_original(claim.path, sha)

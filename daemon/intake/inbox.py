@@ -36,7 +36,9 @@ from daemon.core.events import (
     FileRejected,
     JobSubmitted,
     NewEvent,
+    PauseRequested,
     Recorded,
+    ResumeRequested,
     RetryRequested,
 )
 from daemon.core.layout import InboxLayout, StateLayout
@@ -311,5 +313,5 @@ def _log_outcome(filename: str, rec: Recorded) -> None:
             log.info("%s is a duplicate of %s", filename, event.dataset or f"job {event.job_id}")
         case FileRejected():
             log.warning("%s rejected: %s (kept as rejected/%s)", filename, event.summary, event.kept_as)
-        case CancelRequested() | RetryRequested():
+        case CancelRequested() | RetryRequested() | PauseRequested() | ResumeRequested():
             log.info("%s: %s for job %d", filename, event.type, event.job_id)

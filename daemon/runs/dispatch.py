@@ -15,11 +15,12 @@ from pathlib import Path
 from daemon.core.events import GpuShared, JobFailed, JobStarted, JobsWaiting
 from daemon.core.jobs import DatasetRef, JobSpec, ModelRef
 from daemon.core.layout import StateLayout
+from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV
 from daemon.core.state import WAITING, Job, State
 from daemon.runs.outcome import RESUMABLE_TASKS
 from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
 from daemon.runs.swift.artifacts import final_checkpoint
-from daemon.runs.swift.command import CommandError, RunInputs, build_command
+from daemon.runs.swift.command import CommandError, RunInputs, SwiftCommand, build_command
 
 __all__ = [
     "Box",
@@ -225,6 +226,29 @@ def _resume_from(job: Job) -> Path | None:
     return None if run.resume_from is None else Path(run.resume_from)
 
 
+PAUSE_PLUGIN = Path(__file__).parent / "swift" / "plugin" / f"{PAUSE_CALLBACK}.py"
+"""swift loads it by `--external_plugins` (daemon.core.pausing)."""
+
+
+def _with_value(argv: Sequence[str], flag: str, value: str) -> list[str]:
+    """`flag value` added to argv, or `value` added to the values the job already gave `flag`."""
+    out = list(argv)
+    if flag not in out:
+        return [*out, flag, value]
+    end = out.index(flag) + 1
+    while end < len(out) and not out[end].startswith("--"):
+        end += 1
+    return [*out[:end], value, *out[end:]]
+
+
+def _pausable(command: SwiftCommand, run_dir: Path) -> SwiftCommand:
+    """A training run that saves a checkpoint and stops when its run folder gets a pause file."""
+    argv = _with_value(command.argv, "--external_plugins", str(PAUSE_PLUGIN))
+    argv = _with_value(argv, "--callbacks", PAUSE_CALLBACK)
+    env = {**command.env, PAUSE_FILE_ENV: str(run_dir / PAUSE_FILE)}
+    return replace(command, argv=tuple(argv), env=env)
+
+
 def _cpu_threads(env: Mapping[str, str], placement: Placement, box: Box) -> dict[str, str]:
     if placement.gpu_uuids:
         return dict(env)
@@ -288,6 +312,8 @@ def _start(
     except CommandError as e:
         return f"cannot build the swift command: {e}"
     command = replace(command, env=_cpu_threads(command.env, placement, box))
+    if spec.swift_command in ("sft", "pt", "rlhf"):
+        command = _pausable(command, paths.run_dir)
     timeout = _timeout(job)
     ends_by = None if timeout is None else box.now + timeout + box.stop_grace_s
     return JobStarted(

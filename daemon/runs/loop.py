@@ -22,7 +22,7 @@ from pathlib import Path
 
 from daemon.core.config import Config
 from daemon.core.deployment import serves
-from daemon.core.events import CancelRequested, NewEvent, Recorded
+from daemon.core.events import CancelRequested, NewEvent, PauseRequested, Recorded
 from daemon.core.gpus import GpuProbe, GpuStatus
 from daemon.core.layout import StateLayout
 from daemon.core.state import WAITING, State
@@ -43,6 +43,7 @@ _WAKES = frozenset(
         "DatasetAccepted",
         "DuplicateDropped",
         "RetryRequested",
+        "ResumeRequested",
         "RunExited",
         "RunInterrupted",
         "JobFailed",
@@ -150,6 +151,10 @@ class Scheduling:
                 job = state.jobs.get(ev.job_id)
                 if job is not None and job.state == "running":
                     self.runner.cancel(ev.job_id)
+            if isinstance(ev, PauseRequested):
+                job = state.jobs.get(ev.job_id)
+                if job is not None and job.state == "running":
+                    self.runner.pause(ev.job_id)
             if ev.type in _WAKES:
                 self._wake.set()
 
@@ -179,6 +184,8 @@ class Scheduling:
             await self.runner.adopt(adoptable, me)
             if job.cancel_requested:
                 self.runner.cancel(job.id)
+            elif job.pause_requested is not None:
+                self.runner.pause(job.id)
         self._task = asyncio.create_task(self._loop(), name="scheduling")
 
     async def stop(self, wait_s: float) -> None:

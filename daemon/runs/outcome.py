@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from daemon.core.events import FailureRecord, RunExited, RunInterrupted
-from daemon.core.state import Job
+from daemon.core.state import Job, Run
 from daemon.runs.swift.artifacts import Artifact, final_checkpoint, final_model
 from daemon.runs.swift.failures import Failure, classify_failure
 
@@ -37,6 +37,11 @@ class RunEnd:
     duration_s: float | None
     interrupted: bool = False
     """The machine rebooted under the run: its processes are gone and its exit was never written."""
+    failure: Failure | None = None
+    """A failure class the executor itself saw (Slurm's NODE_FAIL, OUT_OF_MEMORY); None: decided
+    from the exit status and the log."""
+    paused: bool = False
+    """The daemon asked the run to pause (its run folder holds the pause file)."""
 
 
 def _absolute(output_dir: Path, artifact: Artifact | None) -> str | None:
@@ -44,6 +49,8 @@ def _absolute(output_dir: Path, artifact: Artifact | None) -> str | None:
 
 
 def _failure(end: RunEnd, gpu_shared: bool) -> Failure:
+    if end.failure is not None and end.stopped is None:
+        return end.failure
     if end.returncode is None and end.stopped is None:
         return Failure("unknown", False, end.error or "the run's end is unknown")
     if end.error is not None and end.returncode == 127:
@@ -75,6 +82,9 @@ def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
     if end.returncode == 0:  # swift finished; a stop that raced its exit changed nothing
         checkpoint = _absolute(end.output_dir, final_checkpoint(end.artifacts))
         model = _absolute(end.output_dir, final_model(end.artifacts))
+        if end.paused and end.stopped is None and not _finished(run):
+            # the pause callback saved a checkpoint and ended the training early: exit 0 all the same
+            return RunExited(**base | {"stopped": "pause"}, outcome="paused", final_checkpoint=checkpoint)
         if checkpoint is None and run is not None and run.resume_from is not None:
             # it resumed from the last step, so it had nothing left to train or save
             checkpoint, model = run.resume_from, model or _full_model(job, run.resume_from)
@@ -87,6 +97,13 @@ def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
     budget = retries if isinstance(retries, int) else 0
     retry = end.stopped == "shutdown" or (failure.transient and job.auto_retries < budget)
     return RunExited(**base, outcome="failed", failure=record, retry=retry)
+
+
+def _finished(run: Run | None) -> bool:
+    """Whether the run's last recorded step is its last step: a pause that came after the training's
+    end changed nothing."""
+    progress = None if run is None else run.progress
+    return progress is not None and 0 < progress.max_steps <= progress.step
 
 
 def _full_model(job: Job, checkpoint: str) -> str | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from daemon.core.deployment import serves
 from daemon.core.events import JobStarted, NewEvent, RunStarted
 from daemon.core.jobs.secrets import ARG_VAR_PREFIX
+from daemon.core.pausing import PAUSE_FILE
 from daemon.core.streams import run_key
 from daemon.log.errors import StoreError
 from daemon.runs import supervise
@@ -175,6 +176,17 @@ class Runner:
         if w.cancel is None:
             w.cancel = why
             self._signal(w)
+        return True
+
+    def pause(self, job_id: int) -> bool:
+        """Ask the run to save a checkpoint at its next step and stop: its pause callback watches for
+        the pause file in its folder (every rank of a distributed run does, and a daemon restarted
+        meanwhile finds the request where it was left). False if the run is not ours."""
+        w = self._runs.get(job_id)
+        if w is None or w.exited:
+            return False
+        _private_dirs(w.run_dir)
+        (w.run_dir / PAUSE_FILE).touch()
         return True
 
     async def stop(self, *, stop_runs: bool, wait_s: float = 0.0) -> None:

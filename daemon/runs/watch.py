@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.events import ArtifactRecord, ArtifactsFound, JobProgress, NewEvent, RunServing
+from daemon.core.pausing import PAUSE_FILE
 from daemon.core.streams import run_key
 from daemon.runs.outcome import RunEnd
 from daemon.runs.reaper import Orphan
@@ -212,6 +213,7 @@ def collect(w: Watch, error: str | None) -> RunEnd:
         artifacts,
         w.output_dir,
         duration,
+        paused=(w.run_dir / PAUSE_FILE).exists(),
     )
 
 

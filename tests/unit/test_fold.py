@@ -40,7 +40,7 @@ from daemon.core.events import (
 from daemon.core.fold import apply, fold
 from daemon.core.state import LIVE, TERMINAL, WAITING, JobState, State, state_from_json, state_to_json
 from tests.fold_world import job, world
-from tests.unit import test_fold_intake, test_fold_runs
+from tests.unit import test_fold_intake, test_fold_pause, test_fold_runs, test_fold_slurm
 
 pids = st.integers(min_value=1, max_value=5)
 gpus = st.lists(
@@ -250,7 +250,7 @@ def test_a_start_without_a_stop_counts_as_unclean() -> None:
 
 
 def test_every_event_type_has_a_transition_table() -> None:
-    tables = test_fold_intake.TABLES + test_fold_runs.TABLES
+    tables = test_fold_intake.TABLES + test_fold_runs.TABLES + test_fold_pause.TABLES + test_fold_slurm.TABLES
     tabled = {row.event.type for table in tables for row in table.values()}
     assert tabled == set(EVENT_TYPES)
 

@@ -698,7 +698,7 @@ def test_job_file_schema_is_the_union_of_the_formats() -> None:
     schema = job_file_schema()
     assert schema["$schema"].endswith("2020-12/schema")
     assert {"ManagementJobFile", "TrainerJobFile", "ExportJobFile", "DeployJobFile"} <= set(schema["$defs"])
-    assert len(schema["anyOf"]) == 6
+    assert len(schema["anyOf"]) == 8
     management = schema["$defs"]["ManagementJobFile"]
     assert management["additionalProperties"] is False
     assert set(ManagementJobFile.model_fields) == set(management["properties"])

@@ -19,6 +19,8 @@ from daemon.core.jobs.formats import (
     DeployJobFile,
     ExportJobFile,
     ManagementJobFile,
+    PauseFile,
+    ResumeFile,
     RetryFile,
     TrainerJobFile,
     _FileKeys,
@@ -32,14 +34,19 @@ from daemon.core.jobs.trust import CodePolicy
 if TYPE_CHECKING:
     from daemon.core.swift_args import SwiftArgs
 
-__all__ = ["parse_job_file"]
+__all__ = ["CONTROL_ACTIONS", "parse_job_file"]
+
+CONTROL_ACTIONS = ("cancel", "retry", "pause", "resume")
+"""The keys that make a file a control request rather than a job."""
 
 
 def _detect(doc: Mapping[str, Any], report: Report) -> tuple[str | None, str]:
     """The file's format, and why (for the message when keys of two formats are mixed)."""
-    controls = [key for key in ("cancel", "retry") if key in doc]
+    controls = [key for key in CONTROL_ACTIONS if key in doc]
     if len(controls) > 1:
-        report.add("retry", "a file is either a cancel or a retry request", "drop two files")
+        report.add(
+            controls[-1], "a file is one control request: cancel, retry, pause or resume", "drop two files"
+        )
         return None, ""
     if controls:
         return controls[0], f"it has `{controls[0]}:`"
@@ -72,7 +79,7 @@ def _check_keys(doc: Mapping[str, Any], dialect: str, why: str, report: Report) 
             d for d in ("management", "trainer", "export", "deploy") if key in _FILE_MODELS[d].model_fields
         ]
         hint = _suggest(key, known)
-        if dialect in ("cancel", "retry"):
+        if dialect in CONTROL_ACTIONS:
             report.add(key, f"unknown key `{key}` in {_LABELS[dialect]}", hint or "drop one file per request")
         elif owners:
             report.add(
@@ -98,6 +105,10 @@ def _build(parsed: _FileKeys, c: _Ctx) -> JobSpec | ControlRequest | None:
     match parsed:
         case CancelFile():
             return ControlRequest(action="cancel", job=parsed.cancel)
+        case PauseFile():
+            return ControlRequest(action="pause", job=parsed.pause)
+        case ResumeFile():
+            return ControlRequest(action="resume", job=parsed.resume)
         case RetryFile():
             target = parsed.retry
             return ControlRequest(action="retry", job=target.job, from_scratch=target.start == "scratch")
