@@ -31,6 +31,8 @@ __all__ = [
     "RunOutcome",
     "RunServing",
     "RunStarted",
+    "SlurmJobState",
+    "SlurmSubmitted",
     "CancelRequested",
     "ConfigReloaded",
     "DaemonStarted",
@@ -282,6 +284,35 @@ class RunStarted(_Event):
     """Where this attempt's output begins in the job's log."""
 
 
+class SlurmSubmitted(_Event):
+    """sbatch accepted the attempt (`[executor] kind = "slurm"`): recorded before anything else is
+    done with it, so a restarted daemon watches this Slurm job and never submits the attempt again."""
+
+    type: Literal["SlurmSubmitted"] = "SlurmSubmitted"
+    job_id: int
+    attempt: int
+    slurm_job_id: int
+    name: str
+    """The attempt's unique Slurm job name (also its comment)."""
+    log_offset: int
+    """Where this attempt's output begins in the job's log."""
+
+
+class SlurmJobState(_Event):
+    """Slurm's word on a submitted attempt changed (squeue): its state and, while it waits, why."""
+
+    type: Literal["SlurmJobState"] = "SlurmJobState"
+    job_id: int
+    attempt: int
+    slurm_job_id: int
+    state: str
+    """Slurm's job state: PENDING, RUNNING, COMPLETING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ..."""
+    reason: str | None = None
+    """Slurm's state reason (Resources, Priority, QOSMaxGRESPerUser, ...); None when it gives none."""
+    nodes: str = ""
+    """The allocation's nodes, in Slurm's notation (n[1-2])."""
+
+
 class JobProgress(_Event):
     """One record of the run's log that the metrics sampler kept (train step, eval or summary)."""
 
@@ -464,6 +495,8 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     FileRejected,
     JobStarted,
     RunStarted,
+    SlurmSubmitted,
+    SlurmJobState,
     JobProgress,
     ArtifactsFound,
     RunExited,
@@ -492,6 +525,8 @@ Event = Annotated[
     | FileRejected
     | JobStarted
     | RunStarted
+    | SlurmSubmitted
+    | SlurmJobState
     | JobProgress
     | ArtifactsFound
     | RunExited

@@ -39,6 +39,8 @@ from daemon.core.events import (
     RunInterrupted,
     RunServing,
     RunStarted,
+    SlurmJobState,
+    SlurmSubmitted,
 )
 from daemon.core.state import (
     LIVE,
@@ -276,6 +278,25 @@ def _run_started(state: State, rec: Recorded, ev: RunStarted) -> None:
         )
 
 
+def _slurm_submitted(state: State, rec: Recorded, ev: SlurmSubmitted) -> None:
+    _, run = _run_of(state, ev.job_id, ev.attempt)
+    if run is not None:
+        run.slurm_job_id, run.log_offset = ev.slurm_job_id, ev.log_offset
+
+
+def _slurm_state(state: State, rec: Recorded, ev: SlurmJobState) -> None:
+    job, run = _run_of(state, ev.job_id, ev.attempt)
+    if job is None or run is None:
+        return
+    run.slurm_job_id, run.slurm_state, run.slurm_reason = ev.slurm_job_id, ev.state, ev.reason
+    run.slurm_nodes = ev.nodes or run.slurm_nodes
+    if ev.state != "PENDING" and run.started_ts is None:
+        run.started_ts = rec.ts
+    if job.state == "running":
+        why = f" ({ev.reason})" if ev.reason else ""
+        job.reason = f"Slurm job {ev.slurm_job_id} is pending{why}" if ev.state == "PENDING" else ""
+
+
 def _progress(state: State, rec: Recorded, ev: JobProgress) -> None:
     _, run = _run_of(state, ev.job_id, ev.attempt)
     if run is None:
@@ -377,6 +398,8 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     JobsWaiting: _waiting,
     JobStarted: _job_started,
     RunStarted: _run_started,
+    SlurmSubmitted: _slurm_submitted,
+    SlurmJobState: _slurm_state,
     ArtifactsFound: _artifacts,
     RunExited: _run_exited,
     RunInterrupted: _run_interrupted,

@@ -37,6 +37,7 @@ FailureKind = Literal[
     "killed",
     "timeout",
     "cancelled",
+    "node_failure",
     "unknown",
 ]
 
