@@ -33,6 +33,7 @@ from daemon.intake.validate import local_swift_args
 from daemon.log.errors import LogDamaged, LogMismatch, StoreError
 from daemon.log.projector import Projector
 from daemon.log.store import EventStore, private_dirs
+from daemon.notify.notifier import Notifications
 from daemon.runs.gpus import make_probe
 from daemon.runs.loop import Scheduling
 from daemon.runs.reaper import become_subreaper
@@ -158,7 +159,12 @@ async def _watchdog_loop(notifier: Notifier, interval: float, healthy: Callable[
 
 
 async def _reload(
-    cfg: Config, inbox: Inbox, scheduling: Scheduling, store: EventStore, notifier: Notifier
+    cfg: Config,
+    inbox: Inbox,
+    scheduling: Scheduling,
+    store: EventStore,
+    notifier: Notifier,
+    notify: Notifications,
 ) -> Config:
     """SIGHUP: read the config file again, apply what can change live, refuse the rest (logged and
     recorded); a file that does not load changes nothing."""
@@ -174,6 +180,7 @@ async def _reload(
         log.warning("reload: %s changed but takes a restart; the old value stays until then", key)
     inbox.reconfigure(merged)
     scheduling.reconfigure(merged)
+    await notify.reconfigure(merged.notify)
     logging.getLogger().setLevel(getattr(logging, merged.daemon.log_level.upper()))
     event = ConfigReloaded(config_digest=config_digest(merged), applied=applied, refused=refused)
     await store.append(DAEMON_STREAM, [NewEvent(event)])
@@ -224,6 +231,7 @@ async def _run(
             projector = await Projector.start(store, cfg.store.snapshot_every)
         probe = make_probe(cfg.gpus.devices)
         gpus = await probe.snapshot()
+        before_start = store.last_seq
         started = DaemonStarted(
             version=__version__,
             config_digest=config_digest(cfg),
@@ -259,6 +267,7 @@ async def _run(
             reaper=become_subreaper(),
         )
         scheduling = Scheduling(cfg, store, state, probe, runner)
+        notify = Notifications(store, state)
         side = ReadSide(
             state,
             store,
@@ -269,10 +278,17 @@ async def _run(
             sse=SseSettings.from_config(cfg.api),
             intake_trouble=lambda: inbox.trouble,
             runs_trouble=lambda: runner.trouble,
+            notify=notify.view,
         )
         async with _part(f"the API on {cfg.api.host}:{cfg.api.port}"):
             api, url = await _start_api(cfg, side)
         parts.push_async_callback(api.cleanup)
+        notify.status_url = f"{url}/"
+        async with _part("the notifier"):
+            await notify.start(cfg.notify, new_from=before_start)
+        parts.push_async_callback(notify.stop)
+        watch = asyncio.create_task(notify.watch_health(side.health, cfg.daemon.health_interval_s))
+        parts.callback(watch.cancel)
         health = asyncio.create_task(_health_loop(store, cfg.daemon.health_interval_s))
         parts.callback(health.cancel)
         projector.subscribe(scheduling.on_recorded)
@@ -308,7 +324,7 @@ async def _run(
             await _first(stop, reload)
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                current = await _reload(current, inbox, scheduling, store, notifier)
+                current = await _reload(current, inbox, scheduling, store, notifier, notify)
         notifier.stopping()
         log.info("stopping")
 

@@ -44,6 +44,8 @@ class Scrape:
     sse_clients: dict[str, int] = field(default_factory=dict)
     sse_dropped: int = 0
     sse_buffered_bytes: int = 0
+    notify: list[dict[str, Any]] = field(default_factory=list)
+    """The notifier's target views (GET /v1/notify's `targets`)."""
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -187,8 +189,38 @@ def _deployments(s: Scrape) -> Iterable[Metric]:
     yield up
 
 
+def _notify(s: Scrape) -> Iterable[Metric]:
+    """The notifier's counts since this daemon started (a restart resets them, as Prometheus
+    counters may), and each target's lag."""
+    fams: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+        "delivered": CounterMetricFamily(
+            "llmtraind_notify_delivered", "Notifications a target acknowledged.", labels=["target"]
+        ),
+        "failed": CounterMetricFamily(
+            "llmtraind_notify_failed", "Delivery attempts that failed (each retry counts).", labels=["target"]
+        ),
+        "given_up": CounterMetricFamily(
+            "llmtraind_notify_given_up",
+            "Notifications given up after every attempt failed.",
+            labels=["target"],
+        ),
+        "lag_s": GaugeMetricFamily(
+            "llmtraind_notify_lag_seconds",
+            "Age of the event a target is being sent (0 when caught up).",
+            labels=["target"],
+        ),
+        "lag_events": GaugeMetricFamily(
+            "llmtraind_notify_lag_events", "Events recorded after a target's cursor.", labels=["target"]
+        ),
+    }
+    for t in s.notify:
+        for key, fam in fams.items():
+            fam.add_metric([t["name"]], t[key])
+    yield from fams.values()
+
+
 def families(s: Scrape) -> list[Metric]:
-    parts = (_daemon, _jobs, _running, _deployments, _gpus, _intake, _sse)
+    parts = (_daemon, _jobs, _running, _deployments, _gpus, _intake, _sse, _notify)
     return [m for part in parts for m in part(s)]
 
 

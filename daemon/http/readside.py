@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,6 +32,10 @@ def _no_trouble() -> str:
     return ""
 
 
+def _no_targets() -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass
 class ReadSide:
     """What the API may look at: the live state, the log (read only), the last GPU probe (owned by
@@ -49,6 +53,8 @@ class ReadSide:
     runs_trouble: Callable[[], str] = _no_trouble
     """What the runs did that the log has not taken yet (its lock is held elsewhere, the disk is
     full), or "": the log's own probe may pass while a run's records still wait."""
+    notify: Callable[[], list[dict[str, Any]]] = _no_targets
+    """The notification targets as the notifier shows them (never a secret)."""
 
     def health(self) -> tuple[bool, str]:
         if not self.store.healthy:

@@ -1,0 +1,1 @@
+"""Notifications delivered from the event log to webhooks, apprise URLs and commands."""
