@@ -33,6 +33,7 @@ from daemon.http.job_routes import (
 )
 from daemon.http.metrics import CONTENT_TYPE, Scrape, render
 from daemon.http.middleware import error, errors_and_auth, int_param
+from daemon.http.notify_route import notify_targets
 from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION, openapi_spec
 from daemon.http.readside import READ_SIDE, SSE_HUB, GpuReading, ReadSide
 from daemon.http.sse import SseHub, StreamRefused
@@ -192,6 +193,7 @@ async def metrics(request: web.Request) -> web.Response:
         sse_clients=hub.clients(),
         sse_dropped=hub.dropped,
         sse_buffered_bytes=hub.buffered_bytes(),
+        notify=side.notify(),
     )
     return web.Response(body=render(scrape), headers={"Content-Type": CONTENT_TYPE})
 
@@ -252,6 +254,7 @@ def make_app(side: ReadSide) -> web.Application:
     app.router.add_get("/v1/projects", projects)
     app.router.add_get("/v1/projects/{name}", project)
     app.router.add_get("/v1/gpus", gpus)
+    app.router.add_get("/v1/notify", notify_targets)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/", page)

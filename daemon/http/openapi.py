@@ -328,6 +328,21 @@ def _paths() -> dict[str, Any]:
         "/v1/gpus": _get(
             "per GPU: memory, utilisation, our lease, foreign processes", _json(gpus, "the last probe")
         ),
+        "/v1/notify": _get(
+            "the notification targets: kind, where (scheme and host only), on, projects, cursor, lag, "
+            "counts and last error; never a secret",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["targets", "last_seq"],
+                    "properties": {
+                        "targets": {"type": "array", "items": _OBJ},
+                        "last_seq": {"type": "integer"},
+                    },
+                },
+                "every [[notify]] target",
+            ),
+        ),
         "/v1/events": _get(
             "a page of the event log",
             _json(page, "events with seq > after"),
