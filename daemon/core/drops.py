@@ -13,9 +13,20 @@ from typing import Literal
 from daemon.core.datasets import DatasetReport
 from daemon.core.jobs import ControlRequest, JobSpec
 
-__all__ = ["DATASET_SUFFIXES", "JOB_SUFFIXES", "FileVerdict", "Kind", "dataset_name", "file_kind"]
+__all__ = [
+    "BUNDLE_SUFFIXES",
+    "DATASET_SUFFIXES",
+    "JOB_SUFFIXES",
+    "FileVerdict",
+    "Kind",
+    "dataset_name",
+    "file_kind",
+    "is_bundle",
+]
 
-DATASET_SUFFIXES = (".jsonl", ".txt")
+BUNDLE_SUFFIXES = (".tar.gz", ".zip", ".tar")
+"""A multimodal dataset: one .jsonl at the archive's top and the media its rows name."""
+DATASET_SUFFIXES = (".jsonl", ".txt", *BUNDLE_SUFFIXES)
 JOB_SUFFIXES = (".yaml", ".yml")
 Kind = Literal["dataset", "job", "control", "unknown"]
 
@@ -41,6 +52,14 @@ def file_kind(name: str) -> Kind:
     return "job" if lower.endswith(JOB_SUFFIXES) else "unknown"
 
 
+def is_bundle(name: str) -> bool:
+    return name.lower().endswith(BUNDLE_SUFFIXES)
+
+
 def dataset_name(filename: str) -> str:
-    """The dataset a file is dropped as: its name without the .jsonl / .txt suffix."""
+    """The dataset a file is dropped as: its name without the .jsonl / .txt / bundle suffix."""
+    lower = filename.lower()
+    for suffix in BUNDLE_SUFFIXES:
+        if lower.endswith(suffix):
+            return filename[: -len(suffix)]
     return filename.rsplit(".", 1)[0]

@@ -72,6 +72,12 @@ class StateLayout:
         """Files being written (emptied at start-up): renamed into place only once complete."""
         return self.blobs / "tmp"
 
+    @property
+    def media(self) -> Path:
+        """Every media file of an accepted multimodal dataset, once, named `<sha256>.<container>`:
+        the converted rows point swift at these absolute paths."""
+        return self.blobs / "media"
+
     def original(self, sha256: str) -> Path:
         return self.originals / sha256
 

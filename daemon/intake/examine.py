@@ -121,6 +121,7 @@ class Reader:
                 same_as=st,
                 name=filename,
                 swift=self.config().swift,
+                blobs=self.blobs,
             )
             if verdict.ok:
                 out.flush()

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from daemon.core.config import LimitsConfig, SwiftConfig
-from daemon.core.datasets import DatasetValidator, LineError
-from daemon.core.drops import FileVerdict, Kind, dataset_name, file_kind
+from daemon.core.datasets import DatasetValidator, LineError, MediaResolver
+from daemon.core.drops import FileVerdict, Kind, dataset_name, file_kind, is_bundle
 from daemon.core.jobs import (
     CodePolicy,
     ControlRequest,
@@ -38,9 +38,11 @@ from daemon.core.jobs import (
     parse_job_file,
 )
 from daemon.core.jobs.trust import MODEL_FOLDER_ARGS, code_refusal
+from daemon.core.layout import StateLayout
 from daemon.core.runnable import device_problems, hub_dataset_problems, needed_packages
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 from daemon.intake.hardware import missing_packages
+from daemon.intake.media import BundleProblem, MediaStore, describe, open_bundle
 from daemon.intake.models import settle_models
 
 __all__ = ["CHUNK", "Box", "Progress", "check_file", "local_swift_args", "remote_code"]
@@ -105,6 +107,7 @@ def check_file(
     name: str | None = None,
     swift: SwiftConfig | None = None,
     box: Box | None = None,
+    blobs: StateLayout | None = None,
 ) -> FileVerdict:
     """Validate `path`; a dataset's swift-ready lines go to `converted` when one is given.
 
@@ -112,7 +115,9 @@ def check_file(
     the file's lstat from when it was claimed: a different file found at the path now (it was
     swapped in between) is refused rather than read. `swift` carries the operator's say on code and
     paths; without it, the defaults (no code, no paths outside the run). `box` is what this box
-    has; without it, model names are not looked up and GPUs are not checked.
+    has; without it, model names are not looked up and GPUs are not checked. `blobs` is the state
+    folder a dataset's media are stored under once it is accepted; without it, they are checked in a
+    temporary folder and removed.
     """
     shown = Path(name) if name is not None else path
     cfg = swift or SwiftConfig()
@@ -123,7 +128,7 @@ def check_file(
         tuple(str(p) for p in cfg.secret_files),
         cfg.allow_public_deploy,
     )
-    here = _Here(cfg, box)
+    here = _Here(cfg, box, blobs)
     verdict = _check(path, shown, limits, swift_args, converted, progress, same_as, policy, here)
     return verdict if shown is path else dataclasses.replace(verdict, path=path)
 
@@ -152,6 +157,8 @@ def _check(
     except (OSError, ValueError) as e:
         return _refuse(shown, kind, f"cannot read it: {e}")
     limit = limits.max_dataset_bytes if kind == "dataset" else limits.max_yaml_bytes
+    if is_bundle(shown.name):
+        limit = limits.max_bundle_bytes
     with os.fdopen(fd, "rb") as f:
         if same_as is not None and (st.st_dev, st.st_ino) != (same_as.st_dev, same_as.st_ino):
             return _refuse(shown, kind, "the file was replaced while it was being picked up; drop it again")
@@ -160,15 +167,80 @@ def _check(
                 shown, kind, f"{st.st_size} bytes is over the limit of {limit} ([limits] in the config)"
             )
         if kind == "dataset":
-            return _check_dataset(shown, f, converted, progress, st.st_size)
+            return _with_media(shown, f, converted, progress, st.st_size, limits, here)
         return _check_job(shown, f.read(limit + 1), limits, swift_args, policy, here)
 
 
-def _check_dataset(
-    path: Path, f: BinaryIO, converted: BinaryIO | None, progress: Progress | None, size: int
+def _with_media(
+    path: Path,
+    f: BinaryIO,
+    converted: BinaryIO | None,
+    progress: Progress | None,
+    size: int,
+    limits: LimitsConfig,
+    here: _Here,
+) -> FileVerdict:
+    """A dataset with the media its rows name stored aside, and published only if it is accepted."""
+    store = MediaStore(here.blobs, limits, offline=here.swift.offline)
+    try:
+        if is_bundle(path.name):
+            verdict = _check_bundle(path, f, converted, progress, limits, store)
+        else:
+            verdict = _check_dataset(path, f, converted, progress, size, media=store.inline)
+        if verdict.ok:
+            store.publish()
+        return verdict
+    finally:
+        store.discard()
+
+
+def _check_bundle(
+    path: Path,
+    f: BinaryIO,
+    converted: BinaryIO | None,
+    progress: Progress | None,
+    limits: LimitsConfig,
+    store: MediaStore,
 ) -> FileVerdict:
     digest = hashlib.sha256()
-    validator = DatasetValidator(path.name)
+    while chunk := f.read(CHUNK):
+        digest.update(chunk)
+    sha = digest.hexdigest()
+    f.seek(0)
+    try:
+        bundle = open_bundle(f, path.name, limits, store)
+    except BundleProblem as e:
+        message, hint = describe(e)
+        first = f"{path.name}: rejected: {message}"
+        return FileVerdict(path, "dataset", False, first, f"{first}\n- {message}\n  hint: {hint}\n", sha)
+    with open(bundle.jsonl, "rb") as rows:
+        size = os.fstat(rows.fileno()).st_size
+        return _check_dataset(
+            path,
+            rows,
+            converted,
+            progress,
+            size,
+            media=bundle.resolver(store),
+            rows_name=bundle.jsonl_name,
+            sha=sha,
+        )
+
+
+def _check_dataset(
+    path: Path,
+    f: BinaryIO,
+    converted: BinaryIO | None,
+    progress: Progress | None,
+    size: int,
+    *,
+    media: MediaResolver | None = None,
+    rows_name: str | None = None,
+    sha: str | None = None,
+) -> FileVerdict:
+    """`rows_name` and `sha` are a bundle's: the .jsonl inside it, and the archive's own hash."""
+    digest = hashlib.sha256()
+    validator = DatasetValidator(rows_name or path.name, media=media)
     while chunk := f.read(CHUNK):
         digest.update(chunk)
         lines = validator.feed(chunk)
@@ -180,7 +252,7 @@ def _check_dataset(
     if converted is not None:
         converted.writelines(last)
     report = validator.finish()
-    sha = digest.hexdigest()
+    sha = sha or digest.hexdigest()
     if not report.ok:
         text = [f"{path.name}: rejected: {report.error_count} problem(s) in {report.rows} valid row(s)"]
         text += [_describe(e) for e in report.errors]
@@ -188,8 +260,11 @@ def _check_dataset(
             text.append(f"... and {report.error_count - len(report.errors)} more")
         return FileVerdict(path, "dataset", False, text[0], "\n".join(text) + "\n", sha, dataset=report)
     summary = (
-        f"dataset {path.stem}: {report.format}, {report.rows} rows, feeds {', '.join(report.task_types)}"
+        f"dataset {dataset_name(path.name)}: {report.format}, {report.rows} rows, "
+        f"feeds {', '.join(report.task_types)}"
     )
+    if (m := report.stats.media) is not None:
+        summary += f"; media: {m.images} images, {m.videos} videos, {m.audios} audios in {m.files} files"
     return FileVerdict(path, "dataset", True, summary, sha256=sha, dataset=report)
 
 
@@ -266,6 +341,7 @@ def _rejected(path: Path, error: JobFileError, sha: str) -> FileVerdict:
 class _Here:
     swift: SwiftConfig
     box: Box | None
+    blobs: StateLayout | None = None
 
 
 def _config_dtype(spec: JobSpec) -> str | None:
