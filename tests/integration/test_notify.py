@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.daemon_proc import Daemon
 from tests.notify_receiver import SECRET, Receiver, receiving, webhook_target
@@ -22,13 +23,13 @@ def _reject(d: Daemon, i: int) -> None:
     d.drop(f"bad{i}.jsonl", "not json\n")
 
 
-def _notify_view(d: Daemon) -> dict[str, dict[str, object]]:
+def _notify_view(d: Daemon) -> dict[str, dict[str, Any]]:
     status, body = d.get("/v1/notify")
     assert status == 200
     return {t["name"]: t for t in body["targets"]}
 
 
-def _records(d: Daemon, target: str) -> list[dict[str, object]]:
+def _records(d: Daemon, target: str) -> list[dict[str, Any]]:
     status, body = d.get("/v1/events?limit=1000")
     assert status == 200
     return [e for e in body["events"] if e["stream"] == f"notify:{target}"]
