@@ -21,6 +21,7 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.core.state import State, state_to_json
+from daemon.http.dataset_routes import dataset_jobs, dataset_rows
 from daemon.http.job_routes import (
     job,
     job_artifacts,
@@ -251,6 +252,8 @@ def make_app(side: ReadSide) -> web.Application:
     app.router.add_get("/v1/jobs/{job}/logs/stream", job_log_stream)
     app.router.add_get("/v1/datasets", datasets)
     app.router.add_get("/v1/datasets/{name}", dataset)
+    app.router.add_get("/v1/datasets/{name}/rows", dataset_rows)
+    app.router.add_get("/v1/datasets/{name}/jobs", dataset_jobs)
     app.router.add_get("/v1/projects", projects)
     app.router.add_get("/v1/projects/{name}", project)
     app.router.add_get("/v1/gpus", gpus)

@@ -61,17 +61,24 @@ def _job(request: web.Request) -> tuple[State, Job]:
 
 async def jobs(request: web.Request) -> web.Response:
     state = request.app[READ_SIDE].state()
-    job_state = request.query.get("state") or None
-    if job_state is not None and job_state not in JOB_STATES:
-        raise web.HTTPBadRequest(
-            reason=f"state must be one of {', '.join(JOB_STATES)}, got {job_state[:40]!r}"
-        )
+    asked = request.query.get("state") or None
+    job_states = None if asked is None else asked.split(",")
+    for job_state in job_states or ():
+        if job_state not in JOB_STATES:
+            raise web.HTTPBadRequest(
+                reason=f"state must be one of {', '.join(JOB_STATES)}, got {job_state[:40]!r}"
+            )
     after = int_param(request, "after", 0, 0, MAX_POSITION)
+    before = int_param(request, "before", 0, 0, MAX_POSITION) or None
     limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
     project = request.query.get("project") or None
-    ids, next_after = job_ids_page(state, job_state=job_state, project=project, after=after, limit=limit)
+    ids, cursor = job_ids_page(
+        state, job_states=job_states, project=project, after=after, before=before, limit=limit
+    )
     found = await jobs_json(state, ids)
-    return web.json_response(text=f'{{"jobs": {found}, "next_after": {json.dumps(next_after)}}}')
+    if before is not None:
+        return web.json_response(text=f'{{"jobs": {found}, "next_before": {json.dumps(cursor)}}}')
+    return web.json_response(text=f'{{"jobs": {found}, "next_after": {json.dumps(cursor)}}}')
 
 
 async def job(request: web.Request) -> web.Response:

@@ -10,7 +10,15 @@ from typing import Any
 
 from daemon import __version__
 
-__all__ = ["LIST_PAGE", "MAX_PAGE", "MAX_POSITION", "TOKEN_COOKIE", "openapi_spec"]
+__all__ = [
+    "LIST_PAGE",
+    "MAX_PAGE",
+    "MAX_POSITION",
+    "MAX_SAMPLE_ROWS",
+    "SAMPLE_BYTES",
+    "TOKEN_COOKIE",
+    "openapi_spec",
+]
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _OBJ: dict[str, Any] = {"type": "object"}
@@ -36,6 +44,10 @@ MAX_PAGE = 1000
 """The most entries one page of a list (`limit`) may hold: 1,000 jobs are some 0.7 MB of JSON."""
 LIST_PAGE = MAX_PAGE
 """A list's page when `limit` is not given: whole lists up to that size, as before paging."""
+MAX_SAMPLE_ROWS = 20
+SAMPLE_BYTES = 256 * 1024
+"""A dataset's sample rows are read from this much of its start: a few rows to look at, never a
+whole file, however long its rows are."""
 
 
 def _int_query(
@@ -192,10 +204,18 @@ def _schemas() -> dict[str, Any]:
 
 def _jobs_paths() -> dict[str, Any]:
     job_states = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    one = "|".join(job_states)
     list_of = {
         "type": "object",
-        "required": ["jobs", "next_after"],
-        "properties": {"jobs": {"type": "array", "items": _ref("Job")}, "next_after": _NEXT_JOB},
+        "required": ["jobs"],
+        "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "next_after": _NEXT_JOB,
+            "next_before": {
+                "type": ["integer", "null"],
+                "description": "given `before`: the `before` of the next page; null at the end",
+            },
+        },
     }
     events = {
         "type": "object",
@@ -205,12 +225,20 @@ def _jobs_paths() -> dict[str, Any]:
     after = _int_query("after", "start after this byte offset (Last-Event-ID wins when both are given)", 0)
     return {
         "/v1/jobs": _get(
-            "jobs by id, optionally of one state or project, a page at a time",
+            "jobs by id, optionally of some states or one project, a page at a time: oldest first "
+            "(`after`, answered with `next_after`) or newest first (`before`, answered with `next_before`)",
             _json(list_of, "a page of jobs"),
             params=[
-                {"name": "state", "in": "query", "required": False, "schema": {"enum": job_states}},
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": False,
+                    "description": "one state, or several joined by commas (`succeeded,failed,cancelled`)",
+                    "schema": {"type": "string", "pattern": f"^({one})(,({one}))*$"},
+                },
                 {"name": "project", "in": "query", "required": False, "schema": {"type": "string"}},
                 _AFTER_JOB,
+                _int_query("before", "newest first, from the job below this id (0: ignored)", 0, default=0),
                 _LIMIT,
             ],
             errors=("400", "401"),
@@ -318,6 +346,48 @@ def _paths() -> dict[str, Any]:
             errors=("400", "401"),
         ),
         "/v1/datasets/{name}": named,
+        "/v1/datasets/{name}/rows": _get(
+            f"the dataset's first rows as swift reads them (JSONL), read from its first {SAMPLE_BYTES} bytes: "
+            "a row cut there or not JSON comes as `text`",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["name", "sha256", "rows_total", "available", "rows"],
+                    "properties": {
+                        "available": {"type": "boolean", "description": "false: its file is gone"},
+                        "rows": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["row", "data", "text", "cut"],
+                                "properties": {
+                                    "row": {"type": "integer", "minimum": 1},
+                                    "data": {"description": "the row, parsed; null when it is `text`"},
+                                    "text": {"type": ["string", "null"]},
+                                    "cut": {"type": "boolean"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "the rows",
+            ),
+            params=[_NAME_PARAM, _int_query("limit", "rows", 1, MAX_SAMPLE_ROWS, 5)],
+            errors=("400", "401", "404"),
+        ),
+        "/v1/datasets/{name}/jobs": _get(
+            "the jobs that read the dataset (any attempt, or queued to), by id, a page at a time",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["jobs", "next_after"],
+                    "properties": {"jobs": {"type": "array", "items": _OBJ}, "next_after": _NEXT_JOB},
+                },
+                "a page of jobs: id, name, state, task_type",
+            ),
+            params=[_NAME_PARAM, _AFTER_JOB, _LIMIT],
+            errors=("400", "401", "404"),
+        ),
         "/v1/projects": _get(
             "jobs grouped by project, a page at a time, by name",
             _json(projects, "a page of projects"),
@@ -374,8 +444,9 @@ def _paths() -> dict[str, Any]:
         "/openapi.json": _get("this document", _json(_OBJ, "OpenAPI 3.1")),
         "/": {
             "get": {
-                "summary": "the status page: GPUs, queue with reasons, running jobs with progress and loss "
-                "curves, events",
+                "summary": "the status page: GPUs, queue with reasons, running and finished jobs, a job's "
+                "curves, log, artifacts and events (#/jobs/NAME), runs compared (#/compare/1,2), datasets "
+                "(#/datasets/NAME), events in words",
                 "parameters": [
                     {
                         "name": "token",

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, get_args
 
 from daemon.core.events import JobProgress, Recorded
-from daemon.core.state import TERMINAL, WAITING, Dataset, Job, JobState, Run, State, Validation
+from daemon.core.state import LIVE, TERMINAL, Dataset, Job, JobState, Run, State, Validation
 
 if TYPE_CHECKING:
     from daemon.core.gpus import GpuStatus
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "JOB_STATES",
     "artifacts_view",
+    "dataset_jobs_page",
     "dataset_view",
     "datasets_page",
     "gpu_summary",
@@ -53,6 +54,27 @@ def _validating_by_name(state: State) -> dict[str, Validation]:
 def dataset_view(state: State, name: str) -> dict[str, Any] | None:
     """A dataset by any name it was dropped under; while a new drop of it is read, its progress."""
     return _dataset_entry(state, name, _validating_by_name(state).get(name))
+
+
+def dataset_jobs_page(
+    state: State, name: str, *, after: int = 0, limit: int
+) -> tuple[list[dict[str, Any]], int | None] | None:
+    """The jobs that read the dataset `name` means now (any attempt, or queued to read it), by id:
+    those after `after`, at most `limit`, and the id to ask after next (None at the end); None when
+    the name means no dataset."""
+    sha = state.dataset_names.get(name)
+    if sha is None:
+        return None
+    found: list[dict[str, Any]] = []
+    for j in state.jobs.values():
+        if j.id <= after:
+            continue
+        if sha not in j.inputs.values() and not any(sha in r.inputs.values() for r in j.runs):
+            continue
+        if len(found) == limit:
+            return found, found[-1]["id"]
+        found.append({"id": j.id, "name": j.name, "state": j.state, "task_type": j.task})
+    return found, None
 
 
 def _dataset_entry(state: State, name: str, validating: Validation | None) -> dict[str, Any] | None:
@@ -211,6 +233,7 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
         "final_checkpoint": job.final_checkpoint,
         "final_model": job.final_model,
         "serving": _serving_json(run) if job.state == "running" else None,
+        "eval": _metrics_json(run.last_eval if run is not None else None),
     }
     if detail:
         body["filename"] = job.filename
@@ -223,13 +246,24 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
 
 
 def job_ids_page(
-    state: State, *, job_state: str | None = None, project: str | None = None, after: int = 0, limit: int
+    state: State,
+    *,
+    job_states: Collection[str] | None = None,
+    project: str | None = None,
+    after: int = 0,
+    before: int | None = None,
+    limit: int,
 ) -> tuple[list[int], int | None]:
-    """The ids of a page of jobs: those after `after` (of one state or project, if asked), at most
-    `limit`, and the id to ask after next (None at the end)."""
+    """The ids of a page of jobs (of some states or one project, if asked), at most `limit`, and the
+    cursor of the next page (None at the end): those after `after` oldest first, or, given `before`,
+    those below it newest first (the status page lists finished jobs newest first, a page at a time,
+    however many there are)."""
     ids: list[int] = []
-    for j in state.jobs.values():
-        if j.id <= after or (job_state is not None and j.state != job_state):
+    jobs = state.jobs.values() if before is None else reversed(state.jobs.values())
+    for j in jobs:
+        if (j.id >= before) if before is not None else (j.id <= after):
+            continue
+        if job_states is not None and j.state not in job_states:
             continue
         if project is not None and j.project != project:
             continue
@@ -338,5 +372,10 @@ def gpu_summary(view: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def page_states() -> dict[str, list[str]]:
-    """The job states as the status page groups them: running, waiting for the scheduler, ended."""
-    return {"running": ["running"], "waiting": list(WAITING), "terminal": list(TERMINAL)}
+    """The job states as the status page groups them: running, waiting (for the scheduler, or for a
+    person to resume it), ended."""
+    return {
+        "running": ["running"],
+        "waiting": [s for s in LIVE if s != "running"],
+        "terminal": list(TERMINAL),
+    }

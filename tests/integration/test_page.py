@@ -1,12 +1,21 @@
 """The status page at `/`, in headless Chromium (Debian's chromium and chromium-driver; `make
-test-browser` installs them): a running job's progress advances on screen, fed by EventSource."""
+test-browser` installs them): a running job's progress advances on screen, fed by EventSource; a
+job's view (curves, log tail, artifacts, events), runs compared, a dataset's view and the finished
+list, with fake swift (tests/fakeswift.py) here and real tiny-model runs under `extended`.
+
+Screenshots of the job view and the compare chart go to $LLMTRAIND_SCREENSHOTS (default: the test's
+tmp folder); their paths are printed (`pytest -s` shows them)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +79,199 @@ def test_the_page_shows_a_running_job_advancing(
     assert "needs a CPU slot" in page, "the queue shows why `later` waits"
     assert "JobProgress" in page, "recent events come from the feed"
     assert finished(d, "slow", 60)["state"] == "succeeded"
+
+
+TOKEN = "page-token"
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>&amp;'
+"""Markup in a dataset row, a log line and a failure's evidence: it must reach the screen as text."""
+
+
+def _js(driver: object, script: str, *args: object) -> Any:
+    return driver.execute_script(script, *args)  # type: ignore[attr-defined]
+
+
+def _open(driver: object, d: Daemon, hash_: str) -> None:
+    driver.get(d.url + "/#" + hash_)  # type: ignore[attr-defined]
+
+
+def _shot(driver: object, tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("LLMTRAIND_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    print(f"screenshot: {path}")
+    assert path.stat().st_size > 1000
+    return path
+
+
+_POINTS = """return [...document.querySelectorAll(arguments[0] + ' .chart[data-title="' + arguments[1] + '"] polyline.series')]
+  .map(p => +p.getAttribute('data-points'))"""
+
+
+def _train_losses(d: Daemon, job_id: int) -> int:
+    code, body = d.get(f"/v1/jobs/{job_id}/metrics")
+    assert code == 200
+    return sum(1 for r in body["metrics"] if r["kind"] == "train" and r["loss"] is not None)
+
+
+_ROWS = "return [...document.querySelectorAll('#finished tbody tr[data-job]')].map(t => [...t.cells].map(c => c.textContent))"
+
+
+def _finished_rows(driver: object) -> list[list[str]]:
+    return list(_js(driver, _ROWS))
+
+
+def _log_lines(driver: object) -> int:
+    return int(_js(driver, "return document.querySelectorAll('#log > div').length"))
+
+
+def _not_pwned(driver: object) -> None:
+    assert _js(driver, "return window.__pwned === undefined"), "markup from the data ran"
+    assert _js(driver, "return document.querySelectorAll('#view img, #view script').length") == 0
+
+
+def check_job_view(driver: object, d: Daemon, job_id: int, tmp_path: Path, shot: str) -> None:
+    """The job view's loss curve has one point per train record the metrics endpoint holds."""
+    want = _train_losses(d, job_id)
+    assert want > 0
+    _open(driver, d, f"/jobs/{job_id}")
+    got = d.wait_for(
+        "the loss curve", lambda: (p := _js(driver, _POINTS, "#charts", "loss")) and sum(p) == want, 20
+    )
+    assert got
+    titles = _js(driver, "return [...document.querySelectorAll('#charts .chart')].map(c => c.dataset.title)")
+    assert {"loss", "learning rate", "grad norm"} <= set(titles)
+    head = _js(driver, "return document.getElementById('view').textContent")
+    code, body = d.get(f"/v1/jobs/{job_id}")
+    assert code == 200
+    assert body["run"]["command"] in _js(driver, "return document.getElementById('command').textContent")
+    assert "a CPU slot" in head and "attempts" in head
+    d.wait_for(
+        "the job's events in words",
+        lambda: (
+            "succeeded" in _js(driver, "return document.getElementById('job-events').textContent") or None
+        ),
+        10,
+    )
+    _shot(driver, tmp_path, shot)
+
+
+def check_compare(driver: object, d: Daemon, ids: list[int], tmp_path: Path, shot: str) -> str:
+    """One loss series per chosen job; the settings that differ listed side by side."""
+    _open(driver, d, "/compare/" + ",".join(map(str, ids)))
+    counts = d.wait_for("the compare chart", lambda: _js(driver, _POINTS, "#compare-charts", "loss"), 20)
+    assert len(counts) == len(ids)
+    assert counts == [_train_losses(d, i) for i in ids]
+    _shot(driver, tmp_path, shot)
+    return str(_js(driver, "return document.getElementById('differences').textContent"))
+
+
+def check_failed(driver: object, d: Daemon, job_id: int, kind: str) -> str:
+    """The failed job's header says its classified reason, as the API does."""
+    code, body = d.get(f"/v1/jobs/{job_id}")
+    assert code == 200 and body["state"] == "failed"
+    assert body["run"]["exit"]["failure"]["kind"] == kind
+    _open(driver, d, f"/jobs/{job_id}")
+    reason = d.wait_for(
+        "the reason",
+        lambda: _js(driver, "const r = document.getElementById('job-reason'); return r && r.textContent"),
+        20,
+    )
+    assert reason == body["reason"]
+    return str(reason)
+
+
+def test_job_view_compare_dataset_and_finished_list(
+    daemon_factory: type[Daemon], tmp_path: Path, browser: object
+) -> None:
+    wrapper = write_wrapper(tmp_path, step_s=0.1)
+    extra = f'[swift]\npython = "{wrapper}"\n[runs]\npoll_s = 0.2\nschedule_s = 0.5\n'
+    d = daemon_factory(tmp_path / "d", token=TOKEN, extra_config=extra).start()
+    row = {
+        "messages": [
+            {"role": "user", "content": HOSTILE},
+            {"role": "assistant", "content": "text, not markup"},
+        ]
+    }
+    d.drop("chat.jsonl", json.dumps(row) + "\n" + sft_rows())
+    d.wait_for("the dataset", lambda: d.get("/v1/datasets/chat")[0] == 200 or None, 30)
+    oom = f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB {HOSTILE}\n"
+    d.drop(
+        "good.yaml",
+        job_yaml(fake_model(tmp_path / "a"), "sft", dataset="chat", max_steps=8, learning_rate=1e-4),
+    )
+    d.drop(
+        "other.yaml",
+        job_yaml(fake_model(tmp_path / "b"), "sft", dataset="chat", max_steps=6, learning_rate=2e-4),
+    )
+    d.drop("bad.yaml", job_yaml(fake_model(tmp_path / "c", 1, oom), "sft", dataset="chat", max_steps=3))
+    ids = {n: finished(d, n, 60)["id"] for n in ("good", "other", "bad")}
+    d.drop("slow.yaml", job_yaml(fake_model(tmp_path / "s"), "sft", dataset="chat", max_steps=150))
+    browser.get(d.url + "/?token=" + TOKEN)  # type: ignore[attr-defined]
+
+    # The finished list: newest first, duration, final loss, the reason; a row opens the job view.
+    rows = d.wait_for("finished rows", lambda: (r := _finished_rows(browser)) and len(r) == 3 and r, 20)
+    newest = sorted(ids.items(), key=lambda kv: -kv[1])
+    assert [r[1] for r in rows] == [f"#{i} {n}" for n, i in newest], "newest first"
+    rows = sorted(rows, key=lambda r: ["good", "other", "bad"].index(r[1].split()[1]))
+    assert all(r[4] for r in rows), "every finished job shows its duration"
+    assert rows[0][5] == "0.125" and rows[0][3] == "succeeded", "good's final loss is its last step's (1/8)"
+    assert "out of GPU memory" in rows[2][7]
+    _js(
+        browser,
+        "document.querySelector('#finished tr[data-job=\"' + arguments[0] + '\"] td:nth-child(4)').click()",
+        ids["good"],
+    )
+    d.wait_for(
+        "the job view", lambda: _js(browser, "return location.hash") == f"#/jobs/{ids['good']}" or None, 10
+    )
+
+    check_job_view(browser, d, ids["good"], tmp_path, "job-view.png")
+    differing = check_compare(browser, d, [ids["good"], ids["other"], ids["bad"]], tmp_path, "compare.png")
+    assert "max_steps" in differing and "learning_rate" in differing
+    reason = check_failed(browser, d, ids["bad"], "out_of_memory")
+    assert "out of GPU memory" in reason
+    log_text = d.wait_for(
+        "the log",
+        lambda: (
+            (t := _js(browser, "return document.getElementById('log').textContent")) and HOSTILE in t and t
+        ),
+        20,
+    )
+    assert "fake step 3/3" in log_text
+    _not_pwned(browser)
+
+    # The dataset view: format, rows, a sample row as text, the jobs that read it.
+    _open(browser, d, "/datasets/chat")
+    samples = d.wait_for(
+        "sample rows",
+        lambda: _js(browser, "const s = document.getElementById('samples'); return s && s.textContent"),
+        20,
+    )
+    assert json.dumps(HOSTILE) in samples, "the row as JSON text"
+    used = _js(browser, "return document.getElementById('used-by').textContent")
+    assert all(n in used for n in ("good", "other", "bad"))
+    assert "17" in _js(browser, "return document.getElementById('view').textContent"), "its row count"
+    _not_pwned(browser)
+
+    # A running job's log tail follows, stops while paused, and follows again.
+    wait_state(d, "slow", ("running",), 60)
+    slow = d.get("/v1/jobs/slow")[1]["id"]
+    _open(browser, d, f"/jobs/{slow}")
+    first = d.wait_for("log lines", lambda: _log_lines(browser), 20)
+    d.wait_for("the log following", lambda: _log_lines(browser) > first + 3 or None, 20)
+    _js(browser, "document.getElementById('pause').click()")
+    time.sleep(0.3)
+    held = _log_lines(browser)
+    time.sleep(1.0)
+    assert _log_lines(browser) == held, "a paused tail does not move"
+    _js(browser, "document.getElementById('pause').click()")
+    d.wait_for("the log following again", lambda: _log_lines(browser) > held + 3 or None, 20)
+    assert finished(d, "slow", 60)["state"] == "succeeded"
+    d.wait_for(
+        "the whole log",
+        lambda: (
+            "fake step 150/150" in _js(browser, "return document.getElementById('log').textContent") or None
+        ),
+        20,
+    )
