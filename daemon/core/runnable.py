@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from daemon.core.jobs import JobProblem, JobSpec
 
-__all__ = ["Package", "cpu_only", "device_problems", "hub_dataset_problems", "needed_packages"]
+__all__ = [
+    "Package",
+    "cpu_only",
+    "device_problems",
+    "hub_dataset_problems",
+    "needed_packages",
+    "reward_model_problem",
+]
 
 _QUANT_PACKAGES: Mapping[str, tuple[str, str]] = {
     "bnb": ("bitsandbytes", "bitsandbytes"),
@@ -195,3 +202,24 @@ def hub_dataset_problems(spec: JobSpec, offline: bool) -> list[JobProblem]:
         for ref in (*spec.datasets, *spec.val_datasets)
         if ref.hub
     ]
+
+
+def reward_model_problem(spec: JobSpec, config: Mapping[str, object] | None) -> JobProblem | None:
+    """PPO scores with the reward model's classification head, and ms-swift loads one only for a
+    folder whose config.json names a `...ForSequenceClassification` architecture or `num_labels: 1`;
+    a plain language model fails at the first step (`... has no attribute 'score'`, measured)."""
+    if spec.effective_rlhf_type != "ppo" or spec.reward_model is None or config is None:
+        return None
+    raw = config.get("architectures")
+    arches = [a for a in raw if isinstance(a, str)] if isinstance(raw, list) else []
+    if any("sequenceclassification" in a.lower() for a in arches) or config.get("num_labels") == 1:
+        return None
+    shown = ", ".join(arches) or "no architectures"
+    return JobProblem(
+        field="reward_model",
+        message=f"reward_model {spec.reward_model}: its config.json says {shown}, a model without a "
+        "score head; ms-swift's ppo needs a reward model (an architecture ...ForSequenceClassification, "
+        "or num_labels: 1)",
+        hint="name a reward model, such as the output of an rlhf job with algorithm: rm, or train with "
+        "an algorithm that needs none (dpo)",
+    )

@@ -34,12 +34,13 @@ from daemon.core.jobs import (
     JobFileError,
     JobProblem,
     JobSpec,
+    ModelRef,
     dataset_name_problem,
     parse_job_file,
 )
 from daemon.core.jobs.trust import MODEL_FOLDER_ARGS, code_refusal
 from daemon.core.layout import StateLayout
-from daemon.core.runnable import device_problems, hub_dataset_problems, needed_packages
+from daemon.core.runnable import device_problems, hub_dataset_problems, needed_packages, reward_model_problem
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 from daemon.intake.hardware import missing_packages
 from daemon.intake.media import BundleProblem, MediaStore, describe, open_bundle
@@ -344,14 +345,18 @@ class _Here:
     blobs: StateLayout | None = None
 
 
+def _folder_config(ref: ModelRef | None) -> dict[str, object] | None:
+    """A local model folder's config.json, or None (not a folder here, or no readable config)."""
+    if ref is None or ref.kind != "path":
+        return None
+    body = _read_json(Path(ref.ref) / "config.json")
+    return body if isinstance(body, dict) else None
+
+
 def _config_dtype(spec: JobSpec) -> str | None:
     """The dtype a local model folder's config.json gives, which swift uses when the job names none."""
-    if spec.model is None or spec.model.kind != "path":
-        return None
-    body = _read_json(Path(spec.model.ref) / "config.json")
-    if not isinstance(body, dict):
-        return None
-    dtype = body.get("torch_dtype") or body.get("dtype")
+    body = _folder_config(spec.model)
+    dtype = body.get("torch_dtype") or body.get("dtype") if body is not None else None
     return dtype if isinstance(dtype, str) else None
 
 
@@ -381,6 +386,8 @@ def _on_this_box(spec: JobSpec, policy: CodePolicy, here: _Here) -> tuple[JobSpe
     if box is not None:
         problems += _package_problems(spec, here.swift.python)
         problems += device_problems(spec, box.gpus, _config_dtype(spec))
+        reward = reward_model_problem(spec, _folder_config(spec.reward_model))
+        problems += [reward] if reward is not None else []
     return spec, problems
 
 

@@ -84,11 +84,13 @@ def test_links_fifos_and_odd_files_are_refused_without_blocking(tmp_path: Path) 
 
 def test_the_seed_jobs_as_this_box_would_take_them(tmp_path: Path, tiny_model: Path) -> None:
     from tests.seeds import SEED_LORA, SEED_RL, SEED_SFT
+    from tests.unit.test_models_runnable import reward_model
 
+    rm = reward_model(tiny_model, tmp_path / "rm").resolve()
     config = tmp_path / "llmtraind.toml"
     config.write_text(
-        '[gpus]\ndevices = "none"\n[models]\n'
-        + "".join(f"{name} = {json.dumps(str(tiny_model))}\n" for name in ("qwen-7b-sft", "qwen-7b-rm"))
+        f'[gpus]\ndevices = "none"\n[models]\nqwen-7b-sft = {json.dumps(str(tiny_model))}\n'
+        f"qwen-7b-rm = {json.dumps(str(rm))}\n"
     )
     for name, text in (("sft.yaml", SEED_SFT), ("rl.yaml", SEED_RL), ("lora.yaml", SEED_LORA)):
         (tmp_path / name).write_text(text)
@@ -115,9 +117,7 @@ def test_the_seed_jobs_as_this_box_would_take_them(tmp_path: Path, tiny_model: P
         f"rl.yaml: ok: job rl: rlhf (full) on {folder}\n  model qwen-7b-sft -> {folder} ([models])\n"
         in result.stdout
     )
-    assert (
-        "  swift.reward_model_type qwen2 (config.json: Qwen2ForCausalLM, model_type qwen2)\n" in result.stdout
-    )
+    assert f"  reward_model qwen-7b-rm -> {rm} ([models])\n" in result.stdout
     assert "  warning: kl_target 0.1 not applied: ms-swift 4.6 has no adaptive KL target" in result.stdout
     assert "- model: model qwen-7b: not a folder, not in [models]" in result.stderr
     assert '  hint: add `qwen-7b = "/path/to/the/model"` under [models] in llmtraind.toml' in result.stderr

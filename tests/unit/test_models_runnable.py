@@ -4,6 +4,8 @@ need, the GPUs it names, what a CPU cannot do, hub data offline; and the seeds' 
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from daemon.core.config import LimitsConfig, SwiftConfig
@@ -87,9 +89,19 @@ def test_visible_gpus_follow_the_devices_setting_and_the_test_fake(tmp_path: Pat
     assert visible_gpus("none", env) == ()
 
 
+def reward_model(tiny_model: Path, dest: Path) -> Path:
+    """The tiny model as a reward model: a sequence-classification head over one label."""
+    shutil.copytree(tiny_model, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config |= {"architectures": ["Qwen2ForSequenceClassification"], "num_labels": 1}
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
 def test_the_seed_jobs_on_a_cpu_box_with_models_mapped(tmp_path: Path, tiny_model: Path) -> None:
-    names = ("qwen-7b", "qwen-7b-sft", "qwen-7b-rm", "llama2-7b", "Qwen/Qwen2.5-7B-Instruct")
-    box = Box({name: tiny_model for name in names}, ())
+    names = ("qwen-7b", "qwen-7b-sft", "llama2-7b", "Qwen/Qwen2.5-7B-Instruct")
+    rm = reward_model(tiny_model, tmp_path / "rm")
+    box = Box({name: tiny_model for name in names} | {"qwen-7b-rm": rm}, ())
     verdicts = {}
     for name, text in (
         ("sft.yaml", SEED_SFT),
@@ -106,7 +118,9 @@ def test_the_seed_jobs_on_a_cpu_box_with_models_mapped(tmp_path: Path, tiny_mode
         assert isinstance(job, JobSpec) and job.model is not None
         assert (job.model.ref, job.model_type, job.template) == (str(tiny_model.resolve()), "qwen2", "qwen")
     rl = ok["rl.yaml"]
-    assert isinstance(rl, JobSpec) and rl.swift_args["reward_model_type"] == "qwen2"
+    assert (
+        isinstance(rl, JobSpec) and rl.reward_model is not None and rl.reward_model.ref == str(rm.resolve())
+    )
     assert any(note.startswith("kl_target 0.1 not applied") for note in rl.notes)
     lora = verdicts["lora.yaml"].problems
     assert "needs a GPU, and this job would run on the CPU" in lora
@@ -114,3 +128,15 @@ def test_the_seed_jobs_on_a_cpu_box_with_models_mapped(tmp_path: Path, tiny_mode
     assert "GPU 0 is not on this box (its GPUs: none)" in trainer
     assert "dataset AI-ModelScope/alpaca-gpt4-data-zh is a hub id and [swift] offline = true" in trainer
     assert "torch_dtype bfloat16 needs a GPU" in trainer
+
+
+def test_ppo_needs_a_reward_model_with_a_score_head(tmp_path: Path, tiny_model: Path) -> None:
+    (tmp_path / "rl.yaml").write_text(SEED_RL)
+    box = Box({"qwen-7b-sft": tiny_model, "qwen-7b-rm": tiny_model}, ())
+    verdict = check_file(tmp_path / "rl.yaml", LimitsConfig(), bundled(), swift=SwiftConfig(), box=box)
+    assert not verdict.ok
+    assert (
+        f"- reward_model: reward_model {tiny_model.resolve()}: its config.json says Qwen2ForCausalLM, a model "
+        "without a score head; ms-swift's ppo needs a reward model" in verdict.problems
+    )
+    assert "such as the output of an rlhf job with algorithm: rm" in verdict.problems
