@@ -147,7 +147,9 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "integer"},
                 "name": {"type": "string"},
-                "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]},
+                "state": {
+                    "enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "paused"]
+                },
                 "reason": {"type": "string"},
                 "task_type": {"type": "string"},
                 "project": {"type": "string"},
@@ -203,7 +205,7 @@ def _schemas() -> dict[str, Any]:
 
 
 def _jobs_paths() -> dict[str, Any]:
-    job_states = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    job_states = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "paused"]
     one = "|".join(job_states)
     list_of = {
         "type": "object",
