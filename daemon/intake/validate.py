@@ -381,7 +381,7 @@ def _on_this_box(spec: JobSpec, policy: CodePolicy, here: _Here) -> tuple[JobSpe
     if box is not None:
         spec, problems = settle_models(spec, box.models, offline=here.swift.offline, python=here.swift.python)
         problems += hub_dataset_problems(spec, here.swift.offline)
-    if not problems and not policy.allow_code:
+    if not policy.allow_code:
         problems += _remote_code_problems(spec)
     if box is not None:
         problems += _package_problems(spec, here.swift.python)
