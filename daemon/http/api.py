@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from daemon import __version__
-from daemon.core.state import State, state_to_json
+from daemon.core.state import State
 from daemon.http.dataset_routes import dataset_jobs, dataset_rows
 from daemon.http.job_routes import (
     job,
@@ -38,6 +38,7 @@ from daemon.http.notify_route import notify_targets
 from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION, openapi_spec
 from daemon.http.readside import READ_SIDE, SSE_HUB, GpuReading, ReadSide
 from daemon.http.sse import SseHub, StreamRefused
+from daemon.http.state_answer import StateAnswer, send_pieces, state_pieces
 from daemon.http.views import (
     dataset_view,
     datasets_page,
@@ -88,6 +89,7 @@ class _StatusCache:
 
 
 STATUS_CACHE = web.AppKey("status_cache", _StatusCache)
+STATE_ANSWER = web.AppKey("state_answer", StateAnswer)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -163,14 +165,14 @@ async def events(request: web.Request) -> web.Response:
     return web.json_response({"events": [recorded_json(r) for r in page], "next_after": next_after})
 
 
-async def state_at(request: web.Request) -> web.Response:
+async def state_at(request: web.Request) -> web.StreamResponse:
     side = request.app[READ_SIDE]
     live = side.state()
     at = int_param(request, "at", live.last_seq, 0, MAX_POSITION)
     if at >= live.last_seq:
-        return web.json_response(text=state_to_json(live))
+        return await send_pieces(request, await request.app[STATE_ANSWER].pieces())
     folded = await asyncio.to_thread(load_state_at_path, side.db_path, at)
-    return web.json_response(text=state_to_json(folded))
+    return await send_pieces(request, await state_pieces(folded))
 
 
 async def gpus(request: web.Request) -> web.Response:
@@ -228,6 +230,8 @@ def make_app(side: ReadSide) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], handler_args={"max_field_size": MAX_HEADER_FIELD})
     app[READ_SIDE] = side
     app[STATUS_CACHE] = _StatusCache()
+    answer = app[STATE_ANSWER] = StateAnswer(side.state)
+    side.store.add_listener(answer.recorded)
     hub = app[SSE_HUB] = SseHub(side.store, side.state, side.db_path.parent, side.sse)
 
     async def start_sse(_: web.Application) -> None:
