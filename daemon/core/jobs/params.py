@@ -69,6 +69,13 @@ class _TrainFields(BaseModel):
     num_iterations: _PositiveInt | None = Field(None, description="GRPO updates per generation batch.")
     local_rollout_forward_batch_size: _PositiveInt | None = Field(None, description="PPO rollout batch.")
     generation_batch_size: _PositiveInt | None = Field(None, description="GRPO rollout batch.")
+    max_pixels: _PositiveInt | None = Field(
+        None, description="VLM: resize each picture to at most this many pixels (--max_pixels)."
+    )
+    freeze_vit: bool | None = Field(None, description="VLM: keep the vision tower frozen (--freeze_vit).")
+    freeze_aligner: bool | None = Field(
+        None, description="VLM: keep the vision-to-language projector frozen (--freeze_aligner)."
+    )
 
 
 class TrainParams(_TrainFields, _Frozen):
