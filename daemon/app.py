@@ -29,7 +29,7 @@ from daemon.http.api import ReadSide, make_app
 from daemon.http.guard import ConnectionGuard, GuardedSite, connection_cap
 from daemon.http.sse import SseSettings
 from daemon.intake.inbox import Inbox
-from daemon.intake.validate import local_swift_args
+from daemon.intake.validate import local_swift_args, remote_code
 from daemon.log.errors import LogDamaged, LogMismatch, StoreError
 from daemon.log.projector import Projector
 from daemon.log.store import EventStore, private_dirs
@@ -266,7 +266,7 @@ async def _run(
             poll_s=cfg.runs.poll_s,
             reaper=become_subreaper(),
         )
-        scheduling = Scheduling(cfg, store, state, probe, runner)
+        scheduling = Scheduling(cfg, store, state, probe, runner, model_code=remote_code)
         notify = Notifications(store, state)
         side = ReadSide(
             state,

@@ -28,7 +28,8 @@ from daemon.core.layout import StateLayout
 from daemon.core.state import WAITING, State
 from daemon.core.streams import SCHEDULER_STREAM, Append, job_stream, run_key
 from daemon.log.store import EventStore
-from daemon.runs.dispatch import Box, Environment, decide, shared_gpus
+from daemon.runs.dispatch import Box, Decisions, Environment, decide, shared_gpus
+from daemon.runs.model_code import CodeCheck, refuse_model_code
 from daemon.runs.runner import Adoptable, Runner
 from daemon.runs.scheduler import GpuView
 from daemon.runs.supervise import boot_id
@@ -112,7 +113,13 @@ def held_by_runs(
 
 class Scheduling:
     def __init__(
-        self, cfg: Config, store: EventStore, state: Callable[[], State], probe: GpuProbe, runner: Runner
+        self,
+        cfg: Config,
+        store: EventStore,
+        state: Callable[[], State],
+        probe: GpuProbe,
+        runner: Runner,
+        model_code: CodeCheck | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -120,6 +127,8 @@ class Scheduling:
         self.probe = probe
         self.layout = StateLayout(cfg.paths.state, store.log_id)
         self.runner = runner
+        self.model_code = model_code
+        """Checks a model folder for code (`daemon.intake.validate.remote_code`) before a run starts."""
         self.last_tick = time.monotonic()
         """When the loop last came round: the watchdog pings only while this is recent."""
         self._wake = asyncio.Event()
@@ -233,6 +242,19 @@ class Scheduling:
             self._gpus, self._probed_at = gpus, now
         return self._gpus
 
+    async def _refuse_model_code(self, decided: Decisions) -> None:
+        """A model folder may have changed since intake: a start that would now load its code is
+        not made, and its job fails with the refusal intake would have given."""
+        if self.model_code is None or self.cfg.swift.allow_code or not decided.launches:
+            return
+        starts = [x.started for x in decided.launches]
+        failed = await asyncio.to_thread(refuse_model_code, starts, self.model_code)
+        refused = {f.job_id for f in failed}
+        decided.launches[:] = [x for x in decided.launches if x.job_id not in refused]
+        decided.failed.extend(failed)
+        for f in failed:
+            log.warning("job %d not started: %s", f.job_id, f.reason)
+
     async def schedule_once(self) -> None:
         gpus = await self._probe()  # also while nothing waits: /v1/gpus and /metrics show this probe
         state = self.state()
@@ -252,6 +274,7 @@ class Scheduling:
         python = self.cfg.swift.python or sys.executable
         env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
         decided = decide(state, box, env)
+        await self._refuse_model_code(decided)
         parts = [Append(job_stream(f.job_id), [NewEvent(f)]) for f in decided.failed]
         if decided.waiting is not None:
             parts.append(Append(SCHEDULER_STREAM, [NewEvent(decided.waiting)]))
