@@ -39,6 +39,7 @@ from daemon.runs.loop import Scheduling
 from daemon.runs.reaper import become_subreaper
 from daemon.runs.recorder import RunRecorder
 from daemon.runs.runner import Runner
+from daemon.runs.slurm.executor import SlurmExecutor, shared_root_problem, summary
 from daemon.runs.supervise import boot_id
 from daemon.systemd import Notifier, watchdog_interval
 
@@ -259,13 +260,29 @@ async def _run(
 
         inbox = Inbox(cfg, store, state, await asyncio.to_thread(local_swift_args))
         recorder = RunRecorder(store, state)
-        runner = Runner(
-            recorder.report,
-            recorder.ended,
-            grace_s=cfg.runs.stop_grace_s,
-            poll_s=cfg.runs.poll_s,
-            reaper=become_subreaper(),
-        )
+        runner: Runner | SlurmExecutor
+        slurm: SlurmExecutor | None = None
+        if cfg.executor.kind == "slurm":
+            problem = await asyncio.to_thread(shared_root_problem, cfg.slurm.shared_root or cfg.paths.state)
+            if problem is not None:
+                raise StartupFailed(problem)
+            runner = slurm = SlurmExecutor(
+                recorder.report,
+                recorder.ended,
+                cfg=cfg,
+                state=state,
+                log_id=store.log_id,
+                poll_s=cfg.runs.poll_s,
+                grace_s=cfg.runs.stop_grace_s,
+            )
+        else:
+            runner = Runner(
+                recorder.report,
+                recorder.ended,
+                grace_s=cfg.runs.stop_grace_s,
+                poll_s=cfg.runs.poll_s,
+                reaper=become_subreaper(),
+            )
         scheduling = Scheduling(cfg, store, state, probe, runner, model_code=remote_code)
         notify = Notifications(store, state)
         side = ReadSide(
@@ -278,6 +295,7 @@ async def _run(
             sse=SseSettings.from_config(cfg.api),
             intake_trouble=lambda: inbox.trouble,
             runs_trouble=lambda: runner.trouble,
+            executor=lambda: {"kind": cfg.executor.kind, "slurm": summary(slurm)},
             notify=notify.view,
         )
         async with _part(f"the API on {cfg.api.host}:{cfg.api.port}"):

@@ -118,7 +118,11 @@ async def status(request: web.Request) -> web.Response:
         cache.key, cache.head, cache.gpus = key, json.dumps(head)[:-1], json.dumps(gpus)[:-1]
     now = time.monotonic()
     uptime, ago = round(now - side.started_monotonic, 3), round(now - probed, 3)
-    text = f'{cache.head}, "uptime_s": {uptime!r}, "gpus": {cache.gpus}, "probed_s_ago": {ago!r}}}}}'
+    executor = json.dumps(side.executor())
+    text = (
+        f'{cache.head}, "uptime_s": {uptime!r}, "executor": {executor}, '
+        f'"gpus": {cache.gpus}, "probed_s_ago": {ago!r}}}}}'
+    )
     return web.Response(text=text, content_type="application/json")
 
 

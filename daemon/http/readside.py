@@ -4,7 +4,7 @@ that every route module and the middleware reach it without importing the app fa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,10 @@ def _no_targets() -> list[dict[str, Any]]:
     return []
 
 
+def _local() -> Mapping[str, Any]:
+    return {"kind": "local", "slurm": None}
+
+
 @dataclass
 class ReadSide:
     """What the API may look at: the live state, the log (read only), the last GPU probe (owned by
@@ -54,6 +58,8 @@ class ReadSide:
     """What the runs did that the log has not taken yet (its lock is held elsewhere, the disk is
     full), or "": the log's own probe may pass while a run's records still wait."""
     notify: Callable[[], list[dict[str, Any]]] = _no_targets
+    executor: Callable[[], Mapping[str, Any]] = _local
+    """Who places runs, and for Slurm the cluster as sinfo and squeue last showed it."""
     """The notification targets as the notifier shows them (never a secret)."""
 
     def health(self) -> tuple[bool, str]:

@@ -191,7 +191,20 @@ def run_view(run: Run) -> dict[str, Any]:
         "metrics_recorded": run.metrics_count,
         "gpu_shared": run.gpu_shared,
         "serving": _serving_json(run),
+        "slurm": _slurm_json(run),
         "exit": _exit_json(run),
+    }
+
+
+def _slurm_json(run: Run) -> dict[str, Any] | None:
+    """The Slurm job of an attempt handed to Slurm (`[executor] kind = "slurm"`), else None."""
+    if run.slurm_job_id is None:
+        return None
+    return {
+        "job_id": run.slurm_job_id,
+        "state": run.slurm_state,
+        "reason": run.slurm_reason,
+        "nodes": run.slurm_nodes,
     }
 
 

@@ -83,6 +83,9 @@ class Box:
     cpu_count: int = 1
     """Cores the CPU slots share: a CPU run gets cpu_count // cpu_slots threads, since PyTorch
     would otherwise start one per core in every run and oversubscribed OpenMP threads spin."""
+    cluster: bool = False
+    """Runs go to a cluster scheduler (Slurm), which places them: every ready job starts at once as
+    far as this box is concerned, with no GPU or thread count of this box's."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phas
 def decide(state: State, box: Box, env: Environment) -> Decisions:
     """What to record now: jobs that can never run, changed waiting reasons, and the starts."""
     wanted = demands(state, box.managed)
+    if box.cluster:
+        wanted = [replace(d, gpus=0, gpu_ids=(), min_free_memory_mib=None) for d in wanted]
     held, cpu_used = leases(state)
     plan = place(wanted, box.gpus, held, _phases(state, wanted), box.cpu_slots, cpu_used, box.now)
     failed = [JobFailed(job_id=job_id, reason=reason) for job_id, reason in plan.fail.items()]
@@ -311,7 +316,8 @@ def _start(
         command = build_command(spec, run_inputs)
     except CommandError as e:
         return f"cannot build the swift command: {e}"
-    command = replace(command, env=_cpu_threads(command.env, placement, box))
+    if not box.cluster:
+        command = replace(command, env=_cpu_threads(command.env, placement, box))
     if spec.swift_command in ("sft", "pt", "rlhf"):
         command = _pausable(command, paths.run_dir)
     timeout = _timeout(job)

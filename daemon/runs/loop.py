@@ -32,6 +32,7 @@ from daemon.runs.dispatch import Box, Decisions, Environment, decide, shared_gpu
 from daemon.runs.model_code import CodeCheck, refuse_model_code
 from daemon.runs.runner import Adoptable, Runner
 from daemon.runs.scheduler import GpuView
+from daemon.runs.slurm.executor import SlurmExecutor
 from daemon.runs.supervise import boot_id
 
 __all__ = ["Scheduling", "held_by_runs"]
@@ -52,6 +53,10 @@ _WAKES = frozenset(
     }
 )
 """Events after which a queued job may be able to start (or must fail)."""
+
+
+_CLUSTER_SLOTS = 1_000_000
+"""Jobs submitted to Slurm at once: Slurm queues them, so the daemon does not limit them."""
 
 
 def free_port() -> int:
@@ -118,7 +123,7 @@ class Scheduling:
         store: EventStore,
         state: Callable[[], State],
         probe: GpuProbe,
-        runner: Runner,
+        runner: Runner | SlurmExecutor,
         model_code: CodeCheck | None = None,
     ) -> None:
         self.cfg = cfg
@@ -258,6 +263,8 @@ class Scheduling:
     async def schedule_once(self) -> None:
         gpus = await self._probe()  # also while nothing waits: /v1/gpus and /metrics show this probe
         state = self.state()
+        if isinstance(self.runner, SlurmExecutor):
+            await self.runner.refresh_cluster()
         if not any(job.state in WAITING for job in state.jobs.values()):
             return
         views, cpu_slots = held_by_runs(
@@ -273,8 +280,14 @@ class Scheduling:
         )
         python = self.cfg.swift.python or sys.executable
         env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
+        slurm = self.runner if isinstance(self.runner, SlurmExecutor) else None
+        if slurm is not None:  # Slurm places the runs; their folders are on the shared root
+            box = replace(box, gpus=[], managed=False, cpu_slots=_CLUSTER_SLOTS, cluster=True)
+            env = replace(env, layout=slurm.layout, python=self.cfg.slurm.python or python)
         decided = decide(state, box, env)
         await self._refuse_model_code(decided)
+        if slurm is not None:
+            decided.launches[:] = [replace(x, started=slurm.script_for(x.started)) for x in decided.launches]
         parts = [Append(job_stream(f.job_id), [NewEvent(f)]) for f in decided.failed]
         if decided.waiting is not None:
             parts.append(Append(SCHEDULER_STREAM, [NewEvent(decided.waiting)]))

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.core.events import SlurmJobState, SlurmSubmitted
 from daemon.core.state import Job, JobState, Run
-from tests.fold_world import T, Row, check, job, rows, run, world
+from tests.fold_world import Row, T, check, job, rows, run, world
 
 
 def running(*runs_: Run, state: JobState = "running", **fields: Any) -> Job:
@@ -55,11 +55,15 @@ STATES = {
         PENDING,
         world(
             running(
-                run(slurm_job_id=7, slurm_state="PENDING", slurm_reason="Resources"), state="failed", reason="boom"
+                run(slurm_job_id=7, slurm_state="PENDING", slurm_reason="Resources"),
+                state="failed",
+                reason="boom",
             )
         ),
     ),
-    "an older attempt's changes nothing": Row(world(running(run(1), run(2))), PENDING, world(running(run(1), run(2)))),
+    "an older attempt's changes nothing": Row(
+        world(running(run(1), run(2))), PENDING, world(running(run(1), run(2)))
+    ),
 }
 
 TABLES = [SUBMITTED, STATES]
