@@ -202,6 +202,24 @@ job still has to stop its run (a pause first saves a checkpoint at its next step
 named here is done once it is accepted."""
 
 
+_EVAL_TIMING = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+def eval_text(record: Mapping[str, Any] | None) -> str | None:
+    """The last evaluation as a person reads it: its step, then every metric swift logged for it
+    (eval_loss, eval_token_acc, eval_rouge-l, eval_bleu-4, ...) under swift's name, without the
+    timings."""
+    if not record:
+        return None
+    raw = record.get("raw") or {}
+    shown = [
+        f"{name.removeprefix('eval_')} {value:.4g}"
+        for name, value in raw.items()
+        if name.startswith("eval_") and not name.endswith(_EVAL_TIMING) and isinstance(value, int | float)
+    ]
+    return f"step {record.get('step')}: " + (", ".join(shown) or "no metrics")
+
+
 def control_verdict(filename: str, event: Mapping[str, Any]) -> ControlOutcome | None:
     """The daemon's answer to the control file `filename`, if `event` is it: an accepting event
     names the file as its `source`; a refusal (or a duplicate) names it as its `filename`."""
@@ -444,6 +462,7 @@ def job_detail(job: Mapping[str, Any]) -> str:
                 ("learning rate", metrics.get("learning_rate")),
                 ("grad norm", metrics.get("grad_norm")),
                 ("token accuracy", metrics.get("token_acc")),
+                ("evaluation", eval_text(run.get("eval"))),
             ],
         )
         end = run.get("exit")

@@ -113,6 +113,9 @@ def needed_packages(spec: JobSpec) -> list[Package]:
         for r in _texts(args.get("report_to"))
         if r in _REPORTERS
     ]
+    if args.get("predict_with_generate") is True:  # swift's ROUGE and BLEU (swift/metrics/nlg.py)
+        why = "predict_with_generate (ROUGE-L and BLEU)"
+        wanted += [Package(m, m, why, "swift.predict_with_generate") for m in ("jieba", "nltk", "rouge")]
     if args.get("use_liger_kernel") is True:
         wanted.append(Package("liger_kernel", "liger-kernel", "use_liger_kernel", "swift.use_liger_kernel"))
     found: dict[str, Package] = {}

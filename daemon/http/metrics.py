@@ -124,6 +124,33 @@ def _running(s: Scrape) -> Iterable[Metric]:
     yield from fams.values()
 
 
+_EVAL_TIMING = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+def _evals(s: Scrape) -> Iterable[Metric]:
+    """Each job's last evaluation (its current or last attempt), every metric under swift's name
+    without the `eval_` prefix: loss, token_acc, and rouge-l / bleu-4 with predict_with_generate."""
+    fam = GaugeMetricFamily(
+        "llmtraind_job_eval",
+        "A job's last evaluation metrics (eval_loss, eval_rouge-l, ... as swift logs them).",
+        labels=["job", "name", "project", "metric"],
+    )
+    step = GaugeMetricFamily(
+        "llmtraind_job_eval_step", "The step of a job's last evaluation.", labels=["job", "name", "project"]
+    )
+    for job in s.state.jobs.values():
+        e = job.run.last_eval if job.run is not None else None
+        if e is None:
+            continue
+        key = [str(job.id), job.name, job.project]
+        step.add_metric(key, e.step)
+        for name, value in e.raw.items():
+            if name.startswith("eval_") and not name.endswith(_EVAL_TIMING):
+                fam.add_metric([*key, name.removeprefix("eval_")], value)
+    yield fam
+    yield step
+
+
 def _gpus(s: Scrape) -> Iterable[Metric]:
     labels = ["gpu", "uuid", "name"]
     total = GaugeMetricFamily("llmtraind_gpu_memory_total_bytes", "GPU memory.", labels=labels)
@@ -220,7 +247,7 @@ def _notify(s: Scrape) -> Iterable[Metric]:
 
 
 def families(s: Scrape) -> list[Metric]:
-    parts = (_daemon, _jobs, _running, _deployments, _gpus, _intake, _sse, _notify)
+    parts = (_daemon, _jobs, _running, _evals, _deployments, _gpus, _intake, _sse, _notify)
     return [m for part in parts for m in part(s)]
 
 
