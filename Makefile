@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-slow test-extended test-browser browser lint check bench mutation schemas clean
+.PHONY: setup run serve test test-slow test-extended test-slurm slurm test-browser browser lint check bench mutation schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ test-slow: setup
 # Heavier real-swift feature suites (multimodal, long-running operation), kept out of `make test`'s time.
 test-extended: setup browser
 	$(BIN)/python -m pytest -m extended
+
+# The Slurm executor against a real Slurm the tests start on this machine (two nodes: slurmd -N n1/n2).
+test-slurm: setup slurm
+	$(BIN)/python -m pytest -m slurm
+
+# Debian 12's Slurm 22.05 and munge for test-slurm (root, apt); the tests fail, never skip, without them.
+slurm:
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null))
 
 # The status page in headless Chromium: Debian's chromium and chromium-driver (root, apt).
 test-browser: setup browser
