@@ -121,6 +121,9 @@ def _finished_rows(driver: object) -> list[list[str]]:
     return list(_js(driver, _ROWS))
 
 
+_OVERFLOW = "return document.documentElement.scrollWidth <= window.innerWidth"
+
+
 def _log_lines(driver: object) -> int:
     return int(_js(driver, "return document.querySelectorAll('#log > div').length"))
 
@@ -206,7 +209,7 @@ def test_job_view_compare_dataset_and_finished_list(
     )
     d.drop("bad.yaml", job_yaml(fake_model(tmp_path / "c", 1, oom), "sft", dataset="chat", max_steps=3))
     ids = {n: finished(d, n, 60)["id"] for n in ("good", "other", "bad")}
-    d.drop("slow.yaml", job_yaml(fake_model(tmp_path / "s"), "sft", dataset="chat", max_steps=150))
+    d.drop("slow.yaml", job_yaml(fake_model(tmp_path / "s"), "sft", dataset="chat", max_steps=60))
     browser.get(d.url + "/?token=" + TOKEN)  # type: ignore[attr-defined]
 
     # The finished list: newest first, duration, final loss, the reason; a row opens the job view.
@@ -254,6 +257,19 @@ def test_job_view_compare_dataset_and_finished_list(
     assert "17" in _js(browser, "return document.getElementById('view').textContent"), "its row count"
     _not_pwned(browser)
 
+    # A phone-sized screen: nothing wider than the screen but the tables' own scrolling boxes.
+    browser.set_window_size(390, 844)  # type: ignore[attr-defined]
+    for view in ("/", f"/jobs/{ids['good']}", f"/compare/{ids['good']},{ids['other']}"):
+        _open(browser, d, view)
+        d.wait_for(
+            f"{view} drawn",
+            lambda: _js(browser, "return document.querySelectorAll('#view h2').length > 1") or None,
+            20,
+        )
+        assert _js(browser, _OVERFLOW), view
+    _shot(browser, tmp_path, "phone-compare.png")
+    browser.set_window_size(1200, 1000)  # type: ignore[attr-defined]
+
     # A running job's log tail follows, stops while paused, and follows again.
     wait_state(d, "slow", ("running",), 60)
     slow = d.get("/v1/jobs/slow")[1]["id"]
@@ -271,7 +287,43 @@ def test_job_view_compare_dataset_and_finished_list(
     d.wait_for(
         "the whole log",
         lambda: (
-            "fake step 150/150" in _js(browser, "return document.getElementById('log').textContent") or None
+            "fake step 60/60" in _js(browser, "return document.getElementById('log').textContent") or None
         ),
         20,
     )
+
+
+@pytest.mark.extended
+@pytest.mark.timeout(300)
+def test_the_page_on_real_tiny_model_runs(
+    daemon_factory: type[Daemon], tmp_path: Path, browser: object, tiny_model: Path
+) -> None:
+    """Real ms-swift on the tiny model: the loss curve has a point per train record, the log tail
+    follows the running job, compare draws a series per job, a failed job shows its classified
+    reason, and markup in a model path (its reason, its log) stays text."""
+    extra = "[runs]\nstop_grace_s = 3\npoll_s = 0.2\nschedule_s = 0.5\n"
+    d = daemon_factory(tmp_path / "d", token=TOKEN, extra_config=extra).start()
+    d.drop("chat.jsonl", sft_rows())
+    d.wait_for("the dataset", lambda: d.get("/v1/datasets/chat")[0] == 200 or None, 30)
+    common = {"dataset": "chat", "logging_steps": 1, "val_dataset": "chat", "eval_steps": 4}
+    d.drop("first.yaml", job_yaml(tiny_model, "lora", max_steps=8, learning_rate=1e-4, **common))
+    running = wait_state(d, "first", ("running",), 60)
+    d.drop("second.yaml", job_yaml(tiny_model, "lora", max_steps=6, learning_rate=5e-4, **common))
+    d.drop("broken.yaml", job_yaml(f"/nonexistent/{HOSTILE.replace(' ', '_')}", "lora", dataset="chat"))
+    browser.get(d.url + "/?token=" + TOKEN)  # type: ignore[attr-defined]
+    _open(browser, d, f"/jobs/{running['id']}")
+    first = d.wait_for("log lines", lambda: _log_lines(browser), 60)
+    d.wait_for("the log following the run", lambda: _log_lines(browser) > first + 5 or None, 120)
+
+    ids = [finished(d, n, 180)["id"] for n in ("first", "second")]
+    assert all(d.get(f"/v1/jobs/{i}")[1]["state"] == "succeeded" for i in ids)
+    check_job_view(browser, d, ids[0], tmp_path, "real-job-view.png")
+    titles = _js(browser, "return [...document.querySelectorAll('#charts .chart')].map(c => c.dataset.title)")
+    assert "eval_loss" in titles, titles
+    differing = check_compare(browser, d, ids, tmp_path, "real-compare.png")
+    assert "learning_rate" in differing and "max_steps" in differing
+
+    broken = finished(d, "broken", 120)
+    reason = check_failed(browser, d, broken["id"], "model_not_found")
+    assert "/nonexistent/" in reason
+    _not_pwned(browser)
