@@ -52,10 +52,17 @@ __all__ = [
 
 RUN_FILE = "run.json"
 """Written by the daemon: {"argv": [...], "log": path, "timeout_s": float|null, "grace_s": float,
-"expand": [VAR, ...], "reaper": bool}: each argv item `${VAR}` is replaced by the value of VAR in this process's
-environment, which the daemon put there (a secret, which must not stand in run.json or the log),
-and VAR is removed from swift's environment. `reaper`: the daemon takes swift over if the
-supervisor dies, so swift does not die with it."""
+"expand": [VAR, ...], "reaper": bool}.
+
+Each argv item `${VAR}` is replaced by the value of VAR in this process's environment, which the
+daemon put there (a secret, which must not stand in run.json or the log), and VAR is removed from
+swift's environment. A command line is anyone's to read (ps, /proc/PID/cmdline) while a process's
+environment is its user's: so when argv runs a swift module (`swift.cli.<command>`), the arguments
+after it reach swift in RAY_SWIFT_ARGS instead, as a JSON list, which ms-swift (4.6.0,
+`swift.utils.parse_args`) reads in place of its command line, and a secret never stands on one. A
+command that is not swift's gets its secrets on its argv.
+
+`reaper`: the daemon takes swift over if the supervisor dies, so swift does not die with it."""
 SUPERVISOR_FILE = "supervisor.json"
 """Written here once swift runs: {"pid", "start_ticks", "boot_id", "child_pid", "child_start_ticks",
 "sid", "started"}."""
@@ -64,6 +71,8 @@ EXIT_FILE = "exit.json"
 
 BOOT_ID_ENV = "LLMTRAIND_TEST_BOOT_ID"
 _PR_SET_PDEATHSIG = 1
+_ARGS_ENV = "RAY_SWIFT_ARGS"
+_SWIFT_MODULE = "swift.cli."
 _PR_SET_CHILD_SUBREAPER = 36
 _REAP_S = 2.0
 """How long the supervisor waits for the rest of swift's killed group before it writes the exit."""
@@ -174,6 +183,11 @@ class _Run:
         libc = ctypes.CDLL(None, use_errno=True)
         values = {f"${{{var}}}": os.environ.pop(var, "") for var in self.expand}
         argv = [values.get(arg, arg) for arg in self.argv]
+        env = None
+        module = next((i for i, arg in enumerate(self.argv) if arg.startswith(_SWIFT_MODULE)), None)
+        if values and module is not None:
+            env = os.environ | {_ARGS_ENV: json.dumps(argv[module + 1 :])}
+            argv = argv[: module + 1]
         log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             return subprocess.Popen(
@@ -182,6 +196,7 @@ class _Run:
                 stdout=log_fd,
                 stderr=log_fd,
                 cwd=self.run_dir,
+                env=env,
                 process_group=0,
                 preexec_fn=None if self.reaper else lambda: _die_with_parent(libc),  # one thread here
             )

@@ -28,7 +28,7 @@ def daemon(daemon_factory: type[Daemon], tmp_path: Path) -> Daemon:
     wrapper.write_text(
         "#!/bin/sh\n"
         f'{{ echo ===; printf \'%s\\n\' "$@"; echo "SWANLAB_API_KEY=${{SWANLAB_API_KEY:-}}";'
-        f' echo "LEFT=${{LLMTRAIND_SECRET_API_KEY:-}}"; }} >> {seen}\n'
+        f' echo "LEFT=${{LLMTRAIND_SECRET_API_KEY:-}}"; echo "RAY_SWIFT_ARGS=${{RAY_SWIFT_ARGS:-}}"; }} >> {seen}\n'
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     secrets = tmp_path / "secrets"
@@ -66,7 +66,11 @@ def test_secrets_reach_the_run_and_only_references_are_recorded(daemon: Daemon, 
 
     runs = (tmp_path / "seen.txt").read_text().split("===\n")[1:]
     serve = next(run for run in runs if "swift.cli.deploy" in run).splitlines()
-    assert serve[serve.index("--api_key") + 1] == DEPLOY_VALUE and "LEFT=" in serve
+    (given,) = [line.partition("=")[2] for line in serve if line.startswith("RAY_SWIFT_ARGS=")]
+    args = json.loads(given)  # ms-swift reads its arguments there: no secret on a command line
+    assert args[args.index("--api_key") + 1] == DEPLOY_VALUE and "LEFT=" in serve
+    assert serve[serve.index("-m") + 1] == "swift.cli.deploy" and "--api_key" not in serve
+    assert not [line for line in serve if DEPLOY_VALUE in line and not line.startswith("RAY_SWIFT_ARGS=")]
     train = next(run for run in runs if "swift.cli.sft" in run).splitlines()
     assert f"SWANLAB_API_KEY={SWANLAB_VALUE}" in train and "--swanlab_token" not in train
 

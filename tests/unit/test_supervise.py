@@ -116,7 +116,13 @@ class Run:
         return str(path)
 
     def start(
-        self, argv: list[str], *, timeout_s: float | None = None, grace_s: float = 5.0, reaper: bool = False
+        self,
+        argv: list[str],
+        *,
+        timeout_s: float | None = None,
+        grace_s: float = 5.0,
+        reaper: bool = False,
+        expand: tuple[str, ...] = (),
     ) -> int:
         """Start the supervisor as the runner does; returns the exit status of its detaching parent."""
         spec = {
@@ -125,6 +131,7 @@ class Run:
             "timeout_s": timeout_s,
             "grace_s": grace_s,
             "reaper": reaper,
+            "expand": list(expand),
         }
         (self.dir / RUN_FILE).write_text(json.dumps(spec))
         with open(self.dir.parent / "supervisor.out", "ab") as out:
@@ -315,6 +322,45 @@ def test_what_swift_leaves_orphaned_is_reaped_by_the_supervisor(run: Run) -> Non
     assert end["returncode"] == 0
     eventually(lambda: not alive(run.supervisor()["pid"]), "the supervisor to exit")
     assert not Path(f"/proc/{worker}").exists(), "the worker was killed and reaped, not left a zombie"
+
+
+SEES = """\
+import json, os, pathlib, sys
+seen = {"argv": sys.argv[1:], "args": os.environ.get("RAY_SWIFT_ARGS"), "left": os.environ.get("SECRET_VAR")}
+pathlib.Path(sys.argv[1]).write_text(json.dumps(seen))
+"""
+"""A swift that writes down its command line and what reaches it through its environment."""
+
+
+@pytest.mark.parametrize("swift", [True, False])
+def test_a_secret_reaches_swift_in_its_environment_never_on_its_command_line(
+    run: Run, monkeypatch: pytest.MonkeyPatch, swift: bool
+) -> None:
+    """ms-swift reads its arguments from RAY_SWIFT_ARGS in place of argv: a swift module gets
+    them there once a secret is among them; a command that is not swift's gets them on argv."""
+    monkeypatch.setenv("SECRET_VAR", "the-secret-value")
+    module = ["swift.cli.deploy"] if swift else []
+    argv = [
+        sys.executable,
+        run.script(SEES),
+        str(run.ready),
+        *module,
+        "--api_key",
+        "${SECRET_VAR}",
+        "--port",
+        "1",
+    ]
+    assert run.start(argv, expand=("SECRET_VAR",)) == 0
+    assert run.exit_info()["returncode"] == 0
+    seen = read_json(run.ready)
+    assert seen["left"] is None, "the variable that carried the secret is not swift's"
+    if swift:
+        assert seen["argv"] == [str(run.ready), "swift.cli.deploy"]
+        assert json.loads(seen["args"]) == ["--api_key", "the-secret-value", "--port", "1"]
+    else:
+        assert seen["argv"] == [str(run.ready), "--api_key", "the-secret-value", "--port", "1"]
+        assert seen["args"] is None
+    assert "the-secret-value" not in (run.dir / RUN_FILE).read_text() + run.log.read_text()
 
 
 def test_usage_error_without_a_run_dir() -> None:
