@@ -525,6 +525,24 @@ def status_lines(body: Mapping[str, Any]) -> list[str]:
         ("uptime", f"{body.get('uptime_s', 0):.0f} s"),
         ("last event", body.get("last_seq")),
         ("GPUs", _gpu_line(body.get("gpus") or {})),
+        ("executor", _executor_line(body.get("executor") or {})),
         ("jobs", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
     ]
     return [f"{k:<12} {v}" for k, v in rows]
+
+
+def _executor_line(executor: Mapping[str, Any]) -> str:
+    """`local`, or `slurm: ...` with the cluster as sinfo and squeue last showed it."""
+    kind = str(executor.get("kind") or "local")
+    cluster = executor.get("slurm")
+    if kind != "slurm" or not isinstance(cluster, Mapping):
+        return kind
+    if cluster.get("nodes") is None:
+        return f"slurm: {cluster.get('error') or 'no answer from sinfo yet'}"
+    jobs = ", ".join(f"{n} {s.lower()}" for s, n in (cluster.get("jobs") or {}).items()) or "no jobs"
+    partitions = ", ".join(cluster.get("partitions") or []) or "none"
+    line = (
+        f"slurm: {cluster['nodes_up']}/{cluster['nodes']} nodes up, {cluster['cpus']} CPUs, "
+        f"{cluster['gpus']} GPUs; partitions {partitions}; {jobs}"
+    )
+    return line + (f" (sinfo: {cluster['error']})" if cluster.get("error") else "")

@@ -201,6 +201,7 @@ async def metrics(request: web.Request) -> web.Response:
         sse_dropped=hub.dropped,
         sse_buffered_bytes=hub.buffered_bytes(),
         notify=side.notify(),
+        executor=side.executor(),
     )
     return web.Response(body=render(scrape), headers={"Content-Type": CONTENT_TYPE})
 

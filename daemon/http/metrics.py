@@ -8,7 +8,7 @@ is: the intake counts only grow as events are folded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ class Scrape:
     sse_buffered_bytes: int = 0
     notify: list[dict[str, Any]] = field(default_factory=list)
     """The notifier's target views (GET /v1/notify's `targets`)."""
+    executor: Mapping[str, Any] = field(default_factory=dict)
+    """/v1/status's `executor`: the kind, and for Slurm the cluster summary."""
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -246,8 +248,29 @@ def _notify(s: Scrape) -> Iterable[Metric]:
     yield from fams.values()
 
 
+def _slurm(s: Scrape) -> Iterable[Metric]:
+    """Only with `[executor] kind = "slurm"`: the cluster as sinfo and squeue last showed it."""
+    cluster = s.executor.get("slurm")
+    if not isinstance(cluster, Mapping):
+        return
+    for key, name, doc in (
+        ("nodes", "llmtraind_slurm_nodes", "Nodes of the Slurm cluster (sinfo)."),
+        ("nodes_up", "llmtraind_slurm_nodes_up", "Nodes of the Slurm cluster that are up."),
+        ("cpus", "llmtraind_slurm_cpus", "CPUs of the Slurm cluster."),
+        ("gpus", "llmtraind_slurm_gpus", "GPUs (gres gpu) of the Slurm cluster."),
+    ):
+        value = cluster.get(key)
+        if isinstance(value, int):
+            yield _gauge(name, doc, value)
+    jobs = GaugeMetricFamily("llmtraind_slurm_jobs", "Jobs squeue lists, by Slurm state.", labels=["state"])
+    for state, count in sorted((cluster.get("jobs") or {}).items()):
+        jobs.add_metric([state], count)
+    yield jobs
+    yield _gauge("llmtraind_slurm_up", "1 while sinfo answers.", 0 if cluster.get("error") else 1)
+
+
 def families(s: Scrape) -> list[Metric]:
-    parts = (_daemon, _jobs, _running, _evals, _deployments, _gpus, _intake, _sse, _notify)
+    parts = (_daemon, _jobs, _running, _evals, _deployments, _gpus, _intake, _sse, _notify, _slurm)
     return [m for part in parts for m in part(s)]
 
 

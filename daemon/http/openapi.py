@@ -137,6 +137,12 @@ def _schemas() -> dict[str, Any]:
                 "last_seq": {"type": "integer"},
                 "healthy": {"type": "boolean"},
                 "gpus": {"type": "object", "required": ["count", "memory_total_mib", "leased", "free"]},
+                "executor": {
+                    "type": "object",
+                    "required": ["kind", "slurm"],
+                    "description": "who places runs (local | slurm); for Slurm the cluster: partitions, "
+                    "nodes, nodes_up, cpus, gpus, jobs by Slurm state, and sinfo's error if any",
+                },
                 "jobs": counts,
                 "intake": _OBJ,
             },

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.cli.client import status_lines
 from daemon.core.events import JobStarted
+from daemon.core.state import State
+from daemon.http.metrics import Scrape, render
 from daemon.runs.slurm.script import ScriptOptions, batch_script, job_name, slurm_time
 from daemon.runs.slurm.states import SlurmJob, cluster_summary, ended, parse_squeue, pending_reason
 
@@ -175,3 +178,39 @@ def test_the_script_is_valid_bash(tmp_path: Path) -> None:
     text = batch_script(started(tmp_path), ScriptOptions(name="n", nodes=2))
     done = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True, timeout=10)
     assert done.returncode == 0, done.stderr
+
+
+def test_metrics_gain_slurm_gauges_only_with_slurm() -> None:
+    def scrape(executor: dict[str, object]) -> str:
+        s = Scrape(
+            state=State(), now=0.0, version="x", uptime_s=1.0, healthy=True, last_seq=0, executor=executor
+        )
+        return render(s).decode()
+
+    assert "llmtraind_slurm" not in scrape({"kind": "local", "slurm": None})
+    cluster = {
+        "partitions": ["debug"],
+        "nodes": 2,
+        "nodes_up": 2,
+        "cpus": 2,
+        "gpus": 0,
+        "jobs": {"PENDING": 1},
+    }
+    text = scrape({"kind": "slurm", "slurm": cluster | {"error": None}})
+    assert "llmtraind_slurm_nodes_up 2.0" in text and 'llmtraind_slurm_jobs{state="PENDING"} 1.0' in text
+    assert "llmtraind_slurm_up 1.0" in text
+
+
+def test_llmtraind_status_names_the_executor_and_the_cluster() -> None:
+    local = status_lines({"executor": {"kind": "local", "slurm": None}})
+    assert "executor     local" in local
+    cluster = {
+        "partitions": ["debug"],
+        "nodes": 2,
+        "nodes_up": 1,
+        "cpus": 2,
+        "gpus": 0,
+        "jobs": {"PENDING": 1},
+    }
+    [line] = [x for x in status_lines({"executor": {"kind": "slurm", "slurm": cluster}}) if "executor" in x]
+    assert line == "executor     slurm: 1/2 nodes up, 2 CPUs, 0 GPUs; partitions debug; 1 pending"
