@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-slow test-extended test-slurm slurm test-browser browser lint check bench mutation schemas clean
+.PHONY: setup run serve test test-slow test-extended vlm-env test-slurm slurm test-browser browser lint check bench mutation schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,14 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
 # Heavier real-swift feature suites (multimodal, long-running operation), kept out of `make test`'s time.
-test-extended: setup browser
+test-extended: setup browser vlm-env
 	$(BIN)/python -m pytest -m extended
+
+# What swift needs for Qwen2-VL beside the venv, kept apart from it (tests/vlmenv/sitecustomize.py says
+# why): the multimodal tests put build/vlm-site on PYTHONPATH. On a CUDA box install these in the venv.
+vlm-env: setup
+	test -d build/vlm-site || $(BIN)/python -m pip install --quiet --no-deps --target build/vlm-site \
+	  torchvision==0.28.0 qwen-vl-utils==0.0.14 av==18.1.0
 
 # The Slurm executor against a real Slurm the tests start on this machine (two nodes: slurmd -N n1/n2).
 test-slurm: setup slurm
