@@ -9,8 +9,8 @@ snapshot `refs/main` names) and the ModelScope cache (`MODELSCOPE_CACHE`, else
 `~/.cache/modelscope/hub`: `models/ORG/NAME` or `ORG/NAME`). Online, a name found nowhere is left
 to swift, which downloads it. What was found is recorded in the spec (`JobSpec.resolved`).
 
-ms-swift's registry comes from `swift_models.py`: bundled for ms-swift 4.6.0, else read once per
-interpreter by running that file under it (seconds: it imports swift), in the calling thread.
+ms-swift's registry comes from `swift_models.py`: bundled for ms-swift 4.6.0, else read once by
+running that file under the daemon's interpreter (seconds: it imports swift), in the calling thread.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _BOOTSTRAP = (
 _SCRIPT = str(Path(__file__).with_name("swift_models.py"))
 _INTROSPECT_TIMEOUT_S = 300.0
 _lock = threading.Lock()
-_registries: dict[str, ModelRegistry] = {}
+_registry: list[ModelRegistry | RegistryError] = []
 _NAMING_ARGS = {"reward_model": ("reward_model_type", "reward_template")}
 """swift arguments that carry a model's model_type and template, other than the job's main model."""
 
@@ -79,19 +79,21 @@ def _introspect(python: str) -> ModelRegistry:
     return ModelRegistry.from_json(done.stdout)
 
 
-def registry(python: str) -> ModelRegistry:
-    """ms-swift's registry for the interpreter that runs swift ('' : this one)."""
-    key = python or ""
+def registry() -> ModelRegistry:
+    """ms-swift's registry: the bundled one when the ms-swift installed beside the daemon is the
+    bundled version (or there is none), else read once from it. The argument lists are chosen the
+    same way (`validate.local_swift_args`), so a job is checked against one ms-swift throughout."""
     with _lock:
-        found = _registries.get(key)
-        if found is None:
-            local = not python or os.path.realpath(python) == os.path.realpath(sys.executable)
-            if local and _installed_version() in (None, BUNDLED_VERSION):
-                found = _bundled()
-            else:
-                found = _introspect(python or sys.executable)
-            _registries[key] = found
-        return found
+        if not _registry:
+            try:
+                local = _installed_version() in (None, BUNDLED_VERSION)
+                _registry.append(_bundled() if local else _introspect(sys.executable))
+            except RegistryError as exc:
+                _registry.append(exc)  # one failed introspection is enough: it takes seconds
+        found = _registry[0]
+    if isinstance(found, RegistryError):
+        raise found
+    return found
 
 
 def _cache_roots(environ: Mapping[str, str]) -> tuple[Path, Path]:
@@ -173,13 +175,11 @@ class _Settle:
         spec: JobSpec,
         models: Mapping[str, Path],
         offline: bool,
-        python: str,
         environ: Mapping[str, str],
     ) -> None:
         self.spec = spec
         self.models = models
         self.offline = offline
-        self.python = python
         self.environ = environ
         self.update: dict[str, object] = {}
         self.swift_args = dict(spec.swift_args)
@@ -229,7 +229,7 @@ class _Settle:
         if not infer and current[0] is None:
             return Naming()
         try:
-            table = registry(self.python)
+            table = registry()
         except RegistryError as exc:
             return Naming(notes=(f"{key}: model_type and template not checked or inferred: {exc}",))
         names = [given.ref] if given is not None and given.kind == "hub" else []
@@ -286,13 +286,12 @@ def settle_models(
     models: Mapping[str, Path],
     *,
     offline: bool,
-    python: str = "",
     environ: Mapping[str, str] | None = None,
 ) -> tuple[JobSpec, list[JobProblem]]:
     """The spec with its model names made folders and its models' types settled (each recorded in
     `resolved`), or the problems that keep it from running here. Blocking: it reads files, and
     the first time perhaps introspects swift for seconds."""
-    s = _Settle(spec, models, offline, python, os.environ if environ is None else environ)
+    s = _Settle(spec, models, offline, os.environ if environ is None else environ)
     model = s.folder("model", spec.model)
     adapters = s.folder("adapters", spec.adapters)
     reward = s.folder("reward_model", spec.reward_model)

@@ -379,7 +379,7 @@ def _on_this_box(spec: JobSpec, policy: CodePolicy, here: _Here) -> tuple[JobSpe
     problems: list[JobProblem] = []
     box = here.box
     if box is not None:
-        spec, problems = settle_models(spec, box.models, offline=here.swift.offline, python=here.swift.python)
+        spec, problems = settle_models(spec, box.models, offline=here.swift.offline)
         problems += hub_dataset_problems(spec, here.swift.offline)
     if not policy.allow_code:
         problems += _remote_code_problems(spec)

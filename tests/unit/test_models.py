@@ -95,7 +95,7 @@ def test_model_names_as_swift_matches_them() -> None:
 def test_the_bundled_registry_types_the_tiny_model(tiny_model: Path) -> None:
     config = json.loads((tiny_model / "config.json").read_text())
     n = infer_naming(
-        registry(""),
+        registry(),
         what="model",
         model_type=None,
         template=None,
@@ -111,7 +111,7 @@ def test_the_bundled_registry_types_the_tiny_model(tiny_model: Path) -> None:
 def test_the_bundled_registry_is_what_the_installed_ms_swift_says() -> None:
     script = Path(__file__).resolve().parents[2] / "daemon" / "intake" / "swift_models.py"
     out = subprocess.run([sys.executable, str(script)], capture_output=True, check=True, timeout=110).stdout
-    assert ModelRegistry.from_json(out) == registry("")
+    assert ModelRegistry.from_json(out) == registry()
 
 
 def hf_cache(root: Path, hub_id: str) -> Path:
