@@ -26,9 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import tinymodel
+from daemon.cli import tinymodel, tinyvlm
 from daemon.cli.client import Api, ApiError, SseEvent
-from daemon.cli.demo_files import DemoJob, demo_datasets, demo_jobs, next_run
+from daemon.cli.demo_files import (
+    BUNDLE,
+    DemoJob,
+    demo_bundle,
+    demo_datasets,
+    demo_jobs,
+    demo_vlm_jobs,
+    next_run,
+)
 from daemon.cli.demo_follow import (
     Outcome,
     curl_hints,
@@ -194,6 +202,29 @@ def _ensure_model(dest: Path, python: str) -> None:
         ) from None
 
 
+def _ensure_vlm(dest: Path, python: str) -> Path | None:
+    """Build the tiny VLM once, where swift's interpreter can train one (it needs qwen-vl-utils and
+    torchvision); None, having said why, where it cannot: the text demo runs as before."""
+    if dest.is_dir():
+        _say(f"vlm       {dest} (built before)")
+        return dest
+    python = python or sys.executable
+    probe = subprocess.run(
+        [python, "-c", "import qwen_vl_utils, torchvision"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        _say(
+            f"vlm       skipped: {python} cannot import qwen_vl_utils and torchvision ({last}); see the README's multimodal section"
+        )
+        return None
+    _say(f"vlm       building the tiny Qwen2-VL into {dest} (about 20 s)")
+    done = subprocess.run([python, tinyvlm.__file__, str(dest)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DemoError(f"{python} could not build the tiny VLM:\n{done.stderr[-3000:]}")
+    return dest
+
+
 def _write(folder: Path, files: Mapping[str, bytes]) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -232,7 +263,8 @@ def run_demo(
     """The demo from start to end: 0 when every job succeeded, 1 when one did not."""
     home = cfg.paths.state / "demo"
     _ensure_model(home / "tiny-qwen2", cfg.swift.python)
-    data = _write(home / "data", demo_datasets())
+    vlm = _ensure_vlm(home / "tiny-qwen2-vl", cfg.swift.python)
+    data = _write(home / "data", demo_datasets() | ({BUNDLE: demo_bundle()} if vlm is not None else {}))
     daemon: _Daemon | None = None
     try:
         base = _find_daemon(url, cfg)
@@ -241,7 +273,7 @@ def run_demo(
             daemon, base = _start_daemon(cfg, config_path, home / "daemon.log")
         _say(f"daemon    {base}")
         try:
-            rc, run = _submit_and_follow(Api(base, cfg.api.token), cfg, home, data, steps, daemon)
+            rc, run = _submit_and_follow(Api(base, cfg.api.token), cfg, home, data, steps, daemon, vlm)
         except ApiError as e:
             raise DemoError(str(e)) from None
         _say("\nTry next:")
@@ -263,7 +295,7 @@ def run_demo(
 
 
 def _submit_and_follow(
-    api: Api, cfg: Config, home: Path, data: list[Path], steps: int, daemon: _Daemon | None
+    api: Api, cfg: Config, home: Path, data: list[Path], steps: int, daemon: _Daemon | None, vlm: Path | None
 ) -> tuple[int, int]:
     """Drop the files and follow the jobs: the exit status, and the run number the jobs' names carry."""
     inbox = InboxLayout(cfg.paths.inbox)
@@ -273,6 +305,8 @@ def _submit_and_follow(
         taken += [p.stem for p in inbox.root.glob("*.yaml")]
     run = next_run(taken)
     plan = demo_jobs(home / "tiny-qwen2", run, steps)
+    if vlm is not None:
+        plan += demo_vlm_jobs(vlm, run, steps)
     files = _write(home / "jobs", {job.filename: job.text.encode() for job in plan})
     for path in (*data, *files):
         _drop(inbox, path)

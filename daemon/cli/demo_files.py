@@ -1,4 +1,5 @@
-"""What `llmtraind demo` writes: three small datasets and four jobs, the same bytes on every run.
+"""What `llmtraind demo` writes: three small datasets and four jobs, the same bytes on every run;
+and, where swift can train a vision-language model, an image bundle with a LoRA VLM job and its merge.
 
 Pure: the texts are values, so a test can check them against the daemon's own validators, and a
 re-run's datasets are recognised by the daemon as the ones it already has.
@@ -6,24 +7,45 @@ re-run's datasets are recognised by the daemon as the ones it already has.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from PIL import Image, ImageDraw
 
-__all__ = ["DPO", "MERGE", "PROJECT", "PT", "SFT", "DemoJob", "demo_datasets", "demo_jobs", "next_run"]
+__all__ = [
+    "BUNDLE",
+    "DPO",
+    "MERGE",
+    "PROJECT",
+    "PT",
+    "SFT",
+    "VLM",
+    "VLM_MERGE",
+    "DemoJob",
+    "demo_bundle",
+    "demo_datasets",
+    "demo_jobs",
+    "demo_vlm_jobs",
+    "next_run",
+]
 
 SFT, MERGE, DPO, PT = "demo-sft-lora", "demo-merge", "demo-dpo", "demo-pt"
 """Job names before the run number: `demo-sft-lora-3` is the third demo's LoRA job."""
+VLM, VLM_MERGE = "demo-vlm-lora", "demo-vlm-merge"
+BUNDLE = "demo_shapes.zip"
+_SHAPES = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 60, 220), "yellow": (230, 200, 20)}
 PROJECT = "demo"
 ROWS = 32
 """Two optimizer steps per epoch at swift's default 16 samples per step: enough to see a loss move."""
 SAVE_STEPS = 5
-_RUN_RE = re.compile(rf"(?:{'|'.join(map(re.escape, (SFT, MERGE, DPO, PT)))})-([0-9]{{1,9}})")
+_RUN_RE = re.compile(rf"(?:{'|'.join(map(re.escape, (SFT, MERGE, DPO, PT, VLM, VLM_MERGE)))})-([0-9]{{1,9}})")
 _HEADER = (
     "# Written by `llmtraind demo`: check it with `llmtraind check FILE`,\n"
     "# run it again (once this job has ended) with `llmtraind submit FILE`.\n"
@@ -114,6 +136,69 @@ def demo_jobs(model: Path, run: int, steps: int) -> list[DemoJob]:
         training(dpo, {"task_type": "rl", "algorithm": "dpo", "tuner": "lora"}, "demo_dpo"),
         training(pt, {"task_type": "pretrain", "tuner": "full"}, "demo_pt"),
     ]
+
+
+def _picture(colour: tuple[int, int, int], shape: str) -> bytes:
+    """A 56x56 PNG (4 image tokens for the tiny VLM): a coloured square or disc on white."""
+    image = Image.new("RGB", (56, 56), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    box = (10, 10, 45, 45)
+    (draw.ellipse if shape == "disc" else draw.rectangle)(box, fill=colour)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def demo_bundle() -> bytes:
+    """A multimodal bundle: one .jsonl and eight coloured shapes, byte-identical on every run (fixed
+    member times), so a re-run's drop is the dataset the daemon already has."""
+    members: dict[str, bytes] = {}
+    rows = []
+    for name, colour in _SHAPES.items():
+        for shape in ("square", "disc"):
+            path = f"shapes/{name}-{shape}.png"
+            members[path] = _picture(colour, shape)
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": "<image>What colour is the shape?"},
+                        {"role": "assistant", "content": f"The {shape} is {name}."},
+                    ],
+                    "images": [path],
+                }
+            )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in {"demo_shapes.jsonl": _jsonl(rows), **members}.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
+def demo_vlm_jobs(model: Path, run: int, steps: int) -> list[DemoJob]:
+    """A LoRA run of the tiny Qwen2-VL on the shapes bundle, then its merge."""
+    tune, merge = f"{VLM}-{run}", f"{VLM_MERGE}-{run}"
+    fields = {
+        "name": tune,
+        "project": PROJECT,
+        "task_type": "sft",
+        "tuner": "lora",
+        "model": str(model),
+        "model_type": "qwen2_vl",
+        "template": "qwen2_vl",
+        "dataset": BUNDLE.removesuffix(".zip"),
+        "max_steps": steps,
+        "save_steps": SAVE_STEPS,
+        "max_pixels": 3136,
+        "freeze_vit": True,
+    }
+    export = {
+        "name": merge,
+        "project": PROJECT,
+        "task_type": "export",
+        "adapters": f"@{tune}",
+        "merge_lora": True,
+    }
+    return [DemoJob(tune, _yaml(fields), needs=(BUNDLE,)), DemoJob(merge, _yaml(export), after=(tune,))]
 
 
 def next_run(names: Iterable[str]) -> int:
