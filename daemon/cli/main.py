@@ -28,6 +28,7 @@ from daemon.cli.client import (
     status_lines,
 )
 from daemon.cli.notify import add_parser as add_notify_parser
+from daemon.cli.prune import add_parser as add_prune_parser
 from daemon.cli.unit import add_parser as add_unit_parser
 from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
 from daemon.core.state import state_to_json
@@ -367,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")
     schemas.set_defaults(fn=_cmd_schemas)
     add_backup_parser(sub, common)
+    add_prune_parser(sub, common)
     sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_client(_status))
     sub.add_parser(
         "gpus", parents=[client], help="each GPU: memory, use, its job, foreign processes"

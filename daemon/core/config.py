@@ -162,6 +162,9 @@ class RunsConfig(_Section):
     """Placement is decided on every change, and at least this often (GPUs free up outside the log)."""
     gpu_probe_s: float = Field(default=2.0, gt=0)
     """A GPU probe is reused for this long between placements."""
+    keep_checkpoints: int = Field(default=3, ge=0)
+    """Complete checkpoints a job keeps, newest first, unless it says `keep_checkpoints`; the best
+    (`keep_best`), the last and any another job names are kept besides; 0 keeps all."""
 
 
 class DaemonConfig(_Section):

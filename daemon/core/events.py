@@ -17,6 +17,7 @@ __all__ = [
     "EVENT_TYPES",
     "ArtifactRecord",
     "ArtifactsFound",
+    "CheckpointPruned",
     "FailureRecord",
     "JobFailed",
     "JobProgress",
@@ -427,6 +428,20 @@ class RunInterrupted(_Event):
     resume_from: str | None = None
 
 
+class CheckpointPruned(_Event):
+    """The retention rules (`keep_checkpoints`, `keep_best`) deleted a complete checkpoint; recorded
+    before the deletion, which a restarted daemon finishes."""
+
+    type: Literal["CheckpointPruned"] = "CheckpointPruned"
+    job_id: int
+    attempt: int
+    path: str
+    """Absolute."""
+    bytes: int
+    """What the deletion frees."""
+    reason: str
+
+
 class JobFailed(_Event):
     """The scheduler gave up on a job that never started this attempt (a dependency failed, or its
     command cannot be built)."""
@@ -503,6 +518,7 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     RunInterrupted,
     RunServing,
     GpuShared,
+    CheckpointPruned,
     JobFailed,
     JobsWaiting,
     NotifyDelivered,
@@ -533,6 +549,7 @@ Event = Annotated[
     | RunInterrupted
     | RunServing
     | GpuShared
+    | CheckpointPruned
     | JobFailed
     | JobsWaiting
     | NotifyDelivered

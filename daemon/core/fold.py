@@ -15,6 +15,7 @@ from daemon.core.drops import dataset_name
 from daemon.core.events import (
     ArtifactsFound,
     CancelRequested,
+    CheckpointPruned,
     ConfigReloaded,
     DaemonStarted,
     DaemonStopped,
@@ -314,6 +315,14 @@ def _artifacts(state: State, rec: Recorded, ev: ArtifactsFound) -> None:
         run.artifacts = list(ev.artifacts)
 
 
+def _pruned(state: State, rec: Recorded, ev: CheckpointPruned) -> None:
+    job = state.jobs.get(ev.job_id)
+    run = next((r for r in job.runs if r.attempt == ev.attempt), None) if job is not None else None
+    if run is not None and ev.path not in run.pruned:
+        run.pruned.append(ev.path)
+        run.artifacts = [a for a in run.artifacts if a.path != ev.path]
+
+
 def _run_exited(state: State, rec: Recorded, ev: RunExited) -> None:
     job, run = _run_of(state, ev.job_id, ev.attempt)
     if job is None or run is None:
@@ -401,6 +410,7 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     SlurmSubmitted: _slurm_submitted,
     SlurmJobState: _slurm_state,
     ArtifactsFound: _artifacts,
+    CheckpointPruned: _pruned,
     RunExited: _run_exited,
     RunInterrupted: _run_interrupted,
     GpuShared: _gpu_shared,

@@ -30,7 +30,7 @@ __all__ = [
     "state_to_json",
 ]
 
-STATE_SCHEMA = 5
+STATE_SCHEMA = 6
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -146,6 +146,8 @@ class Run:
     """Indices of this run's GPUs on which a foreign process was seen (GpuShared)."""
     serving: RunServing | None = None
     """Where a deploy run answers, once it does."""
+    pruned: list[str] = field(default_factory=list)
+    """Checkpoints the retention rules deleted (absolute paths)."""
     slurm_job_id: int | None = None
     """The Slurm job running this attempt (`[executor] kind = "slurm"`), once sbatch accepted it."""
     slurm_state: str | None = None

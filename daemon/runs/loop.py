@@ -30,6 +30,7 @@ from daemon.core.streams import SCHEDULER_STREAM, Append, job_stream, run_key
 from daemon.log.store import EventStore
 from daemon.runs.dispatch import Box, Decisions, Environment, decide, shared_gpus
 from daemon.runs.model_code import CodeCheck, refuse_model_code
+from daemon.runs.pruner import Pruner
 from daemon.runs.runner import Adoptable, Runner
 from daemon.runs.scheduler import GpuView
 from daemon.runs.slurm.executor import SlurmExecutor
@@ -139,6 +140,10 @@ class Scheduling:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._gpus: list[GpuStatus] = []
+        self.pruner = Pruner(store, self.layout, lambda: self.cfg.runs.keep_checkpoints)
+        self._prune_due = True
+        """Checkpoints appeared or a run ended: the retention rules may delete some."""
+        self._leftovers = True
         self._probed_at = -1e18
 
     def reconfigure(self, cfg: Config) -> None:
@@ -171,6 +176,8 @@ class Scheduling:
                     self.runner.pause(ev.job_id)
             if ev.type in _WAKES:
                 self._wake.set()
+            if ev.type in ("ArtifactsFound", "RunExited"):
+                self._prune_due = True
 
     async def start(self) -> None:
         """Re-adopt the runs the log says are running, then start placing."""
@@ -221,6 +228,13 @@ class Scheduling:
                 await self.schedule_once()
             except Exception:
                 log.exception("placement failed; trying again in %.0f s", self.cfg.runs.schedule_s)
+            if self._prune_due:
+                self._prune_due = False
+                try:
+                    await self.pruner.prune_once(self.state(), leftovers=self._leftovers)
+                    self._leftovers = False
+                except Exception:
+                    log.exception("pruning checkpoints failed; trying again on the next change")
 
     def last_probe(self) -> tuple[list[GpuStatus], float] | None:
         """The GPUs as the loop last probed them, and when (time.monotonic()); None before its first

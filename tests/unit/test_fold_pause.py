@@ -1,4 +1,4 @@
-"""The fold's transitions for pause and resume (issue 18 item 3), written from DESIGN.md's job states
+"""The fold's transitions for pause and resume (issue 18 item 3) and for pruned checkpoints, written from DESIGN.md's job states
 (`running` <-> `paused`): a state before, the event, the state after, every value spelled out."""
 
 from __future__ import annotations
@@ -7,11 +7,22 @@ from typing import Any
 
 import pytest
 
-from daemon.core.events import CancelRequested, JobProgress, PauseRequested, ResumeRequested, RunExited
+from daemon.core.events import (
+    ArtifactRecord,
+    CancelRequested,
+    CheckpointPruned,
+    JobProgress,
+    PauseRequested,
+    ResumeRequested,
+    RunExited,
+)
 from daemon.core.state import IntakeCounts, Job, JobState
 from tests.fold_world import Row, T, check, dataset, job, rows, run, world
 
 CKPT = "/s/runs/1/1/output/checkpoint-20"
+CKPT_10 = "/s/runs/1/1/output/checkpoint-10"
+CHECKPOINT_10 = ArtifactRecord(kind="adapter", path=CKPT_10, bytes=100, step=10)
+CHECKPOINT_20 = ArtifactRecord(kind="adapter", path=CKPT, bytes=100, step=20)
 CONTROL = IntakeCounts(controls=1)
 HERE: dict[str, Any] = {"datasets": [dataset()], "dataset_names": {"chat": "s1"}}
 PAUSE = PauseRequested(drop="p1", job_id=1, source="pause-train.yaml")
@@ -137,4 +148,32 @@ def test_resume_requested(row: Row) -> None:
 
 @pytest.mark.parametrize("row", rows(CANCEL_PAUSED))
 def test_cancel_of_a_paused_job(row: Row) -> None:
+    check(row)
+
+
+PRUNE = CheckpointPruned(job_id=1, attempt=1, path=CKPT_10, bytes=100, reason="keep_checkpoints 1")
+
+PRUNES = {
+    "a pruned checkpoint leaves the run's artifacts and is listed as pruned": Row(
+        world(_running(runs=[run(artifacts=[CHECKPOINT_10, CHECKPOINT_20])])),
+        PRUNE,
+        world(_running(runs=[run(artifacts=[CHECKPOINT_20], pruned=[CKPT_10])])),
+    ),
+    "a deletion recorded twice is listed once": Row(
+        world(_running(runs=[run(artifacts=[CHECKPOINT_20], pruned=[CKPT_10])])),
+        PRUNE,
+        world(_running(runs=[run(artifacts=[CHECKPOINT_20], pruned=[CKPT_10])])),
+    ),
+    "an unknown attempt changes nothing": Row(
+        world(_running(runs=[run()])),
+        PRUNE.model_copy(update={"attempt": 2}),
+        world(_running(runs=[run()])),
+    ),
+}
+
+TABLES.append(PRUNES)
+
+
+@pytest.mark.parametrize("row", rows(PRUNES))
+def test_checkpoint_pruned(row: Row) -> None:
     check(row)

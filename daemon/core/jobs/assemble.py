@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from daemon.core.jobs.context import _Ctx, _validate
 from daemon.core.jobs.fields import _NAME_HINT, _NAME_RE, _Word
-from daemon.core.jobs.formats import _CommonKeys, _suggest
+from daemon.core.jobs.formats import KeepBest, _CommonKeys, _suggest
 from daemon.core.jobs.problems import show
 from daemon.core.jobs.spec import JobSpec, SwiftValue
 from daemon.core.jobs.swift_block import (
@@ -35,6 +35,14 @@ def _given(f: BaseModel, names: Iterable[str], c: _Ctx) -> dict[str, Any]:
     values = {name: getattr(f, name) for name in names if getattr(f, name, None) is not None}
     c.origin.update({name: name for name in values})
     return values
+
+
+def _keep_best(value: str | KeepBest | None) -> tuple[str, str] | None:
+    """`keep_best: METRIC` keeps the lowest value of a loss and the highest of anything else."""
+    if value is None:
+        return None
+    metric, mode = (value, None) if isinstance(value, str) else (value.metric, value.mode)
+    return metric, mode or ("min" if "loss" in metric else "max")
 
 
 def _default_name(c: _Ctx) -> str:
@@ -79,6 +87,8 @@ def _common_fields(
         "min_free_memory_mib": f.min_free_memory_mib,
         "timeout_s": f.timeout,
         "retries": f.retries or 0,
+        "keep_checkpoints": f.keep_checkpoints,
+        "keep_best": _keep_best(f.keep_best),
         "nodes": f.nodes or 1,
         "slurm": _slurm_options(f.slurm or {}, c),
     }

@@ -48,6 +48,13 @@ class _FileKeys(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
+class KeepBest(_FileKeys):
+    metric: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_./-]+$")] = Field(
+        description="The metric's name as swift logs it (eval_loss, eval_rouge-l, loss, ...)."
+    )
+    mode: Literal["min", "max"] | None = Field(None, description="min or max; default min for a loss.")
+
+
 class _CommonKeys(_FileKeys):
     name: _JobName | None = Field(None, description=f"Job name; default: the file name. {_NAME_HINT} chars.")
     project: _JobName | None = Field(None, description="Project the job is grouped under; default 'default'.")
@@ -61,6 +68,16 @@ class _CommonKeys(_FileKeys):
     timeout: _Duration | None = Field(None, description="Seconds, or '2h', '30m', '1h30m'.")
     retries: Annotated[int, Field(ge=0, le=100), BeforeValidator(_int_like)] | None = Field(
         None, description="Runs again after a failure, at most this often; default 0."
+    )
+    keep_checkpoints: Annotated[int, Field(ge=0, le=10**6), BeforeValidator(_int_like)] | None = Field(
+        None,
+        description="Complete checkpoints the daemon keeps, newest first (the best and the last are "
+        "kept besides); default [runs] keep_checkpoints; 0 keeps all.",
+    )
+    keep_best: str | KeepBest | None = Field(
+        None,
+        description="A logged metric (eval_loss, eval_rouge-l, loss, ...) whose best checkpoint is never "
+        "pruned: lowest for a loss, highest otherwise, or {metric, mode: min | max}.",
     )
     model_type: _Word | None = Field(None, description="swift --model_type, e.g. qwen2.")
     template: _Word | None = Field(None, description="swift --template, e.g. qwen.")

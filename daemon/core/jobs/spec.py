@@ -76,6 +76,10 @@ class JobSpec(_Frozen):
     min_free_memory_mib: int | None = None
     timeout_s: int | None = None
     retries: int = 0
+    keep_checkpoints: int | None = None
+    """Complete checkpoints kept, newest first; None: [runs] keep_checkpoints; 0: all."""
+    keep_best: tuple[str, Literal["min", "max"]] | None = None
+    """(metric, mode): the checkpoint with the best value of this logged metric is never pruned."""
     nodes: int = 1
     """Nodes of a Slurm job (`[executor] kind = "slurm"`); `gpus` is per node."""
     slurm: dict[str, str] = Field(default_factory=dict)
