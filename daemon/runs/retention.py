@@ -17,6 +17,7 @@ from pathlib import Path
 
 from daemon.core.events import ArtifactRecord, CheckpointPruned
 from daemon.core.state import LIVE, Job, State
+from daemon.runs.swift.artifacts import final_checkpoint
 from daemon.runs.swift.progress import parse_metrics
 
 __all__ = ["best_step", "describe", "dumps", "keep_of", "plan", "protected_paths"]
@@ -112,6 +113,9 @@ def plan(
         for attempt in {attempt for attempt, _ in done}:
             mine = [a for n, a in done if n == attempt]
             kept.add(max(mine, key=lambda a: a.step or 0).path)
+            linked = final_checkpoint(next(r for r in job.runs if r.attempt == attempt).artifacts)
+            if linked is not None:  # what a retry resumes from, when the newest may be mid-save
+                kept.add(linked.path)
             step = best_steps.get((job.id, attempt))
             found = None if step is None else _checkpoint_of_step(mine, step)
             if found is not None:
