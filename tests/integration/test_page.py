@@ -95,10 +95,15 @@ def _open(driver: object, d: Daemon, hash_: str) -> None:
 
 
 def _shot(driver: object, tmp_path: Path, name: str) -> Path:
+    """The whole page (up to 6,000 px tall), not just what the window shows."""
     folder = Path(os.environ.get("LLMTRAIND_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
+    size = driver.get_window_size()  # type: ignore[attr-defined]
+    tall = min(int(_js(driver, "return document.documentElement.scrollHeight")) + 120, 6000)
+    driver.set_window_size(size["width"], max(tall, size["height"]))  # type: ignore[attr-defined]
     driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    driver.set_window_size(size["width"], size["height"])  # type: ignore[attr-defined]
     print(f"screenshot: {path}")
     assert path.stat().st_size > 1000
     return path
@@ -320,6 +325,10 @@ def test_the_page_on_real_tiny_model_runs(
     check_job_view(browser, d, ids[0], tmp_path, "real-job-view.png")
     titles = _js(browser, "return [...document.querySelectorAll('#charts .chart')].map(c => c.dataset.title)")
     assert "eval_loss" in titles, titles
+    view = _js(browser, "return document.getElementById('view').textContent")
+    assert "best eval" in view and "eval_loss" in view
+    artifacts = _js(browser, "return document.getElementById('artifacts').textContent")
+    assert "checkpoint-8final" in artifacts.replace(" ", ""), "the final checkpoint is marked"
     differing = check_compare(browser, d, ids, tmp_path, "real-compare.png")
     assert "learning_rate" in differing and "max_steps" in differing
 
