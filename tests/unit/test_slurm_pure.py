@@ -14,6 +14,7 @@ from daemon.cli.client import status_lines
 from daemon.core.events import JobStarted
 from daemon.core.state import State
 from daemon.http.metrics import Scrape, render
+from daemon.runs.slurm.executor import shared_root_problem
 from daemon.runs.slurm.script import ScriptOptions, batch_script, job_name, slurm_time
 from daemon.runs.slurm.states import SlurmJob, cluster_summary, ended, parse_squeue, pending_reason
 
@@ -214,3 +215,10 @@ def test_llmtraind_status_names_the_executor_and_the_cluster() -> None:
     }
     [line] = [x for x in status_lines({"executor": {"kind": "slurm", "slurm": cluster}}) if "executor" in x]
     assert line == "executor     slurm: 1/2 nodes up, 2 CPUs, 0 GPUs; partitions debug; 1 pending"
+
+
+def test_a_shared_root_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    assert shared_root_problem(tmp_path / "runs") is None
+    (tmp_path / "file").write_text("x")
+    problem = shared_root_problem(tmp_path / "file")
+    assert problem is not None and "[slurm] shared_root" in problem and str(tmp_path / "file") in problem

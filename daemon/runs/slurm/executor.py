@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.core.config import Config
@@ -30,6 +30,7 @@ from daemon.core.streams import run_key
 from daemon.log.errors import StoreError
 from daemon.runs.outcome import RunEnd
 from daemon.runs.runner import Adoptable, Report
+from daemon.runs.secrets import SecretError, resolve_secrets
 from daemon.runs.slurm.script import (
     SCRIPT_FILE,
     STARTED_FILE,
@@ -52,6 +53,8 @@ SUBMIT_FILE = "slurm-submit.json"
 _EXIT_AFTER_SBATCH = "LLMTRAIND_TEST_SLURM_EXIT_AFTER_SBATCH"
 """Test hook: the daemon dies right after sbatch accepted a job, before recording it."""
 _RETRY_S = 2.0
+_UNSET_FOR_JOBS = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
+"""systemd's hand-offs to the daemon, which a job must not inherit through sbatch."""
 
 
 def shared_root_problem(root: Path) -> str | None:
@@ -76,7 +79,8 @@ class _Attempt:
     cancelled: bool = False
     paused: bool = False
     task: asyncio.Task[None] | None = None
-    last: SlurmJob | None = field(default=None)
+    last: SlurmJob | None = None
+    """What squeue said last of the job; None once it no longer lists it."""
 
 
 class SlurmExecutor:
@@ -155,7 +159,14 @@ class SlurmExecutor:
         return started.model_copy(update={"command": script})
 
     async def launch(self, started: JobStarted) -> None:
-        a = self._attempt(started.job_id, started.attempt, started, Path(started.run_dir), started)
+        w = Watch(
+            started.job_id,
+            started.attempt,
+            Path(started.run_dir),
+            Path(started.output_dir),
+            Path(started.log),
+        )
+        a = self._attempt(w, started)
         a.task = asyncio.create_task(self._go(a), name=f"slurm-{a.w.job_id}")
 
     async def adopt(self, run: Adoptable, boot_id: str) -> None:
@@ -178,8 +189,9 @@ class SlurmExecutor:
                 inputs=current.inputs,
                 timeout_s=current.timeout_s,
             )
-        a = self._attempt(run.job_id, run.attempt, started, run.run_dir, None)
-        a.w.output_dir, a.w.log, a.w.log_offset = run.output_dir, run.log, run.log_offset
+        a = self._attempt(
+            Watch(run.job_id, run.attempt, run.run_dir, run.output_dir, run.log, run.log_offset), started
+        )
         if run.last_step is not None:
             a.w.sampler.seen(run.last_step)
         a.slurm_id = current.slurm_job_id if current is not None else None
@@ -235,18 +247,9 @@ class SlurmExecutor:
 
     # -- one attempt ----------------------------------------------------------------------------
 
-    def _attempt(
-        self, job_id: int, attempt: int, started: JobStarted | None, run_dir: Path, s: JobStarted | None
-    ) -> _Attempt:
-        w = Watch(
-            job_id,
-            attempt,
-            run_dir,
-            Path(s.output_dir) if s else run_dir / "output",
-            Path(s.log) if s else run_dir,
-        )
-        a = _Attempt(w, job_name(self.log_id, job_id, attempt), started)
-        self._runs[job_id] = a
+    def _attempt(self, w: Watch, started: JobStarted | None) -> _Attempt:
+        a = _Attempt(w, job_name(self.log_id, w.job_id, w.attempt), started)
+        self._runs[w.job_id] = a
         return a
 
     async def _go(self, a: _Attempt) -> None:
@@ -271,8 +274,12 @@ class SlurmExecutor:
         if found is None:
             if a.started is None:
                 return "the daemon lost the attempt's command before submitting it"
+            try:
+                secrets = await asyncio.to_thread(resolve_secrets, a.started.secrets, os.environ)
+            except SecretError as e:
+                return str(e)
             w.log_offset = await asyncio.to_thread(self._prepare, a.started)
-            submitted = await self._sbatch(w)
+            submitted = await self._sbatch(w, secrets)
             if isinstance(submitted, str):
                 return submitted
             found = submitted
@@ -327,7 +334,9 @@ class SlurmExecutor:
         (run_dir / SUBMIT_FILE).write_text(json.dumps({"log_offset": offset}))
         return offset
 
-    async def _sbatch(self, w: Watch) -> int | str:
+    async def _sbatch(self, w: Watch, secrets: Mapping[str, str]) -> int | str:
+        """sbatch passes its environment to the job: the secrets go there, never into the script."""
+        env = {k: v for k, v in os.environ.items() if k not in _UNSET_FOR_JOBS} | dict(secrets)
         try:
             proc = await asyncio.create_subprocess_exec(
                 "sbatch",
@@ -337,6 +346,7 @@ class SlurmExecutor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=w.run_dir,
+                env=env,
             )
         except OSError as e:
             return f"cannot run sbatch: {e}"
