@@ -148,3 +148,49 @@ def test_a_daemon_killed_after_sbatch_and_mid_run_submits_once_and_records_one_e
     assert types.count("JobStarted") == 1 and types.count("SlurmSubmitted") == 1
     assert types.count("RunExited") == 1
     assert len(slurm_jobs_named(cluster, name)) == 1
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that name `text` (a run's output folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def test_a_two_node_job_trains_across_both_nodes_and_a_cancel_leaves_no_process(
+    daemon: Daemon, tiny_model: Path, cluster: SlurmCluster
+) -> None:
+    d = daemon
+    d.drop("chat.jsonl", sft_rows())
+    gloo = {"ddp_backend": "gloo"}  # CPU nodes
+    d.drop(
+        "pair.yaml",
+        job_yaml(tiny_model, "lora", dataset="chat", nodes=2, max_steps=3, logging_steps=1, swift=gloo),
+    )
+    body = finished(d, "pair", 240)
+    assert body["state"] == "succeeded", (body["reason"], d.log()[-3000:])
+    run = body["run"]
+    assert run["slurm"]["nodes"] == "n[1-2]" and "--nnodes=2" in run["command"]
+    assert body["progress"]["step"] == 3 and body["metrics"] is not None, "rank 0's metrics"
+    log = Path(run["log"]).read_text(errors="replace")
+    assert "rank: 1, local_rank: 0, world_size: 2" in log, "the second node's torchrun joined"
+    records = [json.loads(r) for r in Path(run["output_dir"], "logging.jsonl").read_text().splitlines()]
+    steps = [r.get("global_step/max_steps") for r in records if "loss" in r]
+    assert steps == ["1/3", "2/3", "3/3"], ("one data-parallel training, logged by rank 0 only", records)
+
+    d.drop("long.yaml", job_yaml(tiny_model, "lora", dataset="chat", nodes=2, max_steps=500, swift=gloo))
+    running = d.wait_for("training", lambda: (b := maybe_job(d, "long")).get("progress") and b, 200)
+    output = running["run"]["output_dir"]
+    assert processes_naming(output), "swift runs on the nodes"
+    d.drop("stop.yaml", "cancel: long\n")
+    done = finished(d, "long", 60)
+    assert done["state"] == "cancelled"
+    d.wait_for("no process left on either node", lambda: not processes_naming(output), 30)
