@@ -2,10 +2,12 @@
 
 A target's cursor is the seq of its last recorded delivery (NotifyDelivered or NotifyGivenUp, or a
 NotifyCursor that skips events it does not want), on the stream `notify:<target>`; a start resumes
-right after it. The record is written after the target acknowledged, so a delivery is repeated only
-when the daemon dies between the receiver's 2xx and the record, and then with the same webhook-id.
-One delivery at a time per target keeps its order and bounds that repeat to one; the targets run
-independently, so a slow or dead one delays no other and not the daemon.
+right after it. The record is written after the target acknowledged, so a notification is repeated
+only when the daemon dies between the receiver's 2xx and its record, once, with the same webhook-id.
+Records are written in batches while the next deliveries go out (one fsync per batch, not per
+delivery), so a crash may repeat each of the last few (at most UNRECORDED_MAX) once. One delivery at
+a time per target keeps its order; the targets run independently, so a slow or dead one delays no
+other and not the daemon.
 
 Only the events a target is sent are recorded (plus one NotifyCursor per SKIP_RECORD_EVERY skipped
 events), so the log grows with notifications, not with events; the records themselves never make a
@@ -51,6 +53,8 @@ SKIP_RECORD_EVERY = 10_000
 """A target that wants none of this many events records its cursor once, so a start does not read
 them all again."""
 PAGE = 500
+UNRECORDED_MAX = 256
+"""Deliveries acknowledged but not yet recorded, at most, per target."""
 RECORD_RETRY_S = 1.0
 FAULT_ENV = "LLMTRAIND_TEST_NOTIFY_FAULT"
 """Test hook: the daemon SIGKILLs itself when a delivery reaches this step: `picked` (before the
@@ -104,6 +108,8 @@ class _Worker:
         kind, place = where(target)
         self.status = TargetStatus(target.name, kind, place, target.on, target.projects, cursor=cursor)
         self.recorded = recorded
+        self.pending: list[tuple[int, NewEvent]] = []
+        self.flusher: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.alerts: asyncio.Queue[Notification] = asyncio.Queue(maxsize=100)
         self.secrets = [target.url, target.secret.get_secret_value(), target.apprise.get_secret_value()]
@@ -189,22 +195,51 @@ class _Worker:
     async def _record(
         self, event: NotifyDelivered | NotifyGivenUp | NotifyCursor, rec: Recorded | None
     ) -> None:
-        """The cursor moves only once recorded: while the log refuses, wait and try again."""
+        """Queue the outcome's record. Records are written in batches, one transaction (one fsync)
+        each, while the next deliveries go out: a kill -9 loses at most the batch being written, and
+        each notification in it is then sent once more, with its webhook-id. At most UNRECORDED_MAX
+        wait before the deliveries wait for them."""
         if isinstance(event, NotifyCursor):
             new, key = event.seq, None
         elif rec is None:
             return
         else:
             new, key = rec.seq, f"notify:{self.target.name}:{rec.seq}"
-        while True:
+        self.pending.append((new, NewEvent(event, key)))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush(), name=f"notify {self.target.name} records")
+        if len(self.pending) >= UNRECORDED_MAX:
+            await asyncio.shield(self.flusher)
+
+    async def _flush(self) -> None:
+        stream = notify_stream(self.target.name)
+        while self.pending:
+            batch, self.pending = self.pending, []
             try:
-                await self.owner.store.append(notify_stream(self.target.name), [NewEvent(event, key)])
+                await self.owner.store.append(stream, [e for _, e in batch])
             except StoreError as e:
-                log.warning("notify %s: cannot record the cursor yet: %s", self.target.name, e)
-                await asyncio.sleep(RECORD_RETRY_S)
-                continue
-            self.recorded = new
-            return
+                log.warning("notify %s: cannot record deliveries yet: %s", self.target.name, e)
+                await self._one_by_one(stream, batch)
+            self.recorded = batch[-1][0]
+
+    async def _one_by_one(self, stream: str, batch: list[tuple[int, NewEvent]]) -> None:
+        """A batch the log refused, one record at a time, each until it is taken: a record already
+        there (a restarted target redoing one) is then found by its key, not refused."""
+        for _, event in batch:
+            while True:
+                try:
+                    await self.owner.store.append(stream, [event])
+                    break
+                except StoreError as e:
+                    log.warning("notify %s: cannot record a delivery yet: %s", self.target.name, e)
+                    await asyncio.sleep(RECORD_RETRY_S)
+
+    async def drain(self) -> None:
+        """Write what is queued (a stop or a reload), so a restart does not send it again."""
+        if self.flusher is not None:
+            await asyncio.shield(self.flusher)
+        if self.pending:
+            await self._flush()
 
 
 class Notifications:
@@ -274,6 +309,7 @@ class Notifications:
             w.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await w.task
+        await w.drain()
 
     async def stop(self) -> None:
         for w in list(self._workers.values()):
