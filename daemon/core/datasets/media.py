@@ -147,18 +147,17 @@ class _Media(NamedTuple):
     objects: Any
 
 
-def _may_have_media(obj: dict[str, Any], raw: bytes) -> bool:
-    """Cheap tests on the raw line first: most rows of most files carry no media."""
-    if not obj.keys().isdisjoint(MEDIA_KEYS):
-        return True
-    return b'"type"' in raw or any(tag in raw for tag in _TAG_BYTES)
-
-
 def _take_media(obj: dict[str, Any], raw: bytes) -> _Media | None:
     """Lift the media keys out of a row (and turn content blocks into tags), so the conversation
     checks see role/content strings; None when the row has no media at all."""
-    if type(obj) is not dict or not _may_have_media(obj, raw):
+    if type(obj) is not dict:
         return None
+    if (
+        obj.keys().isdisjoint(MEDIA_KEYS)
+        and b'"type"' not in raw
+        and not (b"<" in raw and any(tag in raw for tag in _TAG_BYTES))
+    ):
+        return None  # the common case, decided on the raw line: most rows carry no media
     lists: dict[str, Any] = {
         key: obj.pop(key) for key in ("images", "videos", "audios", "rejected_images") if key in obj
     }
