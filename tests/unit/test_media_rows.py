@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from daemon.core.datasets import DatasetReport, DatasetValidator
+from daemon.core.datasets import DatasetReport, DatasetValidator, SftMessagesLine
 from daemon.core.datasets.media import (
     MediaItem,
     MediaKind,
@@ -221,3 +222,33 @@ def test_sniff_headers() -> None:
     assert sniff("audio", b"RIFF\x00\x00\x00\x00WAVEfmt ") == "wav"
     assert sniff("video", b"not a video") is None
     assert sniff("audio", b"\x00\x01") is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    tags=st.lists(st.sampled_from(["<image>", "<video>", "x"]), max_size=4),
+    images=st.none() | st.lists(st.just("i.png"), max_size=3),
+    videos=st.none() | st.lists(st.just("v.mp4"), max_size=2),
+)
+def test_the_published_line_model_agrees_on_media_rows(
+    tags: list[str], images: list[str] | None, videos: list[str] | None
+) -> None:
+    row: dict[str, Any] = {"messages": chat("".join(tags) + "?")}
+    row |= {k: v for k, v in (("images", images), ("videos", videos)) if v is not None}
+    report, _ = run([row])
+    try:
+        SftMessagesLine.model_validate(row)
+    except ValidationError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == report.ok, report.errors
+
+
+def test_a_literal_tag_in_a_pretraining_text_or_pair_stays_text() -> None:
+    report, out = run(
+        [{"messages": [{"role": "assistant", "content": "HTML has an <image> tag? No, <img>."}]}]
+    )
+    assert report.ok and report.format == "pretrain_messages" and "images" not in out[0]
+    report, _ = run([{"prompt": "What is <image>?", "chosen": "A tag.", "rejected": "A cat."}])
+    assert report.ok and report.format == "preference"

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from daemon.core.datasets.formats import Role
+from daemon.core.datasets.media import _check_counts
 from daemon.core.datasets.rules import (
     _check_lora_keys,
     _check_one_rejected,
@@ -63,7 +64,26 @@ class _ChatLine(BaseModel):
     messages: Annotated[list[Message], Field(min_length=1, description=_ORDER_RULE)]
 
 
-class SftMessagesLine(_ChatLine):
+_MEDIA_RULE = "One item per {tag} tag in the messages, in order: a path inside the bundle or a data: URI."
+
+
+class _MediaLine(BaseModel):
+    """ms-swift's multimodal keys (see `media`); the tag counts are checked against them."""
+
+    images: list[_Name] | None = Field(None, description=_MEDIA_RULE.format(tag="<image>"))
+    videos: list[_Name] | None = Field(None, description=_MEDIA_RULE.format(tag="<video>"))
+    audios: list[_Name] | None = Field(None, description=_MEDIA_RULE.format(tag="<audio>"))
+    objects: dict[str, Any] | None = Field(None, description="Grounding: ref and bbox, passed through.")
+
+    def _media_rules(self, rejected: list[Message] | None = None, rejected_images: Any = None) -> None:
+        out: dict[str, Any] = {"messages": [m.model_dump() for m in getattr(self, "messages", [])]}
+        if rejected is not None:
+            out["rejected_messages"] = [m.model_dump() for m in rejected]
+        lists = {"images": self.images, "videos": self.videos, "audios": self.audios}
+        _check_counts(out, {**lists, "rejected_images": rejected_images})
+
+
+class SftMessagesLine(_ChatLine, _MediaLine):
     """A supervised conversation; the bookkeeping keys are the management API's and are dropped."""
 
     conversation_id: str | int | None = None
@@ -76,6 +96,7 @@ class SftMessagesLine(_ChatLine):
     def _rules(self) -> Self:
         _check_order([m.role for m in self.messages], "messages")
         _check_template(self.input_template)
+        self._media_rules()
         return self
 
 
@@ -154,11 +175,12 @@ class ScoredResponsesLine(BaseModel):
         return self
 
 
-class SwiftPreferenceLine(_ChatLine):
+class SwiftPreferenceLine(_ChatLine, _MediaLine):
     """ms-swift's own preference row: messages end with the chosen answer."""
 
     rejected_response: str | None = None
     rejected_messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    rejected_images: list[_Name] | None = Field(None, description="The rejected answer's pictures.")
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -170,10 +192,11 @@ class SwiftPreferenceLine(_ChatLine):
         if self.rejected_messages is not None:
             _check_order([m.role for m in self.rejected_messages], "rejected_messages")
             _check_pair(chosen, self.rejected_messages[-1].content, "rejected_messages")
+        self._media_rules(self.rejected_messages, self.rejected_images)
         return self
 
 
-class KtoLine(_ChatLine):
+class KtoLine(_ChatLine, _MediaLine):
     """ms-swift's KTO row: one conversation judged desirable (true) or not (false)."""
 
     label: bool
@@ -181,6 +204,7 @@ class KtoLine(_ChatLine):
     @model_validator(mode="after")
     def _rules(self) -> Self:
         _check_order([m.role for m in self.messages], "messages")
+        self._media_rules()
         return self
 
 

@@ -280,6 +280,8 @@ def _attach(
 ) -> tuple[dict[str, Any], list[tuple[MediaKind, MediaItem]]]:
     """The converted row with its media pointed at stored files, and those files for the stats."""
     if fmt not in MEDIA_FORMATS:
+        if not media.lists and media.objects is None:
+            return out, []  # a literal tag in a pretraining text or a pair is text, not a placeholder
         raise _RowError(
             next(iter(media.lists), "objects"),
             f"media keys are not read with {fmt} rows",
