@@ -183,7 +183,10 @@ class Inbox:
                 return
             except Exception as e:
                 delay = self._failed(f"read {claim.drop}", f"cannot read {display_name(claim.name)}: {e}")
-                log.exception("reading %s failed; it stays claimed, next try in %.0f s", claim.path, delay)
+                # The file system refusing (state folder gone, disk full) is the operator's to fix and
+                # /healthz says so: one line per try. Anything else is a defect: its traceback.
+                report = log.error if isinstance(e, OSError) else log.exception
+                report("reading %s failed; it stays claimed, next try in %.0f s: %s", claim.path, delay, e)
                 self._retry_later(delay, claim)
                 continue
             self._failures.pop(f"read {claim.drop}", None)

@@ -479,6 +479,7 @@ def test_intake_resumes_by_itself_once_the_state_folder_can_be_written_again(
     away = _block(scratch)
     d.drop("first.jsonl", sft(3))
     d.wait_for("a failed read, logged", lambda: "first.jsonl failed; it stays claimed" in d.log())
+    assert "Traceback" not in d.log(), "a file system refusal is one line, not a traceback"
     assert intake_total(d) == 0 and inbox_root(d) == [] and len(os.listdir(processing)) == 1
     code, health = d.get("/healthz")
     assert code == 503 and health["reason"].startswith("intake: cannot read first.jsonl: [Errno 20]")
