@@ -296,6 +296,7 @@ async def _run(
             intake_trouble=lambda: inbox.trouble,
             runs_trouble=lambda: runner.trouble,
             executor=lambda: {"kind": cfg.executor.kind, "slurm": summary(slurm)},
+            disk=scheduling.disk,
             notify=notify.view,
         )
         async with _part(f"the API on {cfg.api.host}:{cfg.api.port}"):

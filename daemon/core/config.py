@@ -162,6 +162,9 @@ class RunsConfig(_Section):
     """Placement is decided on every change, and at least this often (GPUs free up outside the log)."""
     gpu_probe_s: float = Field(default=2.0, gt=0)
     """A GPU probe is reused for this long between placements."""
+    min_free_disk_gib: float = Field(default=10.0, ge=0)
+    """No run starts while the state folder's file system has less free (GiB); the job says why.
+    0 turns the guard off."""
     keep_checkpoints: int = Field(default=3, ge=0)
     """Complete checkpoints a job keeps, newest first, unless it says `keep_checkpoints`; the best
     (`keep_best`), the last and any another job names are kept besides; 0 keeps all."""
@@ -470,6 +473,8 @@ LIVE_KEYS = frozenset(
         "runs.poll_s",
         "runs.schedule_s",
         "runs.gpu_probe_s",
+        "runs.keep_checkpoints",
+        "runs.min_free_disk_gib",
         "slurm.poll_s",
         "daemon.on_stop",
         "daemon.log_level",

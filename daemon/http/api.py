@@ -61,8 +61,9 @@ Last-Event-ID before the stream could ignore it, as it does every other malforme
 
 
 async def healthz(request: web.Request) -> web.Response:
-    ok, why = request.app[READ_SIDE].health()
-    body = {"ok": ok, "reason": why}
+    side = request.app[READ_SIDE]
+    ok, why = side.health()
+    body = {"ok": ok, "reason": why, "disk": dict(side.disk())}
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -118,9 +119,9 @@ async def status(request: web.Request) -> web.Response:
         cache.key, cache.head, cache.gpus = key, json.dumps(head)[:-1], json.dumps(gpus)[:-1]
     now = time.monotonic()
     uptime, ago = round(now - side.started_monotonic, 3), round(now - probed, 3)
-    executor = json.dumps(side.executor())
+    executor, disk = json.dumps(side.executor()), json.dumps(side.disk())
     text = (
-        f'{cache.head}, "uptime_s": {uptime!r}, "executor": {executor}, '
+        f'{cache.head}, "uptime_s": {uptime!r}, "executor": {executor}, "disk": {disk}, '
         f'"gpus": {cache.gpus}, "probed_s_ago": {ago!r}}}}}'
     )
     return web.Response(text=text, content_type="application/json")
@@ -202,6 +203,7 @@ async def metrics(request: web.Request) -> web.Response:
         sse_buffered_bytes=hub.buffered_bytes(),
         notify=side.notify(),
         executor=side.executor(),
+        disk=side.disk(),
     )
     return web.Response(body=render(scrape), headers={"Content-Type": CONTENT_TYPE})
 

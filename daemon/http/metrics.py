@@ -44,6 +44,8 @@ class Scrape:
     sse_clients: dict[str, int] = field(default_factory=dict)
     sse_dropped: int = 0
     sse_buffered_bytes: int = 0
+    disk: Mapping[str, Any] = field(default_factory=dict)
+    """The state folder's free space (`daemon.core.disk.disk_view`)."""
     notify: list[dict[str, Any]] = field(default_factory=list)
     """The notifier's target views (GET /v1/notify's `targets`)."""
     executor: Mapping[str, Any] = field(default_factory=dict)
@@ -151,6 +153,19 @@ def _evals(s: Scrape) -> Iterable[Metric]:
                 fam.add_metric([*key, name.removeprefix("eval_")], value)
     yield fam
     yield step
+
+
+def _disk(s: Scrape) -> Iterable[Metric]:
+    if "free_bytes" not in s.disk:
+        return
+    yield _gauge(
+        "llmtraind_state_disk_free_bytes", "Free space under the state folder.", s.disk["free_bytes"]
+    )
+    yield _gauge(
+        "llmtraind_state_disk_min_free_bytes",
+        "[runs] min_free_disk_gib: no run starts with less free (0: no guard).",
+        s.disk["min_free_bytes"],
+    )
 
 
 def _gpus(s: Scrape) -> Iterable[Metric]:
@@ -270,7 +285,7 @@ def _slurm(s: Scrape) -> Iterable[Metric]:
 
 
 def families(s: Scrape) -> list[Metric]:
-    parts = (_daemon, _jobs, _running, _evals, _deployments, _gpus, _intake, _sse, _notify, _slurm)
+    parts = (_daemon, _jobs, _running, _evals, _deployments, _disk, _gpus, _intake, _sse, _notify, _slurm)
     return [m for part in parts for m in part(s)]
 
 

@@ -145,6 +145,20 @@ def _schemas() -> dict[str, Any]:
                 },
                 "jobs": counts,
                 "intake": _OBJ,
+                "disk": {"$ref": "#/components/schemas/Disk"},
+            },
+        },
+        "Disk": {
+            "type": "object",
+            "description": "free space under the state folder against [runs] min_free_disk_gib: while "
+            "`ok` is false no run starts and the jobs that could start wait with `reason`",
+            "properties": {
+                "path": {"type": "string"},
+                "free_bytes": {"type": "integer"},
+                "total_bytes": {"type": "integer"},
+                "min_free_bytes": {"type": "integer"},
+                "ok": {"type": "boolean"},
+                "reason": {"type": "string"},
             },
         },
         "Job": {
@@ -330,7 +344,11 @@ def _paths() -> dict[str, Any]:
             "probed_s_ago": {"type": ["number", "null"]},
         },
     }
-    health = {"type": "object", "required": ["ok", "reason"]}
+    health = {
+        "type": "object",
+        "required": ["ok", "reason"],
+        "properties": {"disk": {"$ref": "#/components/schemas/Disk"}},
+    }
     return {
         "/healthz": {
             "get": {

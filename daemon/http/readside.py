@@ -36,6 +36,10 @@ def _no_targets() -> list[dict[str, Any]]:
     return []
 
 
+def _no_disk() -> Mapping[str, Any]:
+    return {}
+
+
 def _local() -> Mapping[str, Any]:
     return {"kind": "local", "slurm": None}
 
@@ -59,6 +63,8 @@ class ReadSide:
     full), or "": the log's own probe may pass while a run's records still wait."""
     notify: Callable[[], list[dict[str, Any]]] = _no_targets
     executor: Callable[[], Mapping[str, Any]] = _local
+    disk: Callable[[], Mapping[str, Any]] = _no_disk
+    """The state folder's free space against `[runs] min_free_disk_gib` (`daemon.core.disk`)."""
     """Who places runs, and for Slurm the cluster as sinfo and squeue last showed it."""
     """The notification targets as the notifier shows them (never a secret)."""
 

@@ -80,6 +80,8 @@ class Box:
     cpu_slots: int
     now: float
     stop_grace_s: float
+    disk_short: str | None = None
+    """Why no run may start now (`[runs] min_free_disk_gib`); the jobs that could start wait with it."""
     cpu_count: int = 1
     """Cores the CPU slots share: a CPU run gets cpu_count // cpu_slots threads, since PyTorch
     would otherwise start one per core in every run and oversubscribed OpenMP threads spin."""
@@ -186,6 +188,10 @@ def decide(state: State, box: Box, env: Environment) -> Decisions:
     failed = [JobFailed(job_id=job_id, reason=reason) for job_id, reason in plan.fail.items()]
     by_uuid = {g.uuid: g.index for g in box.gpus}
     launches: list[Launch] = []
+    waiting = dict(plan.waiting)
+    if box.disk_short is not None:
+        waiting |= {placement.job_id: box.disk_short for placement in plan.start}
+        plan = replace(plan, start=())
     for placement in plan.start:
         job = state.jobs[placement.job_id]
         started = _start(state, job, placement, box, env, by_uuid)
@@ -194,7 +200,7 @@ def decide(state: State, box: Box, env: Environment) -> Decisions:
         else:
             launches.append(Launch(job.id, started))
     changed = {
-        str(job_id): reason for job_id, reason in plan.waiting.items() if state.jobs[job_id].reason != reason
+        str(job_id): reason for job_id, reason in waiting.items() if state.jobs[job_id].reason != reason
     }
     return Decisions(failed, JobsWaiting(reasons=changed) if changed else None, launches, plan)
 

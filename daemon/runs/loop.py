@@ -13,15 +13,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from daemon.core.config import Config
 from daemon.core.deployment import serves
+from daemon.core.disk import disk_view
 from daemon.core.events import CancelRequested, NewEvent, PauseRequested, Recorded
 from daemon.core.gpus import GpuProbe, GpuStatus
 from daemon.core.layout import StateLayout
@@ -236,6 +239,16 @@ class Scheduling:
                 except Exception:
                     log.exception("pruning checkpoints failed; trying again on the next change")
 
+    def disk(self) -> dict[str, Any]:
+        """The state folder's free space against `[runs] min_free_disk_gib` (a statvfs: cheap enough
+        for every decision and every API read)."""
+        where = self.cfg.paths.state
+        try:
+            usage = shutil.disk_usage(where)
+        except OSError as e:
+            return {"path": str(where), "ok": False, "reason": f"disk: cannot read {where}: {e}"}
+        return disk_view(usage.free, usage.total, self.cfg.runs.min_free_disk_gib, str(where))
+
     def last_probe(self) -> tuple[list[GpuStatus], float] | None:
         """The GPUs as the loop last probed them, and when (time.monotonic()); None before its first
         probe. Read-only: the API shows it and never probes itself."""
@@ -291,6 +304,7 @@ class Scheduling:
             now=time.time(),
             stop_grace_s=self.cfg.runs.stop_grace_s,
             cpu_count=os.cpu_count() or 1,
+            disk_short=self.disk()["reason"] or None,
         )
         python = self.cfg.swift.python or sys.executable
         env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
