@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.core.config import Config
+from daemon.core.disk import dataset_shortage
 from daemon.core.drops import FileVerdict, dataset_name, file_kind
 from daemon.core.events import DatasetValidating
 from daemon.core.layout import StateLayout
@@ -90,6 +92,15 @@ class Reader:
         self._stopping = stopping
         self._report = report
 
+    def _disk_short(self, size: int) -> str | None:
+        """A dataset that would leave less free than runs need is refused (and kept) before any
+        copy of it is written."""
+        try:
+            free = shutil.disk_usage(self.blobs.root).free
+        except OSError:
+            return None
+        return dataset_shortage(free, size, self.config().runs.min_free_disk_gib, str(self.blobs.root))
+
     def examine(self, claim: Claim, loop: asyncio.AbstractEventLoop) -> Read | None:
         filename = display_name(claim.name)
         kind = file_kind(filename)
@@ -110,6 +121,9 @@ class Reader:
                 claim.path, cfg.limits, self.swift_args, same_as=st, name=filename, swift=cfg.swift, box=box
             )
             return self._examined(claim, filename, st, verdict, None)
+        short = self._disk_short(st.st_size)
+        if short is not None:
+            return Read(claim, Examined(claim.drop, filename, kind, refused=short))
         scratch = self.blobs.scratch / f"{claim.drop}.jsonl"
         with open(scratch, "wb") as out:
             verdict = check_file(

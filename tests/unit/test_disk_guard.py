@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from daemon.core.disk import GIB, disk_shortage, disk_view
+from daemon.core.disk import GIB, dataset_shortage, disk_shortage, disk_view
 from tests.unit.test_dispatch import CPU_BOX, SFT, Daemon, lora_job
 
 
@@ -40,3 +40,13 @@ def test_below_the_limit_the_jobs_that_could_start_wait_with_the_disk_reason(tmp
     assert "CPU slot" in decided.waiting.reasons["2"], "its own reason stays"
     assert d.state.jobs[1].reason == short
     assert [launch.job_id for launch in d.step().launches] == [1], "room again: it starts"
+
+
+def test_a_dataset_that_would_leave_too_little_is_refused() -> None:
+    assert dataset_shortage(12 * GIB, GIB, 10, "/s") is None, "12 - 2 x 1 leaves the 10 runs need"
+    why = dataset_shortage(11 * GIB, GIB, 10, "/s")
+    assert why == (
+        "disk: 11.0 GiB free under /s; this dataset (1.00 GiB, stored twice: as dropped and converted) "
+        "would leave 9.0 GiB, and runs need 10 ([runs] min_free_disk_gib); free space, then drop it again"
+    )
+    assert dataset_shortage(0, GIB, 0, "/s") is None
