@@ -28,6 +28,7 @@ __all__ = [
     "SFT",
     "VLM",
     "VLM_MERGE",
+    "VLM_STEPS",
     "DemoJob",
     "demo_bundle",
     "demo_datasets",
@@ -40,6 +41,9 @@ SFT, MERGE, DPO, PT = "demo-sft-lora", "demo-merge", "demo-dpo", "demo-pt"
 """Job names before the run number: `demo-sft-lora-3` is the third demo's LoRA job."""
 VLM, VLM_MERGE = "demo-vlm-lora", "demo-vlm-merge"
 BUNDLE = "demo_shapes.zip"
+VLM_STEPS = 3
+"""At most this many steps for the VLM job: each costs several times a text step on a CPU, and three
+show the loss move and the pictures' tokens train (the demo's whole VLM part: about 1-2 minutes)."""
 _SHAPES = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 60, 220), "yellow": (230, 200, 20)}
 PROJECT = "demo"
 ROWS = 32
@@ -175,7 +179,7 @@ def demo_bundle() -> bytes:
 
 
 def demo_vlm_jobs(model: Path, run: int, steps: int) -> list[DemoJob]:
-    """A LoRA run of the tiny Qwen2-VL on the shapes bundle, then its merge."""
+    """A LoRA run of the tiny Qwen2-VL on the shapes bundle (at most `VLM_STEPS`), then its merge."""
     tune, merge = f"{VLM}-{run}", f"{VLM_MERGE}-{run}"
     fields = {
         "name": tune,
@@ -186,8 +190,8 @@ def demo_vlm_jobs(model: Path, run: int, steps: int) -> list[DemoJob]:
         "model_type": "qwen2_vl",
         "template": "qwen2_vl",
         "dataset": BUNDLE.removesuffix(".zip"),
-        "max_steps": steps,
-        "save_steps": SAVE_STEPS,
+        "max_steps": min(steps, VLM_STEPS),
+        "save_steps": min(steps, VLM_STEPS),
         "max_pixels": 3136,
         "freeze_vit": True,
     }

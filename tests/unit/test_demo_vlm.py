@@ -43,4 +43,4 @@ def test_the_vlm_jobs_parse_and_chain(tmp_path: Path) -> None:
         specs.append(verdict.job)
     assert specs[0].model_type == "qwen2_vl" and specs[0].train is not None
     assert specs[0].train.max_pixels == 3136 and specs[0].train.freeze_vit is True
-    assert next_run([tune.name, merge.name]) == 4
+    assert specs[0].train.max_steps == 3 and next_run([tune.name, merge.name]) == 4
