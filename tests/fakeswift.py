@@ -2,7 +2,8 @@
 
 The wrapper is what the daemon runs as its interpreter (`<wrapper> -m swift.cli.sft --model M ...`).
 When `--model` names a directory called `fake-model`, it plays swift: one logging.jsonl record and
-one stdout line per step, `--max_steps` steps of FAKE_STEP_S each, a wait while `fake-model/hold`
+one stdout line per step, `--max_steps` steps of FAKE_STEP_S each (after step N, silence while
+`fake-model/hang_at_N` exists: a hang), a wait while `fake-model/hold`
 exists, then the text in `fake-model/stderr` on stderr (an error swift would print) and the exit
 status in `fake-model/exit_status` (0 if absent). It writes the GPU environment it was given to
 `<output_dir>/fake_env.json`. Any other model runs the real interpreter with the same
@@ -43,6 +44,8 @@ for step in range(start, steps + 1):
         f.write(json.dumps(record) + "\\n")
     print(f"fake step {{step}}/{{steps}}", flush=True)
     time.sleep(step_s)
+    while os.path.exists(os.path.join(model, f"hang_at_{{step}}")):
+        time.sleep(0.05)
 while os.path.exists(os.path.join(model, "hold")):
     time.sleep(0.05)
 error = os.path.join(model, "stderr")

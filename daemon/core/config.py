@@ -165,6 +165,10 @@ class RunsConfig(_Section):
     min_free_disk_gib: float = Field(default=10.0, ge=0)
     """No run starts while the state folder's file system has less free (GiB); the job says why.
     0 turns the guard off."""
+    hang_factor: float = Field(default=20.0, gt=0)
+    hang_min_s: float = Field(default=1800.0, gt=0)
+    """A training whose step has not advanced for max(hang_factor x its median step time,
+    hang_min_s) seconds is hung: its stacks are dumped, it is stopped and classified `hung`."""
     keep_checkpoints: int = Field(default=3, ge=0)
     """Complete checkpoints a job keeps, newest first, unless it says `keep_checkpoints`; the best
     (`keep_best`), the last and any another job names are kept besides; 0 keeps all."""
@@ -474,6 +478,8 @@ LIVE_KEYS = frozenset(
         "runs.schedule_s",
         "runs.gpu_probe_s",
         "runs.keep_checkpoints",
+        "runs.hang_factor",
+        "runs.hang_min_s",
         "runs.min_free_disk_gib",
         "slurm.poll_s",
         "daemon.on_stop",

@@ -380,8 +380,9 @@ class RunExited(_Event):
     returncode: int | None
     """None: unknown (the supervisor died, or the run could not start)."""
     signal: int | None = None
-    stopped: Literal["cancel", "timeout", "shutdown", "pause"] | None = None
-    """Why the daemon stopped it, if it did; "pause": it saved a checkpoint and stopped when asked."""
+    stopped: Literal["cancel", "timeout", "shutdown", "pause", "hang"] | None = None
+    """Why the daemon stopped it, if it did; "pause": it saved a checkpoint and stopped when asked;
+    "hang": its step stopped advancing (`[runs] hang_factor`, `hang_min_s`)."""
     failure: FailureRecord | None = None
     log_tail: list[str] = []
     """The last lines of the attempt's output, for people and for the failure's evidence."""

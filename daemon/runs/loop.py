@@ -143,6 +143,8 @@ class Scheduling:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._gpus: list[GpuStatus] = []
+        if isinstance(runner, Runner):
+            runner.hang_factor, runner.hang_min_s = cfg.runs.hang_factor, cfg.runs.hang_min_s
         self.pruner = Pruner(store, self.layout, lambda: self.cfg.runs.keep_checkpoints)
         self._prune_due = True
         """Checkpoints appeared or a run ended: the retention rules may delete some."""
@@ -154,6 +156,8 @@ class Scheduling:
         the next run; runs already going keep the grace they were started with."""
         self.cfg = cfg
         self.runner.grace_s, self.runner.poll_s = cfg.runs.stop_grace_s, cfg.runs.poll_s
+        if isinstance(self.runner, Runner):  # Slurm watches no steps of its own
+            self.runner.hang_factor, self.runner.hang_min_s = cfg.runs.hang_factor, cfg.runs.hang_min_s
         self._wake.set()
 
     @property

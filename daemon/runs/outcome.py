@@ -42,6 +42,8 @@ class RunEnd:
     from the exit status and the log."""
     paused: bool = False
     """The daemon asked the run to pause (its run folder holds the pause file)."""
+    hang: str | None = None
+    """Why the daemon stopped the run as hung (its step stopped advancing)."""
 
 
 def _absolute(output_dir: Path, artifact: Artifact | None) -> str | None:
@@ -89,7 +91,8 @@ def exit_event(job: Job, attempt: int, end: RunEnd) -> RunExited:
             # it resumed from the last step, so it had nothing left to train or save
             checkpoint, model = run.resume_from, model or _full_model(job, run.resume_from)
         return RunExited(**base, outcome="succeeded", final_checkpoint=checkpoint, final_model=model)
-    failure = _failure(end, run is not None and bool(run.gpu_shared))
+    hung = Failure("hung", True, end.hang) if end.hang is not None else None
+    failure = hung or _failure(end, run is not None and bool(run.gpu_shared))
     record = FailureRecord(**asdict(failure))
     if end.stopped == "cancel":
         return RunExited(**base, outcome="cancelled", failure=record)

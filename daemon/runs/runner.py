@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from daemon.runs import supervise
 from daemon.runs.outcome import RunEnd
 from daemon.runs.reaper import Orphan, find_orphan, kill_group, reaped, remaining_s
 from daemon.runs.secrets import SecretError, resolve_secrets
+from daemon.runs.stacks import dump_stacks
 from daemon.runs.supervise import (
     EXIT_FILE,
     RUN_FILE,
@@ -123,6 +125,9 @@ class Runner:
         self.reaper = reaper
         self._runs: dict[int, Watch] = {}
         self._trouble: dict[int, str] = {}
+        self.hang_factor = 20.0
+        self.hang_min_s = 1800.0
+        """`[runs] hang_factor` and `hang_min_s`: see `_hung`."""
 
     @property
     def running(self) -> set[int]:
@@ -389,8 +394,39 @@ class Runner:
                 if done:  # a pidfd stays readable: stop watching before the last poll
                     loop.remove_reader(w.pidfd)
                 await self._poll(w, final=done)
+                if not done and (why := self._hung(w, time.monotonic())) is not None:
+                    await self._stop_hung(w, why)
         finally:
             loop.remove_reader(w.pidfd)
+
+    def _hung(self, w: Watch, now: float) -> str | None:
+        """Why the run counts as hung: a training (not a server, not being stopped) whose step has
+        not advanced for max(hang_factor x its median step time, hang_min_s) since its first step,
+        short of its last step (the final save may take long); None otherwise."""
+        if w.serves or w.cancel is not None or w.last_step is None or w.last_step >= w.max_steps > 0:
+            return None
+        median = statistics.median(w.step_s) if w.step_s else 0.0
+        limit = max(self.hang_factor * median, self.hang_min_s)
+        idle = now - w.step_at
+        if idle <= limit:
+            return None
+        return (
+            f"hung: no step for {idle:.0f} s after step {w.last_step}/{w.max_steps} (the limit is "
+            f"{limit:.0f} s: max(hang_factor {self.hang_factor:g} x median step {median:.2f} s, "
+            f"hang_min_s {self.hang_min_s:g}))"
+        )
+
+    async def _stop_hung(self, w: Watch, why: str) -> None:
+        """Dump the stacks of the run's processes into its folder, then stop it as a cancel would."""
+        if w.session is not None:
+            try:
+                dumped = await asyncio.to_thread(dump_stacks, w.session, w.run_dir, why)
+                why += f"; stacks in {dumped}"
+            except OSError as e:
+                why += f"; its stacks could not be written: {e}"
+        log.warning("job %d attempt %d %s; stopping it", w.job_id, w.attempt, why)
+        w.hang = why
+        self.cancel(w.job_id, "hang")
 
     async def _supervisor_gone(self, w: Watch, error: str | None) -> str | None:
         """The supervisor has exited, or was found gone: reap it if it is our child, and if it left

@@ -31,6 +31,8 @@ from daemon.runs.swift.progress import MetricsSampler, StepMetrics, parse_metric
 __all__ = ["Watch", "collect", "observe", "probe_server", "read_json", "read_tail"]
 
 _TAIL_BYTES = 256 * 1024
+_STEP_TIMES = 50
+"""Recent step times kept for the median hang detection compares with."""
 _ARTIFACT_EVERY = 4
 """Polls between scans of the output directory (the metrics are read on every poll)."""
 _STDOUT_RECORD_RE = re.compile(rb"(?:^|\r)\{'[^\r\n]*", re.MULTILINE)
@@ -73,6 +75,13 @@ class Watch:
     """Swift, once its supervisor died before writing exit.json: `pidfd` is then swift's."""
     exit_info: dict[str, Any] | None = None
     """How the orphan ended, as the daemon wrote it to exit.json (or could not)."""
+    last_step: int | None = None
+    """The newest train step seen, when (time.monotonic()), and the seconds each step took."""
+    max_steps: int = 0
+    step_at: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+    hang: str | None = None
+    """Why the daemon stopped the run as hung."""
 
 
 def read_tail(path: Path, start: int, limit: int = _TAIL_BYTES) -> list[str]:
@@ -155,7 +164,9 @@ def _records(output_dir: Path, artifacts: list[Artifact]) -> tuple[ArtifactRecor
 def observe(w: Watch, final: bool) -> list[NewEvent]:
     """New metrics records, and the artifacts when they changed. Runs in a thread."""
     now = time.monotonic()
-    events = [_progress_event(w, m) for m in _new_metrics(w) if w.sampler.offer(m, now)]
+    records = _new_metrics(w)
+    _track_steps(w, records, now)
+    events = [_progress_event(w, m) for m in records if w.sampler.offer(m, now)]
     w.polls += 1
     if w.serves and not w.serving and not final:
         events += _serving(w)
@@ -167,6 +178,18 @@ def observe(w: Watch, final: bool) -> list[NewEvent]:
             event = ArtifactsFound(job_id=w.job_id, attempt=w.attempt, artifacts=list(found))
             events.append(NewEvent(event, run_key(w.job_id, w.attempt, f"artifacts:{digest}")))
     return events
+
+
+def _track_steps(w: Watch, records: list[StepMetrics], now: float) -> None:
+    """How fast the run's steps come, for hang detection: the time since its step last advanced,
+    spread over the steps it advanced by."""
+    for m in records:
+        if m.kind != "train" or (w.last_step is not None and m.step <= w.last_step):
+            continue
+        if w.last_step is not None:
+            w.step_s.append((now - w.step_at) / (m.step - w.last_step))
+            del w.step_s[:-_STEP_TIMES]
+        w.last_step, w.max_steps, w.step_at = m.step, m.max_steps, now
 
 
 def _serving(w: Watch) -> list[NewEvent]:
@@ -207,13 +230,14 @@ def collect(w: Watch, error: str | None) -> RunEnd:
     duration = ended - started if isinstance(started, float) and isinstance(ended, float) else None
     return RunEnd(
         info.get("returncode"),
-        info.get("stopped"),
+        "hang" if w.hang is not None else info.get("stopped"),
         info.get("error"),
         tail,
         artifacts,
         w.output_dir,
         duration,
         paused=(w.run_dir / PAUSE_FILE).exists(),
+        hang=w.hang,
     )
 
 

@@ -38,6 +38,7 @@ FailureKind = Literal[
     "timeout",
     "cancelled",
     "node_failure",
+    "hung",
     "unknown",
 ]
 
