@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run serve test test-slow test-extended vlm-env test-slurm slurm test-browser browser lint check bench mutation schemas clean
+.PHONY: setup run serve test test-slow test-extended vlm-env test-slurm slurm test-browser browser lint check bench mutation schemas gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ test-extended: setup browser vlm-env
 vlm-env: setup
 	test -d build/vlm-site || $(BIN)/python -m pip install --quiet --no-deps --target build/vlm-site \
 	  torchvision==0.28.0 qwen-vl-utils==0.0.14 av==18.1.0
+
+# On a box with an NVIDIA GPU (offline is fine; torch built for CUDA, see TORCH_SPEC): NVML discovery, a
+# tiny LoRA SFT on CUDA, a cancel that frees the GPU and two one-GPU jobs in turn, through real daemons,
+# then a short report. Without a GPU it says so and exits 0.
+gpu-check: setup
+	$(BIN)/python -m tests.gpu_check
 
 # The Slurm executor against a real Slurm the tests start on this machine (two nodes: slurmd -N n1/n2).
 test-slurm: setup slurm
