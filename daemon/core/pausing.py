@@ -13,11 +13,15 @@ runner all ask this of a run's recorded command.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["PAUSE_CALLBACK", "PAUSE_FILE", "PAUSE_FILE_ENV", "pausable"]
+__all__ = ["PAUSE_CALLBACK", "PAUSE_FILE", "PAUSE_FILE_ENV", "PAUSE_PLUGIN", "own_plugins", "pausable"]
 
 PAUSE_CALLBACK = "llmtraind_pause"
 """The callback's name in swift's `--callbacks`."""
+PAUSE_PLUGIN = Path(__file__).resolve().parents[1] / "runs" / "swift" / "plugin" / f"{PAUSE_CALLBACK}.py"
+"""The variant's file, which swift loads by `--external_plugins`; a checkpoint's args.json then
+names it, and the daemon's own code is not code a job brought (`own_plugins`)."""
 PAUSE_FILE = "pause"
 """In the run's folder: while it exists, the run saves a checkpoint at its next step and stops."""
 PAUSE_FILE_ENV = "LLMTRAIND_PAUSE_FILE"
@@ -27,3 +31,9 @@ PAUSE_FILE_ENV = "LLMTRAIND_PAUSE_FILE"
 def pausable(argv: Sequence[str]) -> bool:
     """Whether the run was started with the pause callback."""
     return PAUSE_CALLBACK in argv
+
+
+def own_plugins(value: object) -> bool:
+    """Whether an `external_plugins` value names only the daemon's own plugin."""
+    items = value if isinstance(value, list) else [value]
+    return bool(items) and all(item == str(PAUSE_PLUGIN) for item in items)

@@ -40,6 +40,7 @@ from daemon.core.jobs import (
 )
 from daemon.core.jobs.trust import MODEL_FOLDER_ARGS, code_refusal
 from daemon.core.layout import StateLayout
+from daemon.core.pausing import own_plugins
 from daemon.core.runnable import device_problems, hub_dataset_problems, needed_packages, reward_model_problem
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 from daemon.intake.hardware import missing_packages
@@ -318,7 +319,8 @@ def remote_code(folder: Path) -> str | None:
     args = _read_json(folder / "args.json")
     if isinstance(args, dict):
         for key in ("external_plugins", "custom_register_path"):
-            if args.get(key):
+            value = args.get(key)
+            if value and not (key == "external_plugins" and own_plugins(value)):
                 return f"loads Python code ({key} in its args.json)"
     return None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from daemon.core.events import GpuShared, JobFailed, JobStarted, JobsWaiting
 from daemon.core.jobs import DatasetRef, JobSpec, ModelRef
 from daemon.core.layout import StateLayout
-from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV
+from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV, PAUSE_PLUGIN
 from daemon.core.state import WAITING, Job, State
 from daemon.runs.outcome import RESUMABLE_TASKS
 from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
@@ -235,10 +235,6 @@ def _resume_from(job: Job) -> Path | None:
     if best is not None:
         return Path(best.path)
     return None if run.resume_from is None else Path(run.resume_from)
-
-
-PAUSE_PLUGIN = Path(__file__).parent / "swift" / "plugin" / f"{PAUSE_CALLBACK}.py"
-"""swift loads it by `--external_plugins` (daemon.core.pausing)."""
 
 
 def _with_value(argv: Sequence[str], flag: str, value: str) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 
 from daemon.core.config import LimitsConfig, SwiftConfig, load_config
 from daemon.core.jobs import CodePolicy, JobFileError, JobProblem, JobSpec, parse_job_file
+from daemon.core.pausing import PAUSE_PLUGIN
 from daemon.core.swift_args import bundled
 from daemon.intake.validate import check_file
 
@@ -170,6 +171,18 @@ def test_a_model_folder_that_asks_for_remote_code_is_refused(
     assert not ok
     assert f"model {str(folder)!r} " in problems and why in problems and SETTING in problems
     assert check_job(tmp_path, text, SwiftConfig(allow_code=True))[0]
+
+
+def test_a_checkpoint_that_names_only_the_daemons_pause_plugin_is_accepted(tmp_path: Path) -> None:
+    """Every training run loads the daemon's own pause plugin, so every checkpoint's args.json
+    names it: a LoRA to merge is no code the job brought. Beside another plugin, it still is."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "both").mkdir()
+    ours = model_folder(tmp_path / "ours", args={"external_plugins": [str(PAUSE_PLUGIN)]})
+    assert check_job(tmp_path, f"task_type: export\nadapters: {ours}\n")[0]
+    both = model_folder(tmp_path / "both", args={"external_plugins": [str(PAUSE_PLUGIN), "/tmp/p.py"]})
+    ok, problems = check_job(tmp_path, f"task_type: export\nadapters: {both}\n")
+    assert not ok and "external_plugins in its args.json" in problems
 
 
 def test_model_folders_named_under_swift_are_checked_as_well(tmp_path: Path) -> None:
