@@ -3,7 +3,8 @@
 The wrapper is what the daemon runs as its interpreter (`<wrapper> -m swift.cli.sft --model M ...`).
 When `--model` names a directory called `fake-model`, it plays swift: one logging.jsonl record and
 one stdout line per step, `--max_steps` steps of FAKE_STEP_S each (after step N, silence while
-`fake-model/hang_at_N` exists: a hang), a wait while `fake-model/hold`
+`fake-model/hang_at_N` exists: a hang; once the pause file the daemon names in LLMTRAIND_PAUSE_FILE
+exists, `checkpoint-N` and exit 0, as the pause callback does), a wait while `fake-model/hold`
 exists, then the text in `fake-model/stderr` on stderr (an error swift would print) and the exit
 status in `fake-model/exit_status` (0 if absent). It writes the GPU environment it was given to
 `<output_dir>/fake_env.json`. Any other model runs the real interpreter with the same
@@ -46,6 +47,13 @@ for step in range(start, steps + 1):
     time.sleep(step_s)
     while os.path.exists(os.path.join(model, f"hang_at_{{step}}")):
         time.sleep(0.05)
+    pause = os.environ.get("LLMTRAIND_PAUSE_FILE")
+    if pause and os.path.exists(pause):
+        saved = os.path.join(out, f"checkpoint-{{step}}")
+        os.makedirs(saved, exist_ok=True)
+        with open(os.path.join(saved, "trainer_state.json"), "w") as f:
+            json.dump({{"global_step": step}}, f)
+        sys.exit(0)
 while os.path.exists(os.path.join(model, "hold")):
     time.sleep(0.05)
 error = os.path.join(model, "stderr")

@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointPruned",
     "FailureRecord",
     "JobFailed",
+    "JobPreempted",
     "JobProgress",
     "JobStarted",
     "JobsWaiting",
@@ -429,6 +430,18 @@ class RunInterrupted(_Event):
     resume_from: str | None = None
 
 
+class JobPreempted(_Event):
+    """The scheduler pauses running job `job_id` (preemptible) so that job `by`, of higher priority
+    and placeable no other way, gets its GPUs; the paused job is queued again by itself, continuing
+    from the checkpoint the pause saves."""
+
+    type: Literal["JobPreempted"] = "JobPreempted"
+    job_id: int
+    attempt: int
+    by: int
+    reason: str
+
+
 class CheckpointPruned(_Event):
     """The retention rules (`keep_checkpoints`, `keep_best`) deleted a complete checkpoint; recorded
     before the deletion, which a restarted daemon finishes."""
@@ -519,6 +532,7 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     RunInterrupted,
     RunServing,
     GpuShared,
+    JobPreempted,
     CheckpointPruned,
     JobFailed,
     JobsWaiting,
@@ -550,6 +564,7 @@ Event = Annotated[
     | RunInterrupted
     | RunServing
     | GpuShared
+    | JobPreempted
     | CheckpointPruned
     | JobFailed
     | JobsWaiting

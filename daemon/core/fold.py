@@ -25,6 +25,7 @@ from daemon.core.events import (
     FileRejected,
     GpuShared,
     JobFailed,
+    JobPreempted,
     JobProgress,
     JobStarted,
     JobSubmitted,
@@ -223,6 +224,12 @@ def _pause_requested(state: State, _: Recorded, ev: PauseRequested) -> None:
         job.pause_requested = ev.source
 
 
+def _preempted(state: State, _: Recorded, ev: JobPreempted) -> None:
+    job, run = _run_of(state, ev.job_id, ev.attempt)
+    if job is not None and run is not None and job.state == "running" and job.pause_requested is None:
+        job.pause_requested, job.preempted_by = f"preemption by job {ev.by}", ev.by
+
+
 def _resume_requested(state: State, _: Recorded, ev: ResumeRequested) -> None:
     _end_drop(state, ev.drop)
     state.intake.controls += 1
@@ -254,7 +261,7 @@ def _job_started(state: State, rec: Recorded, ev: JobStarted) -> None:
         return
     job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id", "secrets"}), placed_ts=rec.ts))
     job.state, job.reason, job.attempts, job.resume_from = "running", "", ev.attempt, None
-    job.from_scratch, job.pause_requested = False, None
+    job.from_scratch, job.pause_requested, job.preempted_by = False, None, None
     if job.started_ts is None:
         job.started_ts = rec.ts
 
@@ -330,6 +337,13 @@ def _run_exited(state: State, rec: Recorded, ev: RunExited) -> None:
     run.exit, run.ended_ts = ev, rec.ts
     failure = ev.failure.reason if ev.failure is not None else ""
     asked, job.pause_requested = job.pause_requested, None
+    by, job.preempted_by = job.preempted_by, None
+    if ev.outcome == "paused" and by is not None:
+        job.state = "queued"
+        _refresh_inputs(state, job)
+        saved = ev.final_checkpoint.rsplit("/", 1)[-1] if ev.final_checkpoint else "its last checkpoint"
+        job.reason = job.reason or f"preempted by job {by}; resumes from {saved} when GPUs free up"
+        return
     if ev.outcome == "paused":
         step = run.progress.step if run.progress is not None else None
         at = f" at step {step}" if step is not None else ""
@@ -411,6 +425,7 @@ _FOLDS: dict[type, Callable[[State, Recorded, Any], None]] = {
     SlurmJobState: _slurm_state,
     ArtifactsFound: _artifacts,
     CheckpointPruned: _pruned,
+    JobPreempted: _preempted,
     RunExited: _run_exited,
     RunInterrupted: _run_interrupted,
     GpuShared: _gpu_shared,

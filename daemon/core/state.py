@@ -30,7 +30,7 @@ __all__ = [
     "state_to_json",
 ]
 
-STATE_SCHEMA = 6
+STATE_SCHEMA = 7
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -185,7 +185,9 @@ class Job:
     """Dataset name -> the sha256 it resolves to now (None: not dropped yet, or unusable)."""
     cancel_requested: bool = False
     pause_requested: str | None = None
-    """The control file that asked the running attempt to pause, until that attempt ends."""
+    """Who asked the running attempt to pause (a control file, or a preemption), until it ends."""
+    preempted_by: int | None = None
+    """The job whose preemption pauses the running attempt: it is queued again, not held paused."""
     attempts: int = 0
     auto_retries: int = 0
     """Attempts started by the `retries` rule since the job was last queued by a person."""

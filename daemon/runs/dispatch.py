@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from daemon.core.events import GpuShared, JobFailed, JobStarted, JobsWaiting
+from daemon.core.events import GpuShared, JobFailed, JobPreempted, JobStarted, JobsWaiting
 from daemon.core.jobs import DatasetRef, JobSpec, ModelRef
 from daemon.core.layout import StateLayout
-from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV, PAUSE_PLUGIN
+from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV, PAUSE_PLUGIN, pausable
 from daemon.core.state import WAITING, Job, State
 from daemon.runs.outcome import RESUMABLE_TASKS
 from daemon.runs.scheduler import Demand, GpuView, Lease, Phase, Placement, Plan, place
@@ -68,6 +68,8 @@ class Decisions:
     """Only the reasons that changed; None when none did."""
     launches: list[Launch]
     plan: Plan
+    preempted: list[JobPreempted] = field(default_factory=list)
+    """Preemptible runs to pause so that a higher-priority job gets their GPUs (or CPU slot)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,62 @@ def decide(state: State, box: Box, env: Environment) -> Decisions:
     changed = {
         str(job_id): reason for job_id, reason in waiting.items() if state.jobs[job_id].reason != reason
     }
-    return Decisions(failed, JobsWaiting(reasons=changed) if changed else None, launches, plan)
+    preempted = [] if box.disk_short is not None else _preemptions(state, wanted, plan, box, held, cpu_used)
+    return Decisions(failed, JobsWaiting(reasons=changed) if changed else None, launches, plan, preempted)
+
+
+def _pausable_now(job: Job) -> bool:
+    return job.pause_requested is None and job.run is not None and pausable(job.run.argv)
+
+
+def _preemptions(
+    state: State, wanted: Sequence[Demand], plan: Plan, box: Box, held: Mapping[str, Lease], cpu_used: int
+) -> list[JobPreempted]:
+    """For each waiting job, highest priority first, that only waits for GPUs (or a CPU slot): the
+    lowest-priority preemptible runs of lower priority whose resources, with the free ones, are enough.
+    A job some run is already being paused for waits for that pause."""
+    given = {u for p in plan.start for u in p.gpu_uuids}
+    free_gpus = sum(
+        1 for g in box.gpus if g.uuid not in held and g.uuid not in given and not g.foreign_processes
+    )
+    free_cpu = box.cpu_slots - cpu_used - sum(1 for p in plan.start if not p.gpu_uuids)
+    running = [j for j in state.jobs.values() if j.state == "running" and j.run is not None]
+    served = {j.preempted_by for j in running if j.preempted_by is not None}
+    candidates = sorted(
+        (j for j in running if j.spec.get("preemptible") is True and _pausable_now(j)),
+        key=lambda j: (j.priority, -(j.run.placed_ts if j.run is not None else 0.0)),
+    )
+    out: list[JobPreempted] = []
+    taken: set[int] = set()
+    for d in sorted(wanted, key=lambda d: (-d.priority, d.order)):
+        if d.id in served or d.id not in plan.waiting or d.blocked or d.gpu_ids:
+            continue
+        if any(state.jobs[a].state != "succeeded" for a in d.after):
+            continue
+        need, have = (d.gpus, free_gpus) if d.gpus > 0 else (1, free_cpu)
+        chosen: list[Job] = []
+        for victim in candidates:
+            if have >= need:
+                break
+            run = victim.run
+            if victim.id in taken or victim.priority >= d.priority or run is None:
+                continue
+            if bool(run.gpu_uuids) != (d.gpus > 0):
+                continue
+            chosen.append(victim)
+            have += len(run.gpu_uuids) or 1
+        if have < need or not chosen:
+            continue
+        for victim in chosen:
+            taken.add(victim.id)
+            assert victim.run is not None
+            what = f"{len(victim.run.gpu_uuids)} GPU(s)" if victim.run.gpu_uuids else "its CPU slot"
+            reason = (
+                f"job {d.name} (priority {d.priority}) needs {what} that job {victim.name} "
+                f"(priority {victim.priority}, preemptible) holds"
+            )
+            out.append(JobPreempted(job_id=victim.id, attempt=victim.run.attempt, by=d.id, reason=reason))
+    return out
 
 
 def _parent_output(state: State, ref: ModelRef | None, what: str) -> Path | None | str:

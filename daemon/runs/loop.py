@@ -25,7 +25,7 @@ from typing import Any
 from daemon.core.config import Config
 from daemon.core.deployment import serves
 from daemon.core.disk import disk_view
-from daemon.core.events import CancelRequested, NewEvent, PauseRequested, Recorded
+from daemon.core.events import CancelRequested, JobPreempted, NewEvent, PauseRequested, Recorded
 from daemon.core.gpus import GpuProbe, GpuStatus
 from daemon.core.layout import StateLayout
 from daemon.core.state import WAITING, State
@@ -177,7 +177,7 @@ class Scheduling:
                 job = state.jobs.get(ev.job_id)
                 if job is not None and job.state == "running":
                     self.runner.cancel(ev.job_id)
-            if isinstance(ev, PauseRequested):
+            if isinstance(ev, PauseRequested | JobPreempted):
                 job = state.jobs.get(ev.job_id)
                 if job is not None and job.state == "running":
                     self.runner.pause(ev.job_id)
@@ -326,6 +326,10 @@ class Scheduling:
         for launch in decided.launches:
             key = run_key(launch.job_id, launch.started.attempt, "placed")
             parts.append(Append(job_stream(launch.job_id), [NewEvent(launch.started, key)]))
+        for p in decided.preempted:
+            key = run_key(p.job_id, p.attempt, "preempted")
+            parts.append(Append(job_stream(p.job_id), [NewEvent(p, key)]))
+            log.info("job %d attempt %d is preempted: %s", p.job_id, p.attempt, p.reason)
         if not parts:
             return
         await self.store.append_batch(parts)

@@ -11,6 +11,7 @@ from daemon.core.events import (
     ArtifactRecord,
     CancelRequested,
     CheckpointPruned,
+    JobPreempted,
     JobProgress,
     PauseRequested,
     ResumeRequested,
@@ -176,4 +177,48 @@ TABLES.append(PRUNES)
 
 @pytest.mark.parametrize("row", rows(PRUNES))
 def test_checkpoint_pruned(row: Row) -> None:
+    check(row)
+
+
+PREEMPT = JobPreempted(job_id=1, attempt=1, by=2, reason="job urgent needs 1 GPU(s) that job train holds")
+PREEMPTED_EXIT = PAUSED_EXIT
+
+PREEMPTS = {
+    "a running preemptible job is asked to pause for the other job": Row(
+        world(_running(runs=[run()])),
+        PREEMPT,
+        world(_running(runs=[run()], pause_requested="preemption by job 2", preempted_by=2)),
+    ),
+    "a job already pausing is left as it is": Row(
+        world(_running(runs=[run()], pause_requested="p.yaml")),
+        PREEMPT,
+        world(_running(runs=[run()], pause_requested="p.yaml")),
+    ),
+    "another attempt changes nothing": Row(
+        world(_running(runs=[run()])),
+        PREEMPT.model_copy(update={"attempt": 2}),
+        world(_running(runs=[run()])),
+    ),
+    "the preempted run's pause queues it again to resume by itself": Row(
+        world(
+            _running(runs=[run(progress=STEP_20)], pause_requested="preemption by job 2", preempted_by=2),
+            **HERE,
+        ),
+        PREEMPTED_EXIT,
+        world(
+            _running(
+                runs=[run(progress=STEP_20, exit=PREEMPTED_EXIT, ended_ts=T)],
+                state="queued",
+                reason="preempted by job 2; resumes from checkpoint-20 when GPUs free up",
+            ),
+            **HERE,
+        ),
+    ),
+}
+
+TABLES.append(PREEMPTS)
+
+
+@pytest.mark.parametrize("row", rows(PREEMPTS))
+def test_job_preempted(row: Row) -> None:
     check(row)

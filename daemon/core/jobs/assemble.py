@@ -87,6 +87,7 @@ def _common_fields(
         "min_free_memory_mib": f.min_free_memory_mib,
         "timeout_s": f.timeout,
         "retries": f.retries or 0,
+        "preemptible": bool(f.preemptible),
         "keep_checkpoints": f.keep_checkpoints,
         "keep_best": _keep_best(f.keep_best),
         "nodes": f.nodes or 1,

@@ -69,6 +69,11 @@ class _CommonKeys(_FileKeys):
     retries: Annotated[int, Field(ge=0, le=100), BeforeValidator(_int_like)] | None = Field(
         None, description="Runs again after a failure, at most this often; default 0."
     )
+    preemptible: bool | None = Field(
+        None,
+        description="A higher-priority job that cannot be placed otherwise may pause this one (at a "
+        "checkpoint) and take its GPUs; it resumes by itself when GPUs free up. Default false.",
+    )
     keep_checkpoints: Annotated[int, Field(ge=0, le=10**6), BeforeValidator(_int_like)] | None = Field(
         None,
         description="Complete checkpoints the daemon keeps, newest first (the best and the last are "

@@ -76,6 +76,8 @@ class JobSpec(_Frozen):
     min_free_memory_mib: int | None = None
     timeout_s: int | None = None
     retries: int = 0
+    preemptible: bool = False
+    """A higher-priority job may pause it (at a checkpoint) for its GPUs; it then resumes by itself."""
     keep_checkpoints: int | None = None
     """Complete checkpoints kept, newest first; None: [runs] keep_checkpoints; 0: all."""
     keep_best: tuple[str, Literal["min", "max"]] | None = None
