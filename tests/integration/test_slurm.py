@@ -170,15 +170,15 @@ def test_a_two_node_job_trains_across_both_nodes_and_a_cancel_leaves_no_process(
 ) -> None:
     d = daemon
     d.drop("chat.jsonl", sft_rows())
-    gloo = {"ddp_backend": "gloo"}  # CPU nodes
     d.drop(
         "pair.yaml",
-        job_yaml(tiny_model, "lora", dataset="chat", nodes=2, max_steps=3, logging_steps=1, swift=gloo),
+        job_yaml(tiny_model, "lora", dataset="chat", nodes=2, max_steps=3, logging_steps=1),
     )
     body = finished(d, "pair", 240)
     assert body["state"] == "succeeded", (body["reason"], d.log()[-3000:])
     run = body["run"]
     assert run["slurm"]["nodes"] == "n[1-2]" and "--nnodes=2" in run["command"]
+    assert "--ddp_backend \\\n    gloo" in run["command"], "CPU nodes train together over gloo"
     assert body["progress"]["step"] == 3 and body["metrics"] is not None, "rank 0's metrics"
     log = Path(run["log"]).read_text(errors="replace")
     assert "rank: 1, local_rank: 0, world_size: 2" in log, "the second node's torchrun joined"
@@ -186,7 +186,7 @@ def test_a_two_node_job_trains_across_both_nodes_and_a_cancel_leaves_no_process(
     steps = [r.get("global_step/max_steps") for r in records if "loss" in r]
     assert steps == ["1/3", "2/3", "3/3"], ("one data-parallel training, logged by rank 0 only", records)
 
-    d.drop("long.yaml", job_yaml(tiny_model, "lora", dataset="chat", nodes=2, max_steps=500, swift=gloo))
+    d.drop("long.yaml", job_yaml(tiny_model, "lora", dataset="chat", nodes=2, max_steps=500))
     running = d.wait_for("training", lambda: (b := maybe_job(d, "long")).get("progress") and b, 200)
     output = running["run"]["output_dir"]
     assert processes_naming(output), "swift runs on the nodes"

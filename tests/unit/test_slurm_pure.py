@@ -169,6 +169,13 @@ def test_the_script_asks_for_one_task_per_node_and_names_the_attempt(tmp_path: P
     assert slurm_time(61) == "2" and slurm_time(None) is None
 
 
+def test_nodes_without_gpus_train_together_over_gloo(tmp_path: Path) -> None:
+    text = batch_script(started(tmp_path), ScriptOptions(name="n", nodes=2))
+    assert text.replace(" \\\n    ", " ").count("--ddp_backend gloo") == 1
+    gpus = batch_script(started(tmp_path), ScriptOptions(name="n", nodes=2, gpus_per_node=1))
+    assert "--ddp_backend" not in gpus, "swift's default (nccl) on GPUs"
+
+
 def test_one_node_without_gpus_runs_swift_itself(tmp_path: Path) -> None:
     text = batch_script(started(tmp_path), ScriptOptions(name="n"))
     assert "torch.distributed.run" not in text and "--gres" not in text

@@ -92,6 +92,10 @@ def _command(started: JobStarted, o: ScriptOptions) -> list[str]:
             "--master_port=$MASTER_PORT",
         ]
         argv = [argv[0], *launcher, *argv[1:]]
+        if not o.gpus_per_node and "--ddp_backend" not in argv:
+            # transformers sets up data parallelism on CPUs only with a backend named: without
+            # one every node trains alone (measured: each rank logged its own loss for every step)
+            argv += ["--ddp_backend", "gloo"]
     return [f'"{a}"' if a.endswith(("=$MASTER_ADDR", "=$MASTER_PORT")) else _word(a) for a in argv]
 
 
