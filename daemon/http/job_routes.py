@@ -112,6 +112,7 @@ async def job_artifacts(request: web.Request) -> web.Response:
             "final_checkpoint": found.final_checkpoint,
             "final_model": found.final_model,
             "artifacts": artifacts_view(found),
+            "pruned": [{"attempt": run.attempt, "path": path} for run in found.runs for path in run.pruned],
         }
     )
 

@@ -46,6 +46,10 @@ def test_only_the_kept_checkpoints_stay_on_disk(daemon: Daemon, tiny_model: Path
     assert gone == [str(output / f"checkpoint-{n}") for n in (1, 3, 4)]
     assert job(d, "keep")["final_checkpoint"] == str(output / "checkpoint-6")
     assert job(d, "merge")["state"] == "queued"
+    code, listed_artifacts = d.get("/v1/jobs/keep/artifacts")
+    assert code == 200 and sorted(p["path"] for p in listed_artifacts["pruned"]) == gone
+    kept = sorted(a["path"] for a in listed_artifacts["artifacts"] if a["kind"] in ("adapter", "checkpoint"))
+    assert kept == [str(output / f"checkpoint-{n}") for n in (2, 5, 6)], kept
 
     listed = d.cli("prune", "--dry-run", timeout=30)
     assert listed.returncode == 0 and listed.stdout.startswith("0 checkpoint(s)"), listed.stdout
