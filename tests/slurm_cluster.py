@@ -142,9 +142,15 @@ class SlurmCluster:
         return False
 
     def stop(self) -> None:
-        if self.conf.exists():
-            with contextlib.suppress(subprocess.SubprocessError, FileNotFoundError):
+        if self.conf.exists() and self.procs:
+            with contextlib.suppress(subprocess.SubprocessError, FileNotFoundError, TimeoutError):
                 subprocess.run(["scancel", "-u", "root"], env=os.environ | self.env, timeout=10)
+                # slurmd stopped under a running job leaves its slurmstepd behind
+                _wait(
+                    lambda: not self.run("squeue", "-h", "-t", "running,completing").strip(),
+                    15,
+                    "no job left",
+                )
         for proc in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
