@@ -20,10 +20,11 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny_model", "main"]
+__all__ = ["build_new_dir", "build_tiny_model", "import_untyped", "main", "script_main"]
 
 _PAD, _START, _EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 _SPECIAL = (_PAD, _START, _EOS)
@@ -48,9 +49,17 @@ _SEED = 0
 def build_tiny_model(dest: Path) -> Path:
     """Write the tiny model and tokenizer into the new directory `dest` and return `dest`.
 
-    The files are written into a temporary sibling and renamed into place, so `dest` either does
-    not exist or holds a complete model, even if the build is interrupted. Raises
-    FileExistsError if `dest` exists.
+    Complete or absent even if the build is interrupted; FileExistsError if `dest` exists (see
+    `build_new_dir`).
+    """
+    return build_new_dir(dest, _write_model)
+
+
+def build_new_dir(dest: Path, write: Callable[[Path], None]) -> Path:
+    """Have `write` fill a temporary sibling of `dest`, then rename it into place and return `dest`.
+
+    So `dest` either does not exist or holds a complete model, even if the build is interrupted.
+    Raises FileExistsError if `dest` exists.
     """
     dest = Path(dest).absolute()
     if dest.exists():
@@ -59,7 +68,7 @@ def build_tiny_model(dest: Path) -> Path:
     work = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
     work.mkdir()  # not mkdtemp: the model directory gets the usual umask permissions, not 0700
     try:
-        _write_model(work)
+        write(work)
         os.replace(work, dest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -67,15 +76,15 @@ def build_tiny_model(dest: Path) -> Path:
     return dest
 
 
-def _import(name: str) -> Any:
+def import_untyped(name: str) -> Any:
     """Import lazily, untyped: transformers' annotations reject what its 5.x runtime accepts
     (merges as tuples, unk_token None), and the daemon must start without these packages."""
     return importlib.import_module(name)
 
 
 def _write_model(out: Path) -> None:
-    torch = _import("torch")
-    transformers = _import("transformers")
+    torch = import_untyped("torch")
+    transformers = import_untyped("transformers")
     tokenizer = _tokenizer()
     tokenizer.save_pretrained(str(out))
     eos = tokenizer.convert_tokens_to_ids(_EOS)
@@ -105,7 +114,7 @@ def _write_model(out: Path) -> None:
 
 def _tokenizer() -> Any:
     """A byte-level BPE trained on `_CORPUS`: every byte is in its alphabet, so there is no <unk>."""
-    tokenizers = _import("tokenizers")
+    tokenizers = import_untyped("tokenizers")
     pre_tokenizers = tokenizers.pre_tokenizers
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -119,7 +128,7 @@ def _tokenizer() -> Any:
     bpe.train_from_iterator(_CORPUS, trainer=trainer)
     body = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in body["merges"]]
-    tokenizer = _import("transformers").Qwen2Tokenizer(
+    tokenizer = import_untyped("transformers").Qwen2Tokenizer(
         vocab=body["vocab"], merges=merges, unk_token=None, bos_token=None, eos_token=_EOS, pad_token=_PAD
     )
     tokenizer.add_special_tokens({"additional_special_tokens": [_START, _EOS]})
@@ -130,12 +139,17 @@ def _tokenizer() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """`python daemon/cli/tinymodel.py DEST`: build the model into DEST and print its path."""
+    return script_main(argv, "tinymodel.py", build_tiny_model)
+
+
+def script_main(argv: list[str] | None, script: str, build: Callable[[Path], Path]) -> int:
+    """The command line both builders share: `python SCRIPT DEST` builds into DEST and prints its path."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: tinymodel.py DEST", file=sys.stderr)
+        print(f"usage: {script} DEST", file=sys.stderr)
         return 2
     try:
-        print(build_tiny_model(Path(args[0])))
+        print(build(Path(args[0])))
     except FileExistsError as exc:
         print(exc, file=sys.stderr)
         return 1

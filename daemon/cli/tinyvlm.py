@@ -19,14 +19,15 @@ Training it needs `qwen-vl-utils` (and so torchvision) where swift runs: see the
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import secrets
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+try:
+    from daemon.cli.tinymodel import build_new_dir, import_untyped, script_main
+except ImportError:  # run as a script by swift's interpreter, where the daemon is not installed
+    from tinymodel import build_new_dir, import_untyped, script_main  # type: ignore[import-not-found,no-redef]
 
 __all__ = ["IMAGE_PAD_ID", "SPECIAL_IDS", "build_tiny_vlm", "main"]
 
@@ -80,31 +81,14 @@ _CORPUS = [
 ] * 20
 
 
-def _import(name: str) -> Any:
-    """Import lazily, untyped (see `tinymodel._import`)."""
-    return importlib.import_module(name)
-
-
 def build_tiny_vlm(dest: Path) -> Path:
     """Write the tiny VLM into the new directory `dest` (complete or absent, as `build_tiny_model`)."""
-    dest = Path(dest).absolute()
-    if dest.exists():
-        raise FileExistsError(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
-    work.mkdir()
-    try:
-        _write_model(work)
-        os.replace(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return dest
+    return build_new_dir(dest, _write_model)
 
 
 def _write_model(out: Path) -> None:
-    torch = _import("torch")
-    transformers = _import("transformers")
+    torch = import_untyped("torch")
+    transformers = import_untyped("transformers")
     tokenizer = _tokenizer()
     processor = transformers.Qwen2VLProcessor(
         image_processor=transformers.Qwen2VLImageProcessor(**_PIXELS),
@@ -156,8 +140,8 @@ def _write_model(out: Path) -> None:
 
 def _tokenizer() -> Any:
     """A byte-level BPE padded to Qwen2's vocabulary size, then Qwen2's special tokens at their ids."""
-    tokenizers = _import("tokenizers")
-    transformers = _import("transformers")
+    tokenizers = import_untyped("tokenizers")
+    transformers = import_untyped("transformers")
     pre_tokenizers = tokenizers.pre_tokenizers
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -190,16 +174,7 @@ def _tokenizer() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """`python daemon/cli/tinyvlm.py DEST`: build the tiny VLM into DEST and print its path."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: tinyvlm.py DEST", file=sys.stderr)
-        return 2
-    try:
-        print(build_tiny_vlm(Path(args[0])))
-    except FileExistsError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
+    return script_main(argv, "tinyvlm.py", build_tiny_vlm)
 
 
 if __name__ == "__main__":

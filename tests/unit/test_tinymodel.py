@@ -74,7 +74,7 @@ def test_the_model_is_the_reference_one(tiny: Path) -> None:
 @needs_training_stack
 def test_tokenizer_round_trips_offline(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tokenizer = tinymodel._import("transformers").AutoTokenizer.from_pretrained(str(tiny))
+    tokenizer = tinymodel.import_untyped("transformers").AutoTokenizer.from_pretrained(str(tiny))
     text = "What is 49 plus 97? wörld 你好"
     assert tokenizer.decode(tokenizer.encode(text)) == text
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
@@ -82,7 +82,7 @@ def test_tokenizer_round_trips_offline(tiny: Path, monkeypatch: pytest.MonkeyPat
 
 @needs_training_stack
 def test_build_leaves_the_callers_random_state(tmp_path: Path) -> None:
-    torch = tinymodel._import("torch")
+    torch = tinymodel.import_untyped("torch")
     before = torch.random.get_rng_state()
     build_tiny_model(tmp_path / "m")
     assert torch.equal(torch.random.get_rng_state(), before)
