@@ -19,7 +19,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -195,19 +195,7 @@ NotifyType = Literal[
     "daemon.started",
     "daemon.unhealthy",
 ]
-NOTIFY_TYPES: tuple[NotifyType, ...] = (
-    "job.queued",
-    "job.started",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-    "job.paused",
-    "job.serving",
-    "file.rejected",
-    "dataset.accepted",
-    "daemon.started",
-    "daemon.unhealthy",
-)
+NOTIFY_TYPES: tuple[NotifyType, ...] = get_args(NotifyType)
 
 
 class NotifyTarget(_Section):
