@@ -108,6 +108,7 @@ class _Worker:
         kind, place = where(target)
         self.status = TargetStatus(target.name, kind, place, target.on, target.projects, cursor=cursor)
         self.recorded = recorded
+        """The seq of the newest record written or queued."""
         self.pending: list[tuple[int, NewEvent]] = []
         self.flusher: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -206,6 +207,7 @@ class _Worker:
         else:
             new, key = rec.seq, f"notify:{self.target.name}:{rec.seq}"
         self.pending.append((new, NewEvent(event, key)))
+        self.recorded = new
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush(), name=f"notify {self.target.name} records")
         if len(self.pending) >= UNRECORDED_MAX:
@@ -220,7 +222,6 @@ class _Worker:
             except StoreError as e:
                 log.warning("notify %s: cannot record deliveries yet: %s", self.target.name, e)
                 await self._one_by_one(stream, batch)
-            self.recorded = batch[-1][0]
 
     async def _one_by_one(self, stream: str, batch: list[tuple[int, NewEvent]]) -> None:
         """A batch the log refused, one record at a time, each until it is taken: a record already

@@ -57,8 +57,8 @@ def test_each_matching_event_is_delivered_once_signed_and_no_secret_shows(
         view = d.wait_for("cursor", lambda: (v := _notify_view(d)) and v["hook"]["lag_events"] == 0 and v)
         assert view["hook"]["delivered"] == 4 and view["hook"]["kind"] == "webhook"
         assert view["hook"]["where"] == f"http://127.0.0.1:{r.port}"
-        recorded = [e["type"] for e in _records(d, "hook")]
-        assert recorded == ["NotifyCursor"] + ["NotifyDelivered"] * 4
+        recorded = d.wait_for("records", lambda: len(r := _records(d, "hook")) == 5 and r)
+        assert [e["type"] for e in recorded] == ["NotifyCursor"] + ["NotifyDelivered"] * 4
         with urllib.request.urlopen(d.url + "/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
         assert 'llmtraind_notify_delivered_total{target="hook"} 4.0' in metrics
@@ -89,7 +89,9 @@ def test_a_receiver_down_gets_it_once_back_and_one_that_never_answers_times_out(
         view = d.wait_for("give up", lambda: (v := _notify_view(d)) and v["hang"]["given_up"] == 1 and v)
         assert view["hang"]["last_error"] == "no answer within 0.5 s"
         assert view["later"]["delivered"] == 1 and view["later"]["last_error"].startswith("cannot connect")
-        (given_up,) = [e for e in _records(d, "hang") if e["type"] == "NotifyGivenUp"]
+        (given_up,) = d.wait_for(
+            "the record", lambda: [e for e in _records(d, "hang") if e["type"] == "NotifyGivenUp"]
+        )
         assert given_up["data"]["attempts"] == 2 and given_up["data"]["reason"] == "no answer within 0.5 s"
 
 
