@@ -54,7 +54,7 @@ from daemon.runs.supervise import (
 )
 from daemon.runs.watch import Watch, collect, observe, read_json
 
-__all__ = ["Adoptable", "Report", "Runner"]
+__all__ = ["Adoptable", "Report", "Runner", "adopted_watch"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,14 @@ class Adoptable:
     """A deploy run: the daemon watches for its server to answer."""
     gpu_uuids: tuple[str, ...] = ()
     """The GPUs its JobStarted gave it: held while the run is watched."""
+
+
+def adopted_watch(run: Adoptable) -> Watch:
+    """Following `run` again (locally or on Slurm) from where the earlier daemon's records end."""
+    w = Watch(run.job_id, run.attempt, run.run_dir, run.output_dir, run.log, run.log_offset)
+    if run.last_step is not None:
+        w.sampler.seen(run.last_step)
+    return w
 
 
 def _private_dirs(folder: Path) -> None:
@@ -150,13 +158,7 @@ class Runner:
 
     async def launch(self, started: JobStarted) -> None:
         """Start the attempt `started` decided; its end is reported through `on_end`."""
-        w = Watch(
-            started.job_id,
-            started.attempt,
-            Path(started.run_dir),
-            Path(started.output_dir),
-            Path(started.log),
-        )
+        w = Watch.of(started)
         w.serves = serves(started.argv)
         w.gpu_uuids = tuple(started.gpu_uuids)
         self._runs[w.job_id] = w
@@ -164,12 +166,10 @@ class Runner:
 
     async def adopt(self, run: Adoptable, boot_id: str) -> None:
         """Watch a run an earlier daemon started: its end may already be in exit.json."""
-        w = Watch(run.job_id, run.attempt, run.run_dir, run.output_dir, run.log, run.log_offset)
+        w = adopted_watch(run)
         w.session = run.session
         w.serves = run.serves
         w.gpu_uuids = run.gpu_uuids
-        if run.last_step is not None:
-            w.sampler.seen(run.last_step)
         self._runs[w.job_id] = w
         w.task = asyncio.create_task(self._adopt_and_watch(w, run, boot_id), name=f"run-{w.job_id}")
 

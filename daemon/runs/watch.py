@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.core.events import ArtifactRecord, ArtifactsFound, JobProgress, NewEvent, RunServing
+from daemon.core.events import ArtifactRecord, ArtifactsFound, JobProgress, JobStarted, NewEvent, RunServing
 from daemon.core.pausing import PAUSE_FILE
 from daemon.core.streams import run_key
 from daemon.runs.outcome import RunEnd
@@ -73,6 +73,18 @@ class Watch:
     """Its server has answered (RunServing is recorded)."""
     orphan: Orphan | None = None
     """Swift, once its supervisor died before writing exit.json: `pidfd` is then swift's."""
+
+    @classmethod
+    def of(cls, started: JobStarted) -> Watch:
+        """The attempt a launch starts, its files where the decision put them (local or on Slurm)."""
+        return cls(
+            started.job_id,
+            started.attempt,
+            Path(started.run_dir),
+            Path(started.output_dir),
+            Path(started.log),
+        )
+
     exit_info: dict[str, Any] | None = None
     """How the orphan ended, as the daemon wrote it to exit.json (or could not)."""
     last_step: int | None = None

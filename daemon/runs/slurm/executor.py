@@ -29,7 +29,7 @@ from daemon.core.state import State
 from daemon.core.streams import run_key
 from daemon.log.errors import StoreError
 from daemon.runs.outcome import RunEnd
-from daemon.runs.runner import Adoptable, Report
+from daemon.runs.runner import Adoptable, Report, adopted_watch
 from daemon.runs.secrets import SecretError, resolve_secrets
 from daemon.runs.slurm.script import (
     SCRIPT_FILE,
@@ -159,13 +159,7 @@ class SlurmExecutor:
         return started.model_copy(update={"command": script})
 
     async def launch(self, started: JobStarted) -> None:
-        w = Watch(
-            started.job_id,
-            started.attempt,
-            Path(started.run_dir),
-            Path(started.output_dir),
-            Path(started.log),
-        )
+        w = Watch.of(started)
         a = self._attempt(w, started)
         a.task = asyncio.create_task(self._go(a), name=f"slurm-{a.w.job_id}")
 
@@ -189,11 +183,7 @@ class SlurmExecutor:
                 inputs=current.inputs,
                 timeout_s=current.timeout_s,
             )
-        a = self._attempt(
-            Watch(run.job_id, run.attempt, run.run_dir, run.output_dir, run.log, run.log_offset), started
-        )
-        if run.last_step is not None:
-            a.w.sampler.seen(run.last_step)
+        a = self._attempt(adopted_watch(run), started)
         a.slurm_id = current.slurm_job_id if current is not None else None
         a.task = asyncio.create_task(self._go(a), name=f"slurm-{run.job_id}")
 
