@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.runs.stacks import session_pids
+
 CONFIG = """
 [paths]
 inbox = "inbox"
@@ -169,20 +171,8 @@ class Daemon:
 
 
 def session_members(sid: int) -> list[int]:
-    """Live processes in session `sid` (from /proc: a session outlives its leader). Zombies are
-    dead: they only wait for init to reap them, which it does in its own time."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rpartition(b")")[2].split()
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            members.append(int(entry))
-    return members
+    """Live processes in session `sid`: its zombies are dead already."""
+    return session_pids(sid, live=True)
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

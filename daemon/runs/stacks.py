@@ -16,8 +16,10 @@ __all__ = ["dump_stacks", "session_pids"]
 _PY_SPY_S = 20.0
 
 
-def session_pids(session: int) -> list[int]:
-    """The processes of session `session` (field 6 of /proc/<pid>/stat)."""
+def session_pids(session: int, *, live: bool = False) -> list[int]:
+    """The processes of session `session` (field 6 of /proc/<pid>/stat; a session outlives its
+    leader). `live`: not zombies, which are dead and only wait for their parent (or init) to reap
+    them in its own time."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -27,7 +29,7 @@ def session_pids(session: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rpartition(b")")[2].split()
-        if len(fields) > 3 and int(fields[3]) == session:
+        if len(fields) > 3 and int(fields[3]) == session and not (live and fields[0] == b"Z"):
             found.append(int(entry))
     return sorted(found)
 
