@@ -30,7 +30,9 @@ def event_types(d: Daemon) -> list[str]:
 def test_serve_records_its_life_and_stops_on_sigterm(daemon_factory: type[Daemon], tmp_path: Path) -> None:
     d = daemon_factory(tmp_path / "a").start()
     code, body = d.get("/healthz")
+    disk = body.pop("disk")
     assert (code, body) == (200, {"ok": True, "reason": ""})
+    assert disk["ok"] is True and disk["path"] == str(d.state) and disk["free_bytes"] > 0
     code, status = d.get("/v1/status")
     assert code == 200 and status["version"] == daemon.__version__ and status["last_seq"] == 1
     assert status["uptime_s"] >= 0 and status["healthy"] is True
