@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_proc import Daemon, _env
-from tests.fakeswift import fake_model, write_wrapper
-from tests.integration.test_runs import finished, job_yaml, sft_rows
+from tests.integration.test_log_identity import fake_swift_daemon, run_a_job
+from tests.integration.test_runs import sft_rows
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,14 +35,8 @@ def last_seq(d: Daemon) -> int:
 def test_a_backup_taken_while_the_daemon_appends_is_whole_and_restores(
     daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
-    wrapper = write_wrapper(tmp_path)
-    model = fake_model(tmp_path / "f")
-    d = daemon_factory(
-        tmp_path / "d", extra_config=f'[swift]\npython = "{wrapper}"\n[runs]\npoll_s = 0.2\n'
-    ).start()
-    d.drop("chat.jsonl", sft_rows())
-    d.drop("first.yaml", job_yaml(model, "sft", name="first", dataset="chat", max_steps=2))
-    assert finished(d, "first")["state"] == "succeeded"
+    d, model = fake_swift_daemon(daemon_factory, tmp_path)
+    run_a_job(d, model, "first")
 
     stop = threading.Event()
     dropped: list[int] = []

@@ -28,6 +28,16 @@ def refused(d: Daemon) -> str:
     return said
 
 
+def fake_swift_daemon(daemon_factory: type[Daemon], tmp_path: Path) -> tuple[Daemon, Path]:
+    """A started daemon whose swift is the fake one, and the fake model its jobs train."""
+    wrapper = write_wrapper(tmp_path)
+    model = fake_model(tmp_path / "f")
+    d = daemon_factory(
+        tmp_path / "d", extra_config=f'[swift]\npython = "{wrapper}"\n[runs]\npoll_s = 0.2\n'
+    ).start()
+    return d, model
+
+
 def run_a_job(d: Daemon, model: Path, name: str) -> dict[str, object]:
     d.drop("chat.jsonl", sft_rows())
     d.drop(f"{name}.yaml", job_yaml(model, "sft", name=name, dataset="chat", max_steps=2))
@@ -39,11 +49,7 @@ def run_a_job(d: Daemon, model: Path, name: str) -> dict[str, object]:
 def test_a_lost_log_beside_runs_refuses_to_start_until_new_log(
     daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
-    wrapper = write_wrapper(tmp_path)
-    model = fake_model(tmp_path / "f")
-    d = daemon_factory(
-        tmp_path / "d", extra_config=f'[swift]\npython = "{wrapper}"\n[runs]\npoll_s = 0.2\n'
-    ).start()
+    d, model = fake_swift_daemon(daemon_factory, tmp_path)
     old = run_a_job(d, model, "first")
     old_dir = Path(str(old["run"]["run_dir"]))  # type: ignore[index]
     assert old_dir.is_dir() and old_dir.parent.parent == d.state / "runs"
