@@ -285,9 +285,8 @@ class SlurmExecutor:
         event = SlurmSubmitted(
             job_id=w.job_id, attempt=w.attempt, slurm_job_id=found, name=a.name, log_offset=w.log_offset
         )
-        await self._record(
-            w, "its Slurm job id", [NewEvent(event, run_key(w.job_id, w.attempt, "slurm-submitted"))]
-        )
+        news = [NewEvent(event, run_key(w.job_id, w.attempt, "slurm-submitted"))]
+        await self._record(w, "its Slurm job id", lambda: self._report(w.job_id, news))
         if w.cancel is not None:
             await self._scancel(a)
         return None
@@ -414,18 +413,19 @@ class SlurmExecutor:
             nodes=job.nodes,
         )
         tag = f"slurm:{a.slurm_id}:{job.state}:{job.reason}:{job.nodes}"
-        await self._record(w, "its Slurm state", [NewEvent(event, run_key(w.job_id, w.attempt, tag))])
+        seen = [NewEvent(event, run_key(w.job_id, w.attempt, tag))]
+        await self._record(w, "its Slurm state", lambda: self._report(w.job_id, seen))
 
     async def _poll(self, w: Watch, *, final: bool) -> None:
         events = await asyncio.to_thread(observe, w, final)
         if events:
-            await self._record(w, "its progress", events)
+            await self._record(w, "its progress", lambda: self._report(w.job_id, events))
 
-    async def _record(self, w: Watch, what: str, events: list[NewEvent]) -> None:
-        """Again, until the log takes it: the records carry idempotency keys."""
+    async def _record(self, w: Watch, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """`write` again, until the log takes it: the records carry idempotency keys."""
         while True:
             try:
-                await self._report(w.job_id, events)
+                await write()
             except StoreError as e:
                 self._trouble[w.job_id] = f"cannot record {what} (attempt {w.attempt}): {e}"
                 await asyncio.sleep(_RETRY_S)
@@ -437,13 +437,7 @@ class SlurmExecutor:
         w = a.w
         end = await asyncio.to_thread(self._collect, a, error)
         try:
-            while True:
-                try:
-                    await self._on_end(w.job_id, w.attempt, end)
-                    break
-                except StoreError as e:
-                    self._trouble[w.job_id] = f"cannot record its end (attempt {w.attempt}): {e}"
-                    await asyncio.sleep(_RETRY_S)
+            await self._record(w, "its end", lambda: self._on_end(w.job_id, w.attempt, end))
         finally:
             self._trouble.pop(w.job_id, None)
             self._runs.pop(w.job_id, None)
