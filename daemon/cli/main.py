@@ -245,7 +245,8 @@ def _jobs(args: argparse.Namespace, api: Api) -> int:
         if args.json:
             print(json.dumps(jobs, indent=2))
             return 0
-        table = jobs_table(jobs, colour=_colour(), wide=args.wide)
+        # Into a pipe or a file, lines stay whole for grep and scripts; wrapping is for a terminal.
+        table = jobs_table(jobs, colour=_colour(), wide=args.wide or not sys.stdout.isatty())
         if table != shown:
             if args.watch and sys.stdout.isatty():
                 print("\x1b[H\x1b[J", end="")
@@ -380,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument(
         "--wide",
         action="store_true",
-        help="never wrap the detail column (default: wrap it at the terminal's width)",
+        help="never wrap the detail column (default: wrap it at a terminal's width; never into a pipe)",
     )
     jobs.set_defaults(fn=_client(_jobs))
     show = sub.add_parser(

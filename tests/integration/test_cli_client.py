@@ -37,6 +37,7 @@ def test_status_jobs_show_and_logs(daemon: Daemon, tmp_path: Path) -> None:
     table = d.cli("jobs").stdout.splitlines()
     assert table[0].split()[:3] == ["ID", "NAME", "STATE"]
     assert "quick" in table[1] and "succeeded" in table[1] and "100%" in table[1]
+    assert len(table) == 2, "into a pipe, a job is one whole line"
     assert json.loads(d.cli("jobs", "--json", "--state", "succeeded").stdout)[0]["name"] == "quick"
     assert json.loads(d.cli("jobs", "--json", "--state", "failed").stdout) == []
 

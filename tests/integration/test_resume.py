@@ -12,7 +12,7 @@ import pytest
 from tests.daemon_proc import Daemon
 from tests.integration.test_runs import RUNS, finished, job, job_yaml, maybe_job, sft_rows, wait_state
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.extended]
 
 MAX_STEPS = 20
 SAVE_STEPS = 2

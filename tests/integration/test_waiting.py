@@ -15,7 +15,7 @@ import pytest
 from tests.daemon_proc import Daemon
 from tests.seeds import SEED_RL_DATA
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.extended]
 
 RUNS = """
 [runs]
