@@ -306,14 +306,35 @@ def _slurm_state(state: State, rec: Recorded, ev: SlurmJobState) -> None:
 
 
 def _progress(state: State, rec: Recorded, ev: JobProgress) -> None:
-    _, run = _run_of(state, ev.job_id, ev.attempt)
-    if run is None:
+    job, run = _run_of(state, ev.job_id, ev.attempt)
+    if job is None or run is None:
         return
     run.metrics_count += 1
     if ev.kind == "eval":
         run.last_eval = ev
+        _keep_best(job.best_eval, ev)
     else:
         run.progress = ev
+
+
+_NOT_QUALITY = ("_runtime", "_samples_per_second", "_steps_per_second", "_epoch")
+"""Timings and counters swift logs beside each evaluation: no better or worse."""
+
+
+def _lower_is_better(metric: str) -> bool:
+    return "loss" in metric or "perplexity" in metric or metric.endswith("_ppl")
+
+
+def _keep_best(best: dict[str, tuple[float, int]], ev: JobProgress) -> None:
+    values = dict(ev.raw)
+    if ev.loss is not None:
+        values.setdefault("eval_loss", ev.loss)
+    for metric, value in values.items():
+        if not metric.startswith("eval_") or metric.endswith(_NOT_QUALITY) or value != value:
+            continue
+        old = best.get(metric)
+        if old is None or (value < old[0] if _lower_is_better(metric) else value > old[0]):
+            best[metric] = (value, ev.step)
 
 
 def _artifacts(state: State, rec: Recorded, ev: ArtifactsFound) -> None:

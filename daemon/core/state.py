@@ -30,7 +30,7 @@ __all__ = [
     "state_to_json",
 ]
 
-STATE_SCHEMA = 7
+STATE_SCHEMA = 8
 """Bump when State's shape changes: snapshots of another schema are ignored and the log is replayed."""
 
 
@@ -200,6 +200,9 @@ class Job:
     """The checkpoint the next attempt continues from, when a reboot interrupted the last one."""
     from_scratch: bool = False
     """A person asked that the next attempt start over rather than continue from a checkpoint."""
+    best_eval: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Each evaluation metric's best value over every attempt, and its step: the lowest of a loss,
+    the highest of the others."""
 
     @property
     def run(self) -> Run | None:

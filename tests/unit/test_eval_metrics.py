@@ -5,11 +5,13 @@ at intake with the install command rather than failing at its first evaluation).
 from __future__ import annotations
 
 from daemon.cli.client import eval_text
-from daemon.core.events import JobProgress
+from daemon.core.events import JobProgress, Recorded
+from daemon.core.fold import apply
 from daemon.core.jobs import JobSpec
 from daemon.core.runnable import needed_packages
 from daemon.core.state import State
 from daemon.http.metrics import Scrape, render
+from daemon.http.views import job_view
 from tests.fold_world import job, run
 
 EVAL = JobProgress(
@@ -47,3 +49,25 @@ def test_predict_with_generate_needs_swifts_text_metric_packages() -> None:
         ("nltk", "swift.predict_with_generate"),
         ("rouge", "swift.predict_with_generate"),
     ]
+
+
+def test_each_jobs_best_evaluation_is_kept_over_its_attempts() -> None:
+    """Lowest for a loss, highest for the others; timings never count. A later attempt's worse
+    value keeps the earlier best (the list on the status page shows this per finished job)."""
+    state = State(
+        jobs={1: job(state="running", attempts=2, runs=[run(attempt=2)], best_eval={"eval_loss": (1.3, 5)})}
+    )
+
+    def evaluated(step: int, loss: float, rouge: float, seq: int) -> None:
+        raw = {"eval_loss": loss, "eval_rouge-l": rouge, "eval_runtime": float(step)}
+        event = EVAL.model_copy(update={"attempt": 2, "step": step, "loss": loss, "raw": raw})
+        apply(state, Recorded(seq=seq, stream="job:1", version=seq, ts=0.0, event=event))
+
+    evaluated(10, 1.5, 30.0, 1)
+    evaluated(20, 1.2, 28.0, 2)
+    evaluated(30, 1.4, 35.0, 3)
+    assert state.jobs[1].best_eval == {"eval_loss": (1.2, 20), "eval_rouge-l": (35.0, 30)}
+    assert job_view(state, state.jobs[1])["best_eval"] == {
+        "eval_loss": {"value": 1.2, "step": 20},
+        "eval_rouge-l": {"value": 35.0, "step": 30},
+    }

@@ -136,7 +136,12 @@ PROGRESS = {
     "an evaluation is kept apart from the progress": Row(
         world(running(run(progress=progress("train", 10), metrics_count=4))),
         progress("eval", 10),
-        world(running(run(progress=progress("train", 10), last_eval=progress("eval", 10), metrics_count=5))),
+        world(
+            running(
+                run(progress=progress("train", 10), last_eval=progress("eval", 10), metrics_count=5),
+                best_eval={"eval_loss": (1.5, 10)},
+            )
+        ),
     ),
     "the summary is the last progress": Row(
         world(running(run(progress=progress("train", 100), last_eval=progress("eval", 50), metrics_count=7))),
