@@ -247,7 +247,9 @@ def job_view(state: State, job: Job, *, detail: bool = False) -> dict[str, Any]:
         "final_model": job.final_model,
         "serving": _serving_json(run) if job.state == "running" else None,
         "eval": _metrics_json(run.last_eval if run is not None else None),
-        "best_eval": {metric: {"value": value, "step": step} for metric, (value, step) in job.best_eval.items()},
+        "best_eval": {
+            metric: {"value": value, "step": step} for metric, (value, step) in job.best_eval.items()
+        },
     }
     if detail:
         body["filename"] = job.filename
