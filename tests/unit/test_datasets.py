@@ -19,8 +19,15 @@ from tests.seeds import SEED_RL_DATA
 BOM = b"\xef\xbb\xbf"
 
 
-def run(name: str, data: bytes, *, chunk: int = 1 << 20, **options: int) -> tuple[list[bytes], DatasetReport]:
-    validator = DatasetValidator(name, **options)
+def run(
+    name: str,
+    data: bytes,
+    *,
+    chunk: int = 1 << 20,
+    max_line_bytes: int = 16 * 1024 * 1024,
+    max_errors: int = 20,
+) -> tuple[list[bytes], DatasetReport]:
+    validator = DatasetValidator(name, max_line_bytes=max_line_bytes, max_errors=max_errors)
     out: list[bytes] = []
     for start in range(0, len(data), chunk):
         out += validator.feed(data[start : start + chunk])

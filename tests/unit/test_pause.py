@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from daemon.core.events import JobProgress
-from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV, pausable
+from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV, PAUSE_PLUGIN, pausable
 from daemon.intake.decide import _pause_refusal
-from daemon.runs.dispatch import PAUSE_PLUGIN, _pausable, _with_value
+from daemon.runs.dispatch import _pausable, _with_value
 from daemon.runs.outcome import RunEnd, exit_event
 from daemon.runs.swift.artifacts import Artifact
 from daemon.runs.swift.command import SwiftCommand
