@@ -259,7 +259,7 @@ def _job_started(state: State, rec: Recorded, ev: JobStarted) -> None:
     job = state.jobs.get(ev.job_id)
     if job is None:
         return
-    job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id", "secrets"}), placed_ts=rec.ts))
+    job.runs.append(Run(**ev.model_dump(exclude={"type", "job_id"}), placed_ts=rec.ts))
     job.state, job.reason, job.attempts, job.resume_from = "running", "", ev.attempt, None
     job.from_scratch, job.pause_requested, job.preempted_by = False, None, None
     if job.started_ts is None:

@@ -128,6 +128,9 @@ class Run:
     timeout_s: float | None
     ends_by: float | None
     placed_ts: float
+    secrets: dict[str, str] = field(default_factory=dict)
+    """The run's secrets by reference (`env:NAME`, `file:/path`), never a value: an attempt the
+    daemon submits again after a restart (Slurm) resolves them as its first start did."""
     pid: int | None = None
     start_ticks: int | None = None
     boot_id: str | None = None

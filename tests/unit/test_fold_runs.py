@@ -49,6 +49,19 @@ STARTED = {
         started(1),
         world(job(state="running", attempts=1, started_ts=T, inputs={"chat": "s1"}, runs=[run(placed_ts=T)])),
     ),
+    "the run keeps its secrets by reference, for a submission again after a restart": Row(
+        world(job(inputs={"chat": "s1"})),
+        started(1).model_copy(update={"secrets": {"SWANLAB_TOKEN": "env:TEAM_SWANLAB"}}),
+        world(
+            job(
+                state="running",
+                attempts=1,
+                started_ts=T,
+                inputs={"chat": "s1"},
+                runs=[run(placed_ts=T, secrets={"SWANLAB_TOKEN": "env:TEAM_SWANLAB"})],
+            )
+        ),
+    ),
     "a later attempt keeps when the job first started": Row(
         world(
             job(

@@ -182,6 +182,7 @@ class SlurmExecutor:
                 log=current.log,
                 inputs=current.inputs,
                 timeout_s=current.timeout_s,
+                secrets=current.secrets,
             )
         a = self._attempt(adopted_watch(run), started)
         a.slurm_id = current.slurm_job_id if current is not None else None
