@@ -54,7 +54,7 @@ from daemon.runs.supervise import (
 )
 from daemon.runs.watch import Watch, collect, observe, read_json
 
-__all__ = ["Adoptable", "Report", "Runner", "adopted_watch"]
+__all__ = ["Adoptable", "Report", "Runner", "adopted_watch", "record_until_taken"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,44 @@ class Adoptable:
     """A deploy run: the daemon watches for its server to answer."""
     gpu_uuids: tuple[str, ...] = ()
     """The GPUs its JobStarted gave it: held while the run is watched."""
+
+
+async def record_until_taken(
+    trouble: dict[int, str],
+    w: Watch,
+    what: str,
+    write: Callable[[], Awaitable[None]],
+    *,
+    first_s: float = _RETRY_FIRST_S,
+    max_s: float = _RETRY_MAX_S,
+) -> None:
+    """`write` again, with backoff, until the log takes it: the run goes on either way, and its
+    records carry idempotency keys, so an append that landed unseen lands only once. While it
+    waits, `trouble` says why (/healthz shows it). The local runner and the Slurm executor both."""
+    delay = first_s
+    try:
+        while True:
+            try:
+                await write()
+            except StoreError as e:
+                if w.job_id not in trouble:
+                    log.warning(
+                        "job %d attempt %d: cannot record %s, trying until it lands: %s",
+                        w.job_id,
+                        w.attempt,
+                        what,
+                        e,
+                    )
+                trouble[w.job_id] = f"cannot record {what} (attempt {w.attempt}): {e}"
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, max_s)
+                continue
+            if trouble.pop(w.job_id, None) is not None:
+                log.info("job %d attempt %d: %s recorded after all", w.job_id, w.attempt, what)
+            return
+    except asyncio.CancelledError:
+        trouble.pop(w.job_id, None)
+        raise
 
 
 def adopted_watch(run: Adoptable) -> Watch:
@@ -515,32 +553,7 @@ class Runner:
             await self._record(w, "its progress", lambda: self._report(w.job_id, events))
 
     async def _record(self, w: Watch, what: str, write: Callable[[], Awaitable[None]]) -> None:
-        """`write` again, with backoff, until the log takes it: the run goes on either way, and
-        its records carry idempotency keys, so an append that landed unseen lands only once."""
-        delay = _RETRY_FIRST_S
-        try:
-            while True:
-                try:
-                    await write()
-                except StoreError as e:
-                    if w.job_id not in self._trouble:
-                        log.warning(
-                            "job %d attempt %d: cannot record %s, trying until it lands: %s",
-                            w.job_id,
-                            w.attempt,
-                            what,
-                            e,
-                        )
-                    self._trouble[w.job_id] = f"cannot record {what} (attempt {w.attempt}): {e}"
-                    await asyncio.sleep(delay)
-                    delay = min(2 * delay, _RETRY_MAX_S)
-                    continue
-                if self._trouble.pop(w.job_id, None) is not None:
-                    log.info("job %d attempt %d: %s recorded after all", w.job_id, w.attempt, what)
-                return
-        except asyncio.CancelledError:
-            self._trouble.pop(w.job_id, None)
-            raise
+        await record_until_taken(self._trouble, w, what, write)
 
     def _observe(self, w: Watch, final: bool) -> list[NewEvent]:
         """New metrics records, and the artifacts when they changed. Runs in a thread."""

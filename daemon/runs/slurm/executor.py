@@ -27,9 +27,8 @@ from daemon.core.layout import StateLayout
 from daemon.core.pausing import PAUSE_FILE
 from daemon.core.state import State
 from daemon.core.streams import run_key
-from daemon.log.errors import StoreError
 from daemon.runs.outcome import RunEnd
-from daemon.runs.runner import Adoptable, Report, adopted_watch
+from daemon.runs.runner import Adoptable, Report, adopted_watch, record_until_taken
 from daemon.runs.secrets import SecretError, resolve_secrets
 from daemon.runs.slurm.script import (
     SCRIPT_FILE,
@@ -423,16 +422,7 @@ class SlurmExecutor:
             await self._record(w, "its progress", lambda: self._report(w.job_id, events))
 
     async def _record(self, w: Watch, what: str, write: Callable[[], Awaitable[None]]) -> None:
-        """`write` again, until the log takes it: the records carry idempotency keys."""
-        while True:
-            try:
-                await write()
-            except StoreError as e:
-                self._trouble[w.job_id] = f"cannot record {what} (attempt {w.attempt}): {e}"
-                await asyncio.sleep(_RETRY_S)
-                continue
-            self._trouble.pop(w.job_id, None)
-            return
+        await record_until_taken(self._trouble, w, what, write, first_s=_RETRY_S, max_s=_RETRY_S)
 
     async def _finish(self, a: _Attempt, error: str | None) -> None:
         w = a.w
