@@ -14,8 +14,8 @@ from tests.integration.test_runs import RUNS, finished, job, job_yaml, maybe_job
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.extended]
 
-MAX_STEPS = 20
-SAVE_STEPS = 2
+MAX_STEPS = 200
+SAVE_STEPS = 10
 
 
 @pytest.fixture
