@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -31,6 +30,15 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.core.config_file import (
+    ENV_PREFIX,
+    TEST_PREFIX,
+    ConfigError,
+    env_value,
+    read_config_file,
+    resolve_config_path,
+)
+
 __all__ = [
     "LIVE_KEYS",
     "NOTIFY_TYPES",
@@ -42,14 +50,6 @@ __all__ = [
     "merge_reload",
     "resolve_config_path",
 ]
-
-ENV_PREFIX = "LLMTRAIND_"
-TEST_PREFIX = "LLMTRAIND_TEST_"
-"""Reserved for test hooks (such as the intake's fault injection), never read as config."""
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file and the key."""
 
 
 class _Section(BaseModel):
@@ -336,25 +336,6 @@ class Config(_Section):
         return self.paths.state / "llmtraind.lock"
 
 
-def resolve_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
-    """--config, then $LLMTRAIND_CONFIG, then ./llmtraind.toml; None means the embedded defaults."""
-    env = os.environ if environ is None else environ
-    if explicit:
-        return Path(explicit)
-    if env.get(ENV_PREFIX + "CONFIG"):
-        return Path(env[ENV_PREFIX + "CONFIG"])
-    local = Path("llmtraind.toml")
-    return local if local.is_file() else None
-
-
-def _env_value(raw: str) -> Any:
-    """Environment values are TOML scalars or arrays when they parse as such, else plain strings."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     sections = {name for name in Config.model_fields if name != "source"}
     for key, raw in environ.items():
@@ -369,7 +350,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         section_data = data.setdefault(section, {})
         if not isinstance(section_data, dict):
             raise ConfigError(f"environment variable {key}: [{section}] is not a table")
-        section_data[rest[len(section) + 1 :]] = _env_value(raw)
+        section_data[rest[len(section) + 1 :]] = env_value(raw)
 
 
 def _describe(err: ValidationError, origin: str) -> str:
@@ -419,14 +400,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     base = Path.cwd()
     if path is not None:
         origin = str(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read: {e}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        data = read_config_file(path)
         base = path.resolve().parent
     _apply_env(data, env)
     try:
