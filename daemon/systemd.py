@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp.http_exceptions import HttpProcessingError
-
-from daemon.core.config import Config
+if TYPE_CHECKING:
+    from daemon.core.config import Config
 
 __all__ = [
     "GPU_GROUPS",
@@ -145,6 +145,11 @@ class _RefusedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        # imported here, so that `llmtraind unit` (which reads this module) loads no aiohttp
+        from aiohttp.http_exceptions import HttpProcessingError
+
         if isinstance(exc, HttpProcessingError):
             record.levelno, record.levelname = logging.INFO, "INFO"
             first = str(exc).strip().splitlines()
