@@ -44,6 +44,8 @@ class ModelRegistry:
     """An architecture (config.json) -> the model types swift matches it to, in swift's order."""
     names: Mapping[str, tuple[str, str | None]]
     """A known model's name (lower case, no organisation) -> its model_type and template."""
+    packages: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    """model_type -> the modules its loader imports before loading (absent: none known)."""
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelRegistry:
@@ -55,9 +57,18 @@ class ModelRegistry:
             names = {
                 str(k): (str(v[0]), None if v[1] is None else str(v[1])) for k, v in body["names"].items()
             }
+            packages = {
+                str(k): tuple(map(str, v["packages"])) for k, v in body["types"].items() if "packages" in v
+            }
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise RegistryError(f"not an ms-swift model registry: {exc!r}") from exc
-        return cls(version, MappingProxyType(templates), MappingProxyType(arches), MappingProxyType(names))
+        return cls(
+            version,
+            MappingProxyType(templates),
+            MappingProxyType(arches),
+            MappingProxyType(names),
+            MappingProxyType(packages),
+        )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ _REPORTERS: Mapping[str, tuple[str, str]] = {
     "swanlab": ("swanlab", "swanlab"),
     "tensorboard": ("tensorboard", "tensorboard"),
 }
+_MODEL_PACKAGES: Mapping[str, str] = {"qwen_vl_utils": "qwen-vl-utils"}
+"""A module a model type's loader imports -> its pip name, where the two differ."""
 _FLASH = frozenset({"flash_attn", "flash_attention_2", "flash_attention_3"})
 _BF16 = frozenset({"bfloat16", "bf16"})
 
@@ -92,10 +94,15 @@ def _backends(spec: JobSpec) -> list[str]:
     return backends
 
 
-def needed_packages(spec: JobSpec) -> list[Package]:
-    """Packages the job's options need, each once, in the order the options are checked."""
+def needed_packages(spec: JobSpec, model_packages: Sequence[str] = ()) -> list[Package]:
+    """Packages the job's options need, each once, in the order the options are checked.
+    `model_packages` are the modules the loader of the job's model_type imports (the registry's)."""
     args = spec.swift_args
     wanted = [_quant_package(spec)]
+    wanted += [
+        Package(m, _MODEL_PACKAGES.get(m, m), f"model_type {spec.model_type}", "model_type")
+        for m in model_packages
+    ]
     wanted += [
         Package("flash_attn", "flash-attn", f"attn_impl {v}", "swift.attn_impl")
         for v in _texts(args.get("attn_impl"))

@@ -3,6 +3,10 @@ model folder, so intake can settle them before a run instead of swift failing af
 
 The table is read through swift's own lookups (`get_matched_model_meta` for a model's name,
 `get_matched_model_types` for an architecture, `ModelMeta.candidate_templates`), never re-derived.
+`packages` names what a model type's loader imports before it loads anything: the Qwen-VL loaders
+check `qwen_vl_utils` (which imports torchvision) when they build the processor, and a run without
+them fails after start-up (`PackageNotFoundError: ... 'qwen_vl_utils'`, measured). `ModelMeta.requires`
+is not used for this: it also lists what only some inputs need (`decord`, for video).
 A table for ms-swift 4.6.0 is bundled (`daemon/core/data/swift_models-4.6.0.json`, written by
 `python daemon/intake/swift_models.py > ...`); for another version intake runs this file under the
 interpreter that has ms-swift.
@@ -21,6 +25,8 @@ from typing import Any
 
 __all__ = ["main", "registry_json"]
 
+_QWEN_VL_PACKAGES = ("qwen_vl_utils", "torchvision")
+
 
 def registry_json() -> str:
     """The registry of the ms-swift importable here (slow: importing swift takes seconds)."""
@@ -36,6 +42,8 @@ def registry_json() -> str:
             "architectures": [a for a in meta.architectures if a != "null"],
             "templates": list(meta.candidate_templates),
         }
+        if hasattr(meta.loader, "_check_qwen_vl_utils"):
+            types[model_type]["packages"] = list(_QWEN_VL_PACKAGES)
         for arch in types[model_type]["architectures"]:
             arches.setdefault(arch, list(meta_module.get_matched_model_types([arch])))
         for group in meta.model_groups:

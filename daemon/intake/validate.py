@@ -40,12 +40,13 @@ from daemon.core.jobs import (
 )
 from daemon.core.jobs.trust import MODEL_FOLDER_ARGS, code_refusal
 from daemon.core.layout import StateLayout
+from daemon.core.models import RegistryError
 from daemon.core.pausing import own_plugins
 from daemon.core.runnable import device_problems, hub_dataset_problems, needed_packages, reward_model_problem
 from daemon.core.swift_args import BUNDLED_VERSION, SwiftArgs, bundled, introspect_installed
 from daemon.intake.hardware import missing_packages
 from daemon.intake.media import BundleProblem, MediaStore, describe, open_bundle
-from daemon.intake.models import settle_models
+from daemon.intake.models import registry, settle_models
 
 __all__ = ["CHUNK", "Box", "Progress", "check_file", "local_swift_args", "remote_code"]
 
@@ -362,10 +363,20 @@ def _config_dtype(spec: JobSpec) -> str | None:
     return dtype if isinstance(dtype, str) else None
 
 
+def _model_packages(spec: JobSpec) -> tuple[str, ...]:
+    """What the loader of the job's (settled) model_type imports; nothing when the registry is unreadable."""
+    if spec.model_type is None:
+        return ()
+    try:
+        return registry().packages.get(spec.model_type, ())
+    except RegistryError:
+        return ()
+
+
 def _package_problems(spec: JobSpec, python: str) -> list[JobProblem]:
     shown = python or sys.executable
     problems = []
-    for package in missing_packages(needed_packages(spec), python):
+    for package in missing_packages(needed_packages(spec, _model_packages(spec)), python):
         problems.append(
             JobProblem(
                 field=package.key,

@@ -13,6 +13,7 @@ from daemon.core.jobs import JobSpec, parse_job_file
 from daemon.core.runnable import Package, device_problems, hub_dataset_problems, needed_packages
 from daemon.core.swift_args import bundled
 from daemon.intake.hardware import missing_packages, visible_gpus
+from daemon.intake.models import registry
 from daemon.intake.validate import Box, check_file
 from tests.seeds import SEED_LORA, SEED_PRETRAIN, SEED_RL, SEED_SFT, SEED_TRAINER_JSON
 
@@ -140,3 +141,26 @@ def test_ppo_needs_a_reward_model_with_a_score_head(tmp_path: Path, tiny_model: 
         "without a score head; ms-swift's ppo needs a reward model" in verdict.problems
     )
     assert "such as the output of an rlhf job with algorithm: rm" in verdict.problems
+
+
+def test_a_qwen_vl_model_type_needs_what_its_loader_imports(tmp_path: Path, tiny_model: Path) -> None:
+    table = registry()
+    assert table.packages["qwen2_vl"] == ("qwen_vl_utils", "torchvision")
+    assert "qwen2" not in table.packages
+    needed = needed_packages(spec(BASE + "model_type: qwen2_vl\n"), table.packages["qwen2_vl"])
+    assert [(p.module, p.pip, p.why, p.key) for p in needed] == [
+        ("qwen_vl_utils", "qwen-vl-utils", "model_type qwen2_vl", "model_type"),
+        ("torchvision", "torchvision", "model_type qwen2_vl", "model_type"),
+    ]
+    job = tmp_path / "vlm.yaml"
+    job.write_text(
+        f"task_type: lora\nmodel: {tiny_model}\nmodel_type: qwen2_vl\ntemplate: qwen2_vl\ndataset: d\n"
+    )
+    plain = SwiftConfig.model_validate({"python": "/usr/bin/python3"})  # an interpreter without either
+    verdict = check_file(job, LimitsConfig(), bundled(), swift=plain, box=Box({}, ()))
+    assert not verdict.ok
+    assert (
+        "- model_type: model_type qwen2_vl needs the Python package qwen-vl-utils, which /usr/bin/python3 "
+        "cannot import" in verdict.problems
+    )
+    assert "install it (/usr/bin/python3 -m pip install qwen-vl-utils)" in verdict.problems
