@@ -17,13 +17,17 @@ import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.core.config import Config, load_config, resolve_config_path
+from daemon.core.config_file import resolve_config_path
 from daemon.core.layout import StateLayout
 from daemon.log.errors import LogDamaged
-from daemon.log.identity import read_state_id
-from daemon.log.sqlite import check_log, open_readonly, read_log_id
+
+if TYPE_CHECKING:
+    from daemon.core.config import Config
+
+# daemon.log.sqlite and daemon.log.identity load the event catalogue, daemon.core.config pydantic:
+# imported where they are used, since every command builds this one's parser.
 
 __all__ = ["Backup", "BackupError", "add_parser", "backup"]
 
@@ -80,6 +84,8 @@ def _copy(source: Path, target: Path) -> None:
     """One backup step over every page: the source's read transaction spans the whole copy, so the
     copy is one moment of the log however much the daemon appends meanwhile. The copy is turned
     into a rollback-journal file so it is complete in itself, with no -wal beside it."""
+    from daemon.log.sqlite import open_readonly
+
     src = open_readonly(source)
     try:
         dst = sqlite3.connect(target, isolation_level=None)
@@ -95,6 +101,8 @@ def _copy(source: Path, target: Path) -> None:
 def _verify(target: Path) -> tuple[int, int, int | None, str | None]:
     """Events, snapshots, the last job id and the log id of the copy, after SQLite's integrity check
     and the log's own invariants (gap-free seq, stream versions 1..n)."""
+    from daemon.log.sqlite import check_log, read_log_id
+
     conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True, isolation_level=None)
     try:
         check_log(conn, full=True)
@@ -115,6 +123,8 @@ def backup(cfg: Config, dest: Path) -> Backup:
     Refuses an existing `dest` rather than mixing a new log with an older log-id, and removes what
     it created when the copy fails, so a folder named like a backup always holds a whole one.
     """
+    from daemon.log.identity import read_state_id
+
     source = cfg.db_path
     if not source.is_file():
         raise BackupError(f"there is no event log at {source}")
@@ -149,6 +159,8 @@ def backup(cfg: Config, dest: Path) -> Backup:
 
 def _command(args: argparse.Namespace) -> int:
     """What was written on stdout, or why not on stderr with status 1."""
+    from daemon.core.config import load_config
+
     cfg = load_config(resolve_config_path(args.config))
     try:
         made = backup(cfg, Path(args.dest).absolute())

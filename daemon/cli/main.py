@@ -3,48 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import json
-import os
 import sys
-import time
-import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon import __version__
 from daemon.cli.backup import add_parser as add_backup_parser
-from daemon.cli.client import (
-    Api,
-    ApiError,
-    ControlOutcome,
-    await_control,
-    control_lines,
-    gpus_table,
-    job_detail,
-    jobs_table,
-    status_lines,
-)
 from daemon.cli.notify import add_parser as add_notify_parser
 from daemon.cli.prune import add_parser as add_prune_parser
 from daemon.cli.unit import add_parser as add_unit_parser
-from daemon.core.config import Config, ConfigError, load_config, resolve_config_path
-from daemon.core.state import state_to_json
+from daemon.core.config_file import ConfigError, resolve_config_path
 from daemon.log.errors import LogDamaged
-from daemon.log.projector import load_state_at_path
-from daemon.systemd import setup_logging
+
+if TYPE_CHECKING:
+    from daemon.core.config import Config
 
 __all__ = ["main"]
 
+# Each command imports what it needs when it runs: building this parser and running a client
+# command must stay cheap (tests/unit/test_cli_imports.py holds them to it).
+
 
 def _config(args: argparse.Namespace) -> Config:
+    from daemon.core.config import load_config
+
     return load_config(resolve_config_path(args.config))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from daemon.app import serve
+    from daemon.systemd import setup_logging
 
     cfg = _config(args)
     setup_logging(cfg.daemon.log_level)
@@ -52,6 +44,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from daemon.core.state import state_to_json
+    from daemon.log.projector import load_state_at_path
+
     cfg = _config(args)
     state = load_state_at_path(cfg.db_path, args.at)
     print(json.dumps(json.loads(state_to_json(state)), indent=2, sort_keys=True))
@@ -103,11 +98,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_control(args: argparse.Namespace) -> int:
     """Drop the request, then wait for the daemon's verdict: 0 when it is accepted, 1 when it is
     refused (or cannot be dropped), 3 when no answer comes within `--wait` seconds."""
+    import dataclasses
+
+    from daemon.cli.client import Api, ApiError, ControlOutcome, await_control, control_lines
+    from daemon.cli.endpoint import base_url, from_config
     from daemon.core.layout import InboxLayout
     from daemon.intake.submit import SubmitError, control_file, deliver
 
     cfg = _config(args)
-    api = Api(_base_url(args, cfg), cfg.api.token, timeout_s=max(1.0, min(10.0, args.wait)))
+    api = Api(base_url(args.url, from_config(cfg)), cfg.api.token, timeout_s=max(1.0, min(10.0, args.wait)))
     after: int | None = None
     unreachable = ""
     if args.wait > 0:
@@ -155,6 +154,7 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from daemon.cli.demo import DemoError, run_demo
+    from daemon.core.config import load_config
 
     path = resolve_config_path(args.config)
     try:
@@ -173,136 +173,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _base_url(args: argparse.Namespace, cfg: Config) -> str:
-    if args.url:
-        return str(args.url).rstrip("/")
-    endpoint = cfg.paths.state / "daemon.json"
-    try:
-        return str(json.loads(endpoint.read_text())["url"]).rstrip("/")
-    except (OSError, ValueError, KeyError):
-        return f"http://{cfg.api.host}:{cfg.api.port}"
+def _read(args: argparse.Namespace) -> int:
+    from daemon.cli.reads import run
 
-
-def _api(args: argparse.Namespace) -> Api:
-    cfg = _config(args)
-    return Api(_base_url(args, cfg), cfg.api.token)
-
-
-def _client(fn: Callable[[argparse.Namespace, Api], int]) -> Callable[[argparse.Namespace], int]:
-    """A client command: API errors become one line on stderr and exit status 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args, _api(args))
-        except ApiError as e:
-            print(f"llmtraind: {e}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-
-    return run
-
-
-def _colour() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
-
-def _status(args: argparse.Namespace, api: Api) -> int:
-    body = api.get("/v1/status")
-    print(json.dumps(body, indent=2) if args.json else "\n".join(status_lines(body)))
-    return 0
-
-
-def _gpus(args: argparse.Namespace, api: Api) -> int:
-    body = api.get("/v1/gpus")
-    print(json.dumps(body, indent=2) if args.json else gpus_table(body))
-    return 0
-
-
-def _jobs_path(args: argparse.Namespace, after: int = 0) -> str:
-    asked = (("state", args.state), ("project", args.project), ("after", after))
-    query = urllib.parse.urlencode({k: v for k, v in asked if v})
-    return "/v1/jobs" + (f"?{query}" if query else "")
-
-
-def _all_jobs(args: argparse.Namespace, api: Api) -> list[Any]:
-    """Every page of /v1/jobs (a page holds at most 1,000 jobs)."""
-    jobs: list[Any] = []
-    after: int | None = 0
-    while after is not None:
-        page = api.get(_jobs_path(args, after))
-        jobs += page["jobs"]
-        after = page.get("next_after")
-    return jobs
-
-
-def _jobs(args: argparse.Namespace, api: Api) -> int:
-    """`--watch` redraws the table every second on a terminal (a live progress bar per running
-    job) and prints it again on a change elsewhere, until Ctrl-C."""
-    shown = ""
-    while True:
-        jobs = _all_jobs(args, api)
-        if args.json:
-            print(json.dumps(jobs, indent=2))
-            return 0
-        # Into a pipe or a file, lines stay whole for grep and scripts; wrapping is for a terminal.
-        table = jobs_table(jobs, colour=_colour(), wide=args.wide or not sys.stdout.isatty())
-        if table != shown:
-            if args.watch and sys.stdout.isatty():
-                print("\x1b[H\x1b[J", end="")
-            print(table, flush=True)
-            shown = table
-        if not args.watch:
-            return 0
-        time.sleep(1.0)
-
-
-def _show(args: argparse.Namespace, api: Api) -> int:
-    job = api.get(f"/v1/jobs/{urllib.parse.quote(args.job, safe='')}")
-    print(json.dumps(job, indent=2) if args.json else job_detail(job))
-    return 0
-
-
-def _logs(args: argparse.Namespace, api: Api) -> int:
-    """The job's whole log; with -f, then every new line until the job ends (the daemon ends the
-    stream after a finished job's last line), resuming by byte offset if the connection drops."""
-    ref = urllib.parse.quote(args.job, safe="")
-    if args.follow:
-        for event in api.stream(f"/v1/jobs/{ref}/logs/stream?after=0"):
-            if event.event == "message":  # the daemon's data lines are the line's CR-separated parts
-                print(event.data.replace("\n", "\r"), flush=True)
-        return 0
-    offset = 0
-    while True:
-        page = api.get(f"/v1/jobs/{ref}/logs?offset={offset}&limit=1048576")
-        sys.stdout.write(page["text"])
-        if page["next_offset"] == offset or page["next_offset"] >= page["size"]:
-            sys.stdout.flush()
-            return 0
-        offset = page["next_offset"]
-
-
-def _print_event(e: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(e), flush=True)
-        return
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
-    print(f"{e['seq']:>8} {stamp} {e['stream']:<24} {e['type']:<20} {json.dumps(e['data'])}", flush=True)
-
-
-def _events(args: argparse.Namespace, api: Api) -> int:
-    after = args.after
-    while True:
-        page = api.get(f"/v1/events?after={after}&limit=1000")
-        for e in page["events"]:
-            _print_event(e, args.json)
-        if not page["events"]:
-            break
-        after = page["next_after"]
-    if args.follow:
-        for event in api.stream("/v1/events/stream", after=str(after)):
-            _print_event(json.loads(event.data), args.json)
-    return 0
+    return run(args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -370,10 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     schemas.set_defaults(fn=_cmd_schemas)
     add_backup_parser(sub, common)
     add_prune_parser(sub, common)
-    sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_client(_status))
+    sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_read)
     sub.add_parser(
         "gpus", parents=[client], help="each GPU: memory, use, its job, foreign processes"
-    ).set_defaults(fn=_client(_gpus))
+    ).set_defaults(fn=_read)
     jobs = sub.add_parser("jobs", parents=[client], help="a table of jobs with progress bars")
     jobs.add_argument("--state", help="only jobs in this state")
     jobs.add_argument("--project", help="only this project's jobs")
@@ -383,20 +257,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never wrap the detail column (default: wrap it at a terminal's width; never into a pipe)",
     )
-    jobs.set_defaults(fn=_client(_jobs))
+    jobs.set_defaults(fn=_read)
     show = sub.add_parser(
         "show", parents=[client], help="one job: command, progress, metrics, exit, artifacts"
     )
     show.add_argument("job", metavar="JOB", help="the job's id or name")
-    show.set_defaults(fn=_client(_show))
+    show.set_defaults(fn=_read)
     logs = sub.add_parser("logs", parents=[client], help="print (or follow) a job's log")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     logs.add_argument("job", metavar="JOB", help="the job's id or name")
-    logs.set_defaults(fn=_client(_logs))
+    logs.set_defaults(fn=_read)
     ev = sub.add_parser("events", parents=[client], help="print (or follow) the event log")
     ev.add_argument("-f", "--follow", action="store_true")
     ev.add_argument("--after", type=int, default=0, metavar="SEQ")
-    ev.set_defaults(fn=_client(_events))
+    ev.set_defaults(fn=_read)
     demo = sub.add_parser(
         "demo",
         parents=[common],

@@ -8,20 +8,23 @@ see it arrive or read why it did not. Nothing is recorded in the event log.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.core.config import NotifyTarget, load_config, resolve_config_path
-from daemon.core.notify import payload_json, redact, trial_notification, webhook_id
-from daemon.notify.senders import DeliveryFailed, make_sender, where
+from daemon.core.config_file import resolve_config_path
+
+if TYPE_CHECKING:
+    from daemon.core.config import NotifyTarget
 
 __all__ = ["add_parser"]
 
 
 async def _send(target: NotifyTarget) -> str | None:
+    from daemon.core.notify import payload_json, redact, trial_notification, webhook_id
+    from daemon.notify.senders import DeliveryFailed, make_sender
+
     sender = make_sender(target)
     n = trial_notification(target.name, time.time())
     try:
@@ -35,6 +38,12 @@ async def _send(target: NotifyTarget) -> str | None:
 
 
 def _test(args: argparse.Namespace) -> int:
+    # imported when it runs: every command builds this one's parser
+    import asyncio
+
+    from daemon.core.config import load_config
+    from daemon.notify.senders import where
+
     cfg = load_config(resolve_config_path(args.config))
     target = next((t for t in cfg.notify if t.name == args.name), None)
     if target is None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from daemon.core.config import load_config, resolve_config_path
-from daemon.log.projector import load_state_at_path
-from daemon.runs.pruner import best_steps
-from daemon.runs.retention import describe, dumps, plan
+from daemon.core.config_file import resolve_config_path
 
 __all__ = ["add_parser"]
 
 
 def _command(args: argparse.Namespace) -> int:
+    # imported when it runs: every command builds this one's parser
+    from daemon.core.config import load_config
+    from daemon.log.projector import load_state_at_path
+    from daemon.runs.pruner import best_steps
+    from daemon.runs.retention import describe, dumps, plan
+
     cfg = load_config(resolve_config_path(args.config))
     state = load_state_at_path(cfg.db_path, None)
     default = cfg.runs.keep_checkpoints

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.core.config import load_config, resolve_config_path
+from daemon.core.config_file import resolve_config_path
 from daemon.systemd import (
     SERVICE_USER,
     gpu_groups,
@@ -26,6 +26,8 @@ __all__ = ["add_parser"]
 
 
 def _command(args: argparse.Namespace) -> int:
+    from daemon.core.config import load_config  # imported when it runs: every command builds this parser
+
     path = resolve_config_path(args.config)
     if path is None:
         print(
