@@ -262,7 +262,7 @@ def await_control(
                 page = api.get(f"/v1/events?after={after}&limit=1000", timeout_s=remaining)
                 for event in page["events"]:
                     verdict = verdict or control_verdict(filename, event)
-                after = page["next_after"]
+                    after = event["seq"]
                 full_page = len(page["events"]) == 1000
             if verdict is not None and verdict.status == "pending" and verdict.job is not None:
                 job = api.get(f"/v1/jobs/{verdict.job['id']}", timeout_s=remaining)
