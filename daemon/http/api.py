@@ -35,7 +35,8 @@ from daemon.http.job_routes import (
 from daemon.http.metrics import CONTENT_TYPE, Scrape, render
 from daemon.http.middleware import error, errors_and_auth, int_param
 from daemon.http.notify_route import notify_targets
-from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION, openapi_spec
+from daemon.http.openapi import MAX_PAGE, MAX_POSITION, openapi_spec
+from daemon.http.paging import PAGES, Page, SeqCache, encode_chunked, page_body, page_limit, page_response
 from daemon.http.readside import READ_SIDE, SSE_HUB, GpuReading, ReadSide
 from daemon.http.sse import SseHub, StreamRefused
 from daemon.http.state_answer import StateAnswer, send_pieces, state_pieces
@@ -129,9 +130,13 @@ async def status(request: web.Request) -> web.Response:
 
 async def datasets(request: web.Request) -> web.Response:
     after = request.query.get("after", "")
-    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
-    found, next_after = datasets_page(request.app[READ_SIDE].state(), after=after, limit=limit)
-    return web.json_response({"datasets": found, "next_after": next_after})
+    limit = page_limit(request)
+
+    async def build(state: State) -> Page:
+        found, next_after = datasets_page(state, after=after, limit=limit)
+        return page_body("", "datasets", await encode_chunked(found, _same), next_after)
+
+    return page_response(request, await request.app[PAGES].get(("datasets", after, limit), build))
 
 
 async def dataset(request: web.Request) -> web.Response:
@@ -143,31 +148,45 @@ async def dataset(request: web.Request) -> web.Response:
 
 async def projects(request: web.Request) -> web.Response:
     after = request.query.get("after", "")
-    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
-    found, next_after = projects_page(request.app[READ_SIDE].state(), after=after, limit=limit)
-    return web.json_response({"projects": found, "next_after": next_after})
+    limit = page_limit(request)
+
+    async def build(state: State) -> Page:
+        found, next_after = projects_page(state, after=after, limit=limit)
+        return page_body("", "projects", await encode_chunked(found, _same), next_after)
+
+    return page_response(request, await request.app[PAGES].get(("projects", after, limit), build))
 
 
 async def project(request: web.Request) -> web.Response:
-    state = request.app[READ_SIDE].state()
     name = request.match_info["name"]
     after = int_param(request, "after", 0, 0, MAX_POSITION)
-    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
-    if not any(j.project == name for j in state.jobs.values()):
-        raise web.HTTPNotFound()
-    ids, next_after = job_ids_page(state, project=name, after=after, limit=limit)
-    found = await jobs_json(state, ids)
-    text = f'{{"name": {json.dumps(name)}, "jobs": {found}, "next_after": {json.dumps(next_after)}}}'
-    return web.json_response(text=text)
+    limit = page_limit(request)
+
+    async def build(state: State) -> Page | None:
+        if not any(j.project == name for j in state.jobs.values()):
+            return None
+        ids, next_after = job_ids_page(state, project=name, after=after, limit=limit)
+        return page_body(f'"name": {json.dumps(name)}', "jobs", await jobs_json(state, ids), next_after)
+
+    return page_response(request, await request.app[PAGES].get(("project", name, after, limit), build))
+
+
+def _same(entry: dict[str, Any]) -> dict[str, Any]:
+    return entry
 
 
 async def events(request: web.Request) -> web.Response:
+    """A page of the log. `next_after` is where to poll from next however full the page (the
+    log's end when it is empty); `next` is null once the page reaches the log's end."""
     side = request.app[READ_SIDE]
     after = int_param(request, "after", 0, 0, MAX_POSITION)
     limit = int_param(request, "limit", 100, 1, MAX_PAGE)
     page = await side.store.read(after, limit)
     next_after = page[-1].seq if page else after
-    return web.json_response({"events": [recorded_json(r) for r in page], "next_after": next_after})
+    found = await encode_chunked(page, recorded_json)
+    more = len(page) == limit and next_after < side.store.last_seq
+    body = f'{{"events": {found}, "next": {next_after if more else "null"}, "next_after": {next_after}}}'
+    return page_response(request, Page(body.encode(), next_after if more else None))
 
 
 async def state_at(request: web.Request) -> web.StreamResponse:
@@ -237,6 +256,7 @@ def make_app(side: ReadSide) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], handler_args={"max_field_size": MAX_HEADER_FIELD})
     app[READ_SIDE] = side
     app[STATUS_CACHE] = _StatusCache()
+    app[PAGES] = SeqCache(side.state)
     answer = app[STATE_ANSWER] = StateAnswer(side.state)
     side.store.add_listener(answer.recorded)
     hub = app[SSE_HUB] = SseHub(side.store, side.state, side.db_path.parent, side.sse)

@@ -11,8 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from daemon.core.layout import StateLayout
+from daemon.core.state import State
 from daemon.http.middleware import int_param
-from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION, MAX_SAMPLE_ROWS, SAMPLE_BYTES
+from daemon.http.openapi import MAX_POSITION, MAX_SAMPLE_ROWS, SAMPLE_BYTES
+from daemon.http.paging import PAGES, Page, page_body, page_limit, page_response
 from daemon.http.readside import READ_SIDE
 from daemon.http.views import dataset_jobs_page
 
@@ -64,11 +66,12 @@ async def dataset_rows(request: web.Request) -> web.Response:
 
 
 async def dataset_jobs(request: web.Request) -> web.Response:
-    state = request.app[READ_SIDE].state()
+    name = request.match_info["name"]
     after = int_param(request, "after", 0, 0, MAX_POSITION)
-    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
-    page = dataset_jobs_page(state, request.match_info["name"], after=after, limit=limit)
-    if page is None:
-        raise web.HTTPNotFound()
-    found, next_after = page
-    return web.json_response({"jobs": found, "next_after": next_after})
+    limit = page_limit(request)
+
+    async def build(state: State) -> Page | None:
+        found = dataset_jobs_page(state, name, after=after, limit=limit)
+        return None if found is None else page_body("", "jobs", json.dumps(found[0]), found[1])
+
+    return page_response(request, await request.app[PAGES].get(("dataset_jobs", name, after, limit), build))

@@ -4,7 +4,6 @@ pages or as an SSE stream."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from daemon.core.state import Job, State
 from daemon.core.streams import job_stream
 from daemon.http.logtail import job_log_path
 from daemon.http.middleware import error, int_param
-from daemon.http.openapi import LIST_PAGE, MAX_PAGE, MAX_POSITION
+from daemon.http.openapi import MAX_POSITION
+from daemon.http.paging import PAGES, Page, encode_chunked, page_body, page_limit, page_response
 from daemon.http.readside import READ_SIDE, SSE_HUB
 from daemon.http.sse import StreamRefused
 from daemon.http.views import JOB_STATES, artifacts_view, job_ids_page, job_view, recorded_json
@@ -33,21 +33,9 @@ __all__ = [
 ]
 
 
-CHUNK = 100
-"""Jobs built and encoded between two turns of the event loop (about 2 ms of work)."""
-
-
 async def jobs_json(state: State, ids: list[int]) -> str:
-    """The jobs `ids` as a JSON array, built a chunk at a time with the loop let through between
-    chunks: a page of 1,000 jobs is some 30 ms of work, which /healthz would otherwise wait behind,
-    once per page asked for at the same time. (A thread would not help: the encoder and the views
-    hold the GIL.) A job that changes meanwhile shows as it was when its chunk was built."""
-    parts: list[str] = []
-    for start in range(0, len(ids), CHUNK):
-        if start:
-            await asyncio.sleep(0)
-        parts.append(json.dumps([job_view(state, state.jobs[i]) for i in ids[start : start + CHUNK]])[1:-1])
-    return "[" + ", ".join(parts) + "]"
+    """The jobs `ids` as a JSON array, built a chunk at a time with the loop let through."""
+    return await encode_chunked(ids, lambda i: job_view(state, state.jobs[i]))
 
 
 def _job(request: web.Request) -> tuple[State, Job]:
@@ -60,9 +48,8 @@ def _job(request: web.Request) -> tuple[State, Job]:
 
 
 async def jobs(request: web.Request) -> web.Response:
-    state = request.app[READ_SIDE].state()
     asked = request.query.get("state") or None
-    job_states = None if asked is None else asked.split(",")
+    job_states = None if asked is None else tuple(asked.split(","))
     for job_state in job_states or ():
         if job_state not in JOB_STATES:
             raise web.HTTPBadRequest(
@@ -70,15 +57,18 @@ async def jobs(request: web.Request) -> web.Response:
             )
     after = int_param(request, "after", 0, 0, MAX_POSITION)
     before = int_param(request, "before", 0, 0, MAX_POSITION) or None
-    limit = int_param(request, "limit", LIST_PAGE, 1, MAX_PAGE)
+    limit = page_limit(request)
     project = request.query.get("project") or None
-    ids, cursor = job_ids_page(
-        state, job_states=job_states, project=project, after=after, before=before, limit=limit
-    )
-    found = await jobs_json(state, ids)
-    if before is not None:
-        return web.json_response(text=f'{{"jobs": {found}, "next_before": {json.dumps(cursor)}}}')
-    return web.json_response(text=f'{{"jobs": {found}, "next_after": {json.dumps(cursor)}}}')
+    cursor = "after" if before is None else "before"
+
+    async def build(state: State) -> Page:
+        ids, next_cursor = job_ids_page(
+            state, job_states=job_states, project=project, after=after, before=before, limit=limit
+        )
+        return page_body("", "jobs", await jobs_json(state, ids), next_cursor, cursor)
+
+    key = ("jobs", job_states, project, after, before, limit)
+    return page_response(request, await request.app[PAGES].get(key, build), cursor)
 
 
 async def job(request: web.Request) -> web.Response:
@@ -87,9 +77,17 @@ async def job(request: web.Request) -> web.Response:
 
 
 async def job_events(request: web.Request) -> web.Response:
+    """The job's events by seq, a page at a time (a long run records thousands of progress events)."""
     _, found = _job(request)
+    after = int_param(request, "after", 0, 0, MAX_POSITION)
+    limit = page_limit(request)
     recorded = await request.app[READ_SIDE].store.read_stream(job_stream(found.id))
-    return web.json_response({"events": [recorded_json(r) for r in recorded]})
+    newer = [r for r in recorded if r.seq > after]
+    page = newer[:limit]
+    next_cursor = page[-1].seq if len(newer) > limit else None
+    return page_response(
+        request, page_body("", "events", await encode_chunked(page, recorded_json), next_cursor)
+    )
 
 
 async def job_metrics(request: web.Request) -> web.Response:

@@ -28,6 +28,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _page(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return _json(schema, description) | {"headers": _LINK}
+
+
 def _html(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
@@ -40,10 +44,11 @@ TOKEN_COOKIE = "llmtraind_token"  # noqa: S105 (a cookie name, not a secret)
 """Where a browser keeps `[api] token` for the status page (see middleware.py)."""
 MAX_POSITION = 2**62
 """The largest seq or byte offset a query may name: far past any real log, and within int64."""
-MAX_PAGE = 1000
-"""The most entries one page of a list (`limit`) may hold: 1,000 jobs are some 0.7 MB of JSON."""
-LIST_PAGE = MAX_PAGE
-"""A list's page when `limit` is not given: whole lists up to that size, as before paging."""
+MAX_PAGE = 5000
+"""The most entries one page of a list (`limit`) may hold: 5,000 jobs are some 3.6 MB of JSON, built
+a chunk at a time (`paging.encode_chunked`)."""
+LIST_PAGE = 500
+"""A list's page when `limit` is not given."""
 MAX_SAMPLE_ROWS = 20
 SAMPLE_BYTES = 256 * 1024
 """A dataset's sample rows are read from this much of its start: a few rows to look at, never a
@@ -68,16 +73,31 @@ _JOB_PARAM = {
 }
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _LIMIT = _int_query("limit", "the most entries in the page", 1, MAX_PAGE, LIST_PAGE)
-_AFTER_JOB = _int_query("after", "start after this job id (a page's `next_after`)", 0, default=0)
+_AFTER_JOB = _int_query("after", "start after this job id (a page's `next`)", 0, default=0)
 _AFTER_NAME = {
     "name": "after",
     "in": "query",
     "required": False,
-    "description": "start after this name (a page's `next_after`)",
+    "description": "start after this name (a page's `next`)",
     "schema": {"type": "string", "default": ""},
 }
 _NEXT_JOB = {"type": ["integer", "null"], "description": "the `after` of the next page; null at the end"}
 _NEXT_NAME = {"type": ["string", "null"], "description": "the `after` of the next page; null at the end"}
+_NEXT_SEQ = {
+    "type": ["integer", "null"],
+    "description": "the `after` (a seq) of the next page; null at the end",
+}
+_LINK = {
+    "Link": {
+        "description": 'RFC 8288 `<url>; rel="next"`: the next page (only when there is one)',
+        "schema": {"type": "string"},
+    }
+}
+_PAGING = (
+    f"Lists come a page at a time: `limit` entries (default {LIST_PAGE}, at most {MAX_PAGE}) after the "
+    "cursor `after`; `next` is the `after` of the next page, null on the last (`next_after` says the "
+    'same), and a page with a next one has a `Link: <url>; rel="next"` header.'
+)
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -229,9 +249,13 @@ def _jobs_paths() -> dict[str, Any]:
     one = "|".join(job_states)
     list_of = {
         "type": "object",
-        "required": ["jobs"],
+        "required": ["jobs", "next"],
         "properties": {
             "jobs": {"type": "array", "items": _ref("Job")},
+            "next": {
+                "type": ["integer", "null"],
+                "description": "the `after` (or, given `before`, the `before`) of the next page; null at the end",
+            },
             "next_after": _NEXT_JOB,
             "next_before": {
                 "type": ["integer", "null"],
@@ -241,15 +265,19 @@ def _jobs_paths() -> dict[str, Any]:
     }
     events = {
         "type": "object",
-        "required": ["events"],
-        "properties": {"events": {"type": "array", "items": _ref("Event")}},
+        "required": ["events", "next", "next_after"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "next": _NEXT_SEQ,
+            "next_after": _NEXT_SEQ,
+        },
     }
     after = _int_query("after", "start after this byte offset (Last-Event-ID wins when both are given)", 0)
     return {
         "/v1/jobs": _get(
             "jobs by id, optionally of some states or one project, a page at a time: oldest first "
             "(`after`, answered with `next_after`) or newest first (`before`, answered with `next_before`)",
-            _json(list_of, "a page of jobs"),
+            _page(list_of, "a page of jobs"),
             params=[
                 {
                     "name": "state",
@@ -268,7 +296,11 @@ def _jobs_paths() -> dict[str, Any]:
         "/v1/jobs/{job}": _job_route(
             "one job: command line, metrics summary, artifacts, exit", _json(_ref("Job"), "the job")
         ),
-        "/v1/jobs/{job}/events": _job_route("the job's events", _json(events, "its events, oldest first")),
+        "/v1/jobs/{job}/events": _job_route(
+            "the job's events by seq, a page at a time",
+            _page(events, "a page of its events, oldest first"),
+            [_int_query("after", "start after this seq (a page's `next`)", 0, default=0), _LIMIT],
+        ),
         "/v1/jobs/{job}/metrics": _job_route(
             "every metrics record swift logged, all attempts", _json(_OBJ, "records")
         ),
@@ -305,35 +337,48 @@ def _paths() -> dict[str, Any]:
     named = _get("one dataset", _json(_OBJ, "the dataset"), params=[_NAME_PARAM], errors=("401", "404"))
     project_jobs = {
         "type": "object",
-        "required": ["name", "jobs", "next_after"],
+        "required": ["name", "jobs", "next", "next_after"],
         "properties": {
             "name": {"type": "string"},
             "jobs": {"type": "array", "items": _ref("Job")},
+            "next": _NEXT_JOB,
             "next_after": _NEXT_JOB,
         },
     }
     project = _get(
         "one project's jobs by id, a page at a time",
-        _json(project_jobs, "a page of the project's jobs"),
+        _page(project_jobs, "a page of the project's jobs"),
         params=[_NAME_PARAM, _AFTER_JOB, _LIMIT],
         errors=("400", "401", "404"),
     )
     datasets = {
         "type": "object",
-        "required": ["datasets", "next_after"],
-        "properties": {"datasets": {"type": "array", "items": _OBJ}, "next_after": _NEXT_NAME},
+        "required": ["datasets", "next", "next_after"],
+        "properties": {
+            "datasets": {"type": "array", "items": _OBJ},
+            "next": _NEXT_NAME,
+            "next_after": _NEXT_NAME,
+        },
     }
     projects = {
         "type": "object",
-        "required": ["projects", "next_after"],
-        "properties": {"projects": {"type": "array", "items": _OBJ}, "next_after": _NEXT_NAME},
+        "required": ["projects", "next", "next_after"],
+        "properties": {
+            "projects": {"type": "array", "items": _OBJ},
+            "next": _NEXT_NAME,
+            "next_after": _NEXT_NAME,
+        },
     }
     page = {
         "type": "object",
-        "required": ["events", "next_after"],
+        "required": ["events", "next", "next_after"],
         "properties": {
             "events": {"type": "array", "items": _ref("Event")},
-            "next_after": {"type": "integer"},
+            "next": _NEXT_SEQ,
+            "next_after": {
+                "type": "integer",
+                "description": "where to poll from next: the last seq in the page, or `after` when it is empty",
+            },
         },
     }
     gpus = {
@@ -367,7 +412,7 @@ def _paths() -> dict[str, Any]:
         **_jobs_paths(),
         "/v1/datasets": _get(
             "each dataset once, under its name, with all its names; a page at a time, by name",
-            _json(datasets, "a page of datasets"),
+            _page(datasets, "a page of datasets"),
             params=[_AFTER_NAME, _LIMIT],
             errors=("400", "401"),
         ),
@@ -403,11 +448,15 @@ def _paths() -> dict[str, Any]:
         ),
         "/v1/datasets/{name}/jobs": _get(
             "the jobs that read the dataset (any attempt, or queued to), by id, a page at a time",
-            _json(
+            _page(
                 {
                     "type": "object",
-                    "required": ["jobs", "next_after"],
-                    "properties": {"jobs": {"type": "array", "items": _OBJ}, "next_after": _NEXT_JOB},
+                    "required": ["jobs", "next", "next_after"],
+                    "properties": {
+                        "jobs": {"type": "array", "items": _OBJ},
+                        "next": _NEXT_JOB,
+                        "next_after": _NEXT_JOB,
+                    },
                 },
                 "a page of jobs: id, name, state, task_type",
             ),
@@ -416,7 +465,7 @@ def _paths() -> dict[str, Any]:
         ),
         "/v1/projects": _get(
             "jobs grouped by project, a page at a time, by name",
-            _json(projects, "a page of projects"),
+            _page(projects, "a page of projects"),
             params=[_AFTER_NAME, _LIMIT],
             errors=("400", "401"),
         ),
@@ -441,7 +490,7 @@ def _paths() -> dict[str, Any]:
         ),
         "/v1/events": _get(
             "a page of the event log",
-            _json(page, "events with seq > after"),
+            _page(page, "events with seq > after"),
             params=[
                 _int_query("after", "seq", 0, default=0),
                 _int_query("limit", "events", 1, MAX_PAGE, 100),
@@ -499,7 +548,7 @@ def openapi_spec() -> dict[str, Any]:
             "title": "llmtraind",
             "version": __version__,
             "description": "The read-only API of llmtraind. Every method but GET and HEAD answers 405. With "
-            "[api] token set, every route but /healthz needs `Authorization: Bearer <token>`.",
+            "[api] token set, every route but /healthz needs `Authorization: Bearer <token>`. " + _PAGING,
         },
         "paths": _paths(),
         "components": {

@@ -69,8 +69,12 @@ def dataset_jobs_page(
     for j in state.jobs.values():
         if j.id <= after:
             continue
-        if sha not in j.inputs.values() and not any(sha in r.inputs.values() for r in j.runs):
-            continue
+        if sha not in j.inputs.values():
+            for r in j.runs:
+                if sha in r.inputs.values():
+                    break
+            else:
+                continue
         if len(found) == limit:
             return found, found[-1]["id"]
         found.append({"id": j.id, "name": j.name, "state": j.state, "task_type": j.task})
@@ -297,15 +301,23 @@ def job_counts(state: State) -> dict[str, int]:
 def projects_page(state: State, *, after: str = "", limit: int) -> tuple[list[dict[str, Any]], str | None]:
     """Projects by name: their job ids and counts per state; those after `after`, at most `limit`,
     and the name to ask after next (None at the end)."""
-    out: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[Job]] = {}
     for job in state.jobs.values():
         if after and job.project <= after:
             continue
-        entry = out.setdefault(job.project, {"name": job.project, "jobs": [], "counts": Counter()})
-        entry["jobs"].append(job.id)
-        entry["counts"][job.state] += 1
-    names = sorted(out)
-    page = [out[name] | {"counts": dict(out[name]["counts"])} for name in names[:limit]]
+        group = groups.get(job.project)
+        if group is None:
+            groups[job.project] = group = []
+        group.append(job)
+    names = sorted(groups)
+    page = [
+        {
+            "name": name,
+            "jobs": [j.id for j in groups[name]],
+            "counts": dict(Counter(j.state for j in groups[name])),
+        }
+        for name in names[:limit]
+    ]
     return page, (names[limit - 1] if len(names) > limit else None)
 
 
@@ -341,8 +353,10 @@ def gpus_view(
     leases: dict[str, Job] = {}
     sessions: set[int] = set()
     for job in state.jobs.values():
+        if job.state != "running":
+            continue
         run = job.run
-        if job.state == "running" and run is not None:
+        if run is not None:
             leases.update(dict.fromkeys(run.gpu_uuids, job))
             if run.session is not None:
                 sessions.add(run.session)
