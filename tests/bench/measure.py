@@ -4,10 +4,11 @@ time."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "Goals", "cpu_seconds", "percentile", "wait_quiet"]
+__all__ = ["CLK_TCK", "Goals", "cpu_seconds", "free_port", "percentile", "wait_quiet"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -47,9 +48,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def wait_quiet(label: str) -> None:
-    """Measure on a quiet machine: 1-minute load average under 1.0, waiting up to 60 s."""
-    deadline = time.monotonic() + 60
+def wait_quiet(label: str, limit_s: float = 60.0) -> None:
+    """Measure on a quiet machine: 1-minute load average under 1.0, waiting up to `limit_s`."""
+    deadline = time.monotonic() + limit_s
     load = os.getloadavg()[0]
     while load >= 1.0 and time.monotonic() < deadline:
         time.sleep(2)
@@ -62,3 +63,10 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` (fields 14 and 15 of /proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server the benchmark starts as a baseline."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
