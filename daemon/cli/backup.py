@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.core.config_file import resolve_config_path
-from daemon.core.layout import StateLayout
 from daemon.log.errors import LogDamaged
 
 if TYPE_CHECKING:
@@ -123,6 +122,7 @@ def backup(cfg: Config, dest: Path) -> Backup:
     Refuses an existing `dest` rather than mixing a new log with an older log-id, and removes what
     it created when the copy fails, so a folder named like a backup always holds a whole one.
     """
+    from daemon.core.layout import StateLayout
     from daemon.log.identity import read_state_id
 
     source = cfg.db_path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from daemon.core.config_file import resolve_config_path
@@ -22,6 +21,8 @@ __all__ = ["add_parser"]
 
 
 async def _send(target: NotifyTarget) -> str | None:
+    import uuid
+
     from daemon.core.notify import payload_json, redact, trial_notification, webhook_id
     from daemon.notify.senders import DeliveryFailed, make_sender
 
