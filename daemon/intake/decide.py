@@ -35,7 +35,7 @@ from daemon.core.pausing import pausable
 from daemon.core.state import LIVE, WAITING, Job, State
 from daemon.core.streams import INTAKE_STREAM, Append, dataset_stream, drop_key, job_stream
 
-__all__ = ["Examined", "RejectName", "decide", "feeds"]
+__all__ = ["Examined", "JobIndex", "RejectName", "decide", "feeds"]
 
 MAX_PROBLEMS_IN_EVENT = 8192
 """The error file keeps the whole explanation; the event keeps its start."""
@@ -67,6 +67,47 @@ def feeds(spec: JobSpec) -> str | None:
     return None
 
 
+class JobIndex:
+    """The two questions intake asks about the state's jobs on every batch with a job in it (which
+    live job has these bytes; does a waiting job give this `after:` reference), indexed once and
+    extended as jobs are submitted, instead of a scan of every job per batch. Job ids are given in
+    order, so the jobs new since the last batch are those from the last `next_job_id` on; a job's
+    bytes and references never change, only its state, which each answer reads afresh."""
+
+    def __init__(self) -> None:
+        self._state: State | None = None
+        self._upto = 0
+        self._by_sha: dict[str, list[int]] = {}
+        self._by_ref: dict[str, list[int]] = {}
+
+    def follow(self, state: State) -> JobIndex:
+        """Index the jobs submitted since the last call (all of them, for another State object)."""
+        if state is not self._state or state.next_job_id < self._upto:
+            self._state, self._upto = state, 0
+            self._by_sha.clear()
+            self._by_ref.clear()
+        jobs = state.jobs
+        for job_id in range(self._upto, state.next_job_id):
+            job = jobs.get(job_id)
+            if job is not None:
+                self._by_sha.setdefault(job.sha256, []).append(job_id)
+                for ref in job.after:
+                    self._by_ref.setdefault(ref, []).append(job_id)
+        self._upto = state.next_job_id
+        return self
+
+    def live(self, state: State, sha: str) -> int | None:
+        """The newest live job submitted from these bytes."""
+        for job_id in reversed(self._by_sha.get(sha, ())):
+            if state.jobs[job_id].state in LIVE:
+                return job_id
+        return None
+
+    def awaited(self, state: State, ref: str) -> bool:
+        """Whether a waiting job gives `ref` in its `after:`."""
+        return any(state.jobs[job_id].state in WAITING for job_id in self._by_ref.get(ref, ()))
+
+
 @dataclass
 class _Overlay:
     """What earlier drops in this batch decided, on top of the folded state."""
@@ -78,21 +119,31 @@ class _Overlay:
     reports: dict[str, DatasetReport] = field(default_factory=dict)
     """Dataset name -> the report of the content it points at after this batch."""
     live_shas: dict[str, int] = field(default_factory=dict)
-    """Job file sha256 -> id, for jobs still queued or running."""
+    """Job file sha256 -> id, for the jobs submitted in this batch."""
     job_names: dict[str, int] = field(default_factory=dict)
     waits: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     """Job id -> its name and `after:`, for jobs submitted in this batch."""
     awaited: set[str] = field(default_factory=set)
-    """Every `after:` reference of a waiting job: only a job named there can close a cycle."""
+    """Every `after:` reference of a job submitted in this batch."""
     next_job_id: int = 0
+    jobs: JobIndex = field(default_factory=JobIndex)
+
+    def live_sha(self, state: State, sha: str) -> int | None:
+        return self.live_shas[sha] if sha in self.live_shas else self.jobs.live(state, sha)
+
+    def is_awaited(self, state: State, ref: str) -> bool:
+        """Whether a waiting job names `ref` in `after:`: only a job named there can close a cycle."""
+        return ref in self.awaited or self.jobs.awaited(state, ref)
 
 
-def decide(state: State, batch: Sequence[Examined], reject_name: RejectName) -> list[Append]:
-    """One append per drop, in the batch's order."""
+def decide(
+    state: State, batch: Sequence[Examined], reject_name: RejectName, jobs: JobIndex | None = None
+) -> list[Append]:
+    """One append per drop, in the batch's order. `jobs`, kept by the caller from batch to batch,
+    spares indexing every job again for each batch."""
     overlay = _Overlay(next_job_id=state.next_job_id)
     if any(ex.kind == "job" for ex in batch):
-        overlay.live_shas = {j.sha256: j.id for j in state.jobs.values() if j.state in LIVE}
-        overlay.awaited = {ref for j in state.jobs.values() if j.state in WAITING for ref in j.after}
+        overlay.jobs = (jobs or JobIndex()).follow(state)
     return [_decide_one(state, overlay, ex, reject_name) for ex in batch]
 
 
@@ -196,7 +247,7 @@ def _unfit_datasets(state: State, overlay: _Overlay, spec: JobSpec) -> list[str]
 def _job(
     state: State, overlay: _Overlay, ex: Examined, spec: JobSpec, sha: str, reject_name: RejectName
 ) -> Append:
-    same = overlay.live_shas.get(sha)
+    same = overlay.live_sha(state, sha)
     if same is not None:
         dup = DuplicateDropped(drop=ex.drop, filename=ex.filename, kind="job", sha256=sha, job_id=same)
         return _one(job_stream(same), ex, dup)
@@ -253,7 +304,7 @@ def _cycle(state: State, overlay: _Overlay, job_id: int, spec: JobSpec) -> list[
     """The names along a chain of `after:` that would lead from this job back to itself once it is
     submitted as `job_id`, or None. References resolve the way the scheduler resolves them (an id,
     else the newest job of that name, this one included); only waiting jobs wait for anything."""
-    if spec.name not in overlay.awaited and str(job_id) not in overlay.awaited:
+    if not overlay.is_awaited(state, spec.name) and not overlay.is_awaited(state, str(job_id)):
         return None  # nothing waits for this job, so nothing it waits for can lead back to it
 
     def waits(ref: str) -> tuple[int, str, tuple[str, ...]] | None:

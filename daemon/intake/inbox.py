@@ -46,7 +46,7 @@ from daemon.core.state import State
 from daemon.core.streams import INTAKE_STREAM
 from daemon.core.swift_args import SwiftArgs
 from daemon.intake.claim import Claim, Claimer, display_name
-from daemon.intake.decide import decide
+from daemon.intake.decide import JobIndex, decide
 from daemon.intake.examine import Abandoned, Read, Reader
 from daemon.intake.faults import Faults
 from daemon.intake.filing import Filing, RejectNames, Unfiled
@@ -79,6 +79,7 @@ class Inbox:
         self.blobs = StateLayout(cfg.paths.state)
         fault = Faults()
         self._rejects = RejectNames(self.inbox.rejected)
+        self._jobs = JobIndex()
         self._claimer = Claimer(self.inbox, fault)
         self._finder = Finder(self.inbox, lambda: self.cfg)
         self._reader = Reader(
@@ -294,7 +295,7 @@ class Inbox:
             return result
 
     async def _record(self, batch: Sequence[Read]) -> list[list[Recorded]]:
-        parts = decide(self.state(), [r.examined for r in batch], self._rejects)
+        parts = decide(self.state(), [r.examined for r in batch], self._rejects, self._jobs)
         await asyncio.get_running_loop().run_in_executor(self._io, self._filing.publish, batch)
         return await self.store.append_batch(parts)
 

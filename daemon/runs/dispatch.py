@@ -3,16 +3,35 @@
 Pure: the adapters hand in what they saw (GPUs, the time, free ports, log sizes) and get back the
 events to record and, for each job that starts, the exact command. The daemon records these
 before it acts, so the log alone explains every start, failure and wait.
+
+With 10,000 queued jobs, rebuilding every job's placement demand and placing the whole queue on
+every event made filling a queue quadratic and an idle daemon busy. A `Queue` therefore keeps the
+demands, and the last decision, from one decision to the next, updated from the recorded events
+that change them; `decide` is the same decision made from scratch (a fresh Queue), which the
+property tests hold the kept one to.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from daemon.core.events import GpuShared, JobFailed, JobPreempted, JobStarted, JobsWaiting
+from daemon.core.drops import dataset_name
+from daemon.core.events import (
+    DatasetAccepted,
+    DuplicateDropped,
+    FileRejected,
+    GpuShared,
+    JobFailed,
+    JobPreempted,
+    JobStarted,
+    JobSubmitted,
+    JobsWaiting,
+    Recorded,
+)
 from daemon.core.jobs import DatasetRef, JobSpec, ModelRef
 from daemon.core.layout import StateLayout
 from daemon.core.pausing import PAUSE_CALLBACK, PAUSE_FILE, PAUSE_FILE_ENV, PAUSE_PLUGIN, pausable
@@ -27,6 +46,7 @@ __all__ = [
     "Decisions",
     "Environment",
     "Launch",
+    "Queue",
     "RunPaths",
     "decide",
     "demands",
@@ -141,11 +161,17 @@ def demands(state: State, managed: bool) -> list[Demand]:
     return [_demand(state, job, managed) for job in state.jobs.values() if job.state in WAITING]
 
 
-def leases(state: State) -> tuple[dict[str, Lease], int]:
-    """GPU UUID -> the lease of the running job on it, and the CPU slots running jobs hold."""
+def _jobs(state: State, ids: Iterable[int] | None) -> Iterable[Job]:
+    """The jobs `ids` names, in id order (the log's), or every job when the caller keeps no index."""
+    return state.jobs.values() if ids is None else (state.jobs[i] for i in sorted(ids))
+
+
+def leases(state: State, running: Iterable[int] | None = None) -> tuple[dict[str, Lease], int]:
+    """GPU UUID -> the lease of the running job on it, and the CPU slots running jobs hold;
+    `running` are the running jobs' ids, when the caller keeps them."""
     held: dict[str, Lease] = {}
     cpu = 0
-    for job in state.jobs.values():
+    for job in _jobs(state, running):
         run = job.run
         if job.state != "running" or run is None:
             continue
@@ -156,12 +182,14 @@ def leases(state: State) -> tuple[dict[str, Lease], int]:
     return held, cpu
 
 
-def shared_gpus(state: State, gpus: Sequence[GpuView]) -> list[GpuShared]:
+def shared_gpus(
+    state: State, gpus: Sequence[GpuView], running: Iterable[int] | None = None
+) -> list[GpuShared]:
     """Running jobs with a foreign process on one of their GPUs that their run has not recorded yet:
     an out-of-memory there may be somebody else's doing, so it counts as transient (retried)."""
     foreign = {g.uuid: g.index for g in gpus if g.foreign_processes}
     found = []
-    for job in state.jobs.values():
+    for job in _jobs(state, running) if foreign else ():
         run = job.run
         if job.state != "running" or run is None:
             continue
@@ -171,7 +199,7 @@ def shared_gpus(state: State, gpus: Sequence[GpuView]) -> list[GpuShared]:
     return found
 
 
-def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phase]]:
+def _phases(state: State, wanted: Iterable[Demand]) -> dict[int, tuple[str, Phase]]:
     phases: dict[int, tuple[str, Phase]] = {}
     for d in wanted:
         for dep in d.after:
@@ -182,15 +210,242 @@ def _phases(state: State, wanted: Sequence[Demand]) -> dict[int, tuple[str, Phas
 
 def decide(state: State, box: Box, env: Environment) -> Decisions:
     """What to record now: jobs that can never run, changed waiting reasons, and the starts."""
-    wanted = demands(state, box.managed)
-    if box.cluster:
-        wanted = [replace(d, gpus=0, gpu_ids=(), min_free_memory_mib=None) for d in wanted]
-    held, cpu_used = leases(state)
-    plan = place(wanted, box.gpus, held, _phases(state, wanted), box.cpu_slots, cpu_used, box.now)
+    decided = Queue().decide(state, box, env)
+    assert decided is not None, "a first decision is always made"
+    return decided
+
+
+_Key = tuple[str, str | None, int | None]
+"""What of a job other decisions depend on besides its demand: its state, and a pause under way."""
+
+
+@dataclass
+class _Decided:
+    """The last decision, kept so that the next one redoes only what changed since."""
+
+    waiting: dict[int, str]
+    fail: dict[int, str]
+    box: tuple[object, ...]
+    """All that placement saw besides the queue: on an equal box an unchanged job places the same."""
+    static: bool
+    """Nothing started and nothing was reserved: each job's outcome then followed from its own
+    demand, its dependencies and the box alone, whatever else was queued."""
+    timed: bool
+    """A reservation with a deadline: reasons and backfill change with the clock."""
+
+
+class Queue:
+    """The scheduler's standing view of the log: every waiting job's demand and the last decision.
+
+    `observe` follows each recorded batch and marks the jobs an event may have changed: the job it
+    is about, the jobs waiting for a job whose state changed, the jobs whose `after:` names a job
+    just submitted, and the jobs reading a dataset name just dropped. `decide` then returns None
+    when neither the marked jobs, nor the box (GPUs as probed, leases, CPU slots, the disk guard),
+    nor the clock (a reservation's deadline) changed since the last decision. When the last
+    decision started nothing and reserved nothing and the box is the same, nothing any job does
+    changes what another one gets, so placing only the marked jobs gives the answer placing the
+    whole queue would; a marked job that would start or reserve GPUs places the whole queue again.
+
+    The kept view belongs to one State object at one seq: any other state, or a seq it did not see
+    through `observe`, makes the next decision start over from the state (as `forget` does).
+    """
+
+    def __init__(self) -> None:
+        self._state: State | None = None
+        self._seq = -1
+        self._managed = False
+        self.demands: dict[int, Demand] = {}
+        """Waiting jobs (queued or interrupted) by id."""
+        self.running: set[int] = set()
+        self._keys: dict[int, _Key] = {}
+        self._refs: dict[str, set[int]] = {}
+        """An `after:` reference as written -> the waiting jobs that give it."""
+        self._dependents: dict[int, set[int]] = {}
+        """A job -> the waiting jobs whose `after:` resolves to it."""
+        self._dirty: set[int] = set()
+        self._last: _Decided | None = None
+
+    def forget(self) -> None:
+        """Start over from the state at the next decision: the last one may not have been recorded."""
+        self._state = None
+
+    def running_ids(self, state: State) -> set[int] | None:
+        """The running jobs' ids, when the kept view is of `state` as it is now."""
+        return self.running if self._state is state and self._seq == state.last_seq else None
+
+    def observe(self, state: State, batch: Sequence[Recorded]) -> bool:
+        """Follow a batch the projector folded into `state`; True when a decision may change."""
+        if self._state is not state:
+            return True
+        changed = False
+        for rec in batch:
+            if rec.seq <= self._seq:
+                continue
+            if rec.seq != self._seq + 1:
+                self.forget()
+                return True
+            self._seq = rec.seq
+            changed |= self._event(state, rec)
+        return changed
+
+    def _event(self, state: State, rec: Recorded) -> bool:
+        ev = rec.event
+        touched: set[int] = set()
+        if isinstance(ev, JobsWaiting):
+            return False  # only the reasons this queue decided
+        if isinstance(ev, JobSubmitted):
+            touched = {ev.id, *self._refs.get(ev.name, ()), *self._refs.get(str(ev.id), ())}
+        elif isinstance(ev, DatasetAccepted | DuplicateDropped | FileRejected):
+            names = {ev.name} if isinstance(ev, DatasetAccepted) else {dataset_name(ev.filename)}
+            if isinstance(ev, DuplicateDropped) and ev.alias is not None:
+                names.add(ev.alias)
+            touched = {i for name in names for i in state.waiting_for.get(name, ())}
+        job_id = getattr(ev, "job_id", None)
+        if isinstance(job_id, int):
+            touched.add(job_id)
+        elif ev.type in ("DaemonStarted", "ConfigReloaded"):
+            self._last = None
+            return True
+        return any([self._touch(state, i) for i in touched])
+
+    def _touch(self, state: State, job_id: int) -> bool:
+        """Bring one job's entries up to date; True when they changed."""
+        job = state.jobs.get(job_id)
+        if job is None:
+            return False
+        key = (job.state, job.pause_requested, job.preempted_by)
+        changed = self._keys.get(job_id) != key
+        if changed:
+            self._keys[job_id] = key
+            self._dirty.update(self._dependents.get(job_id, ()))
+            if job.state == "running":
+                self.running.add(job_id)
+            else:
+                self.running.discard(job_id)
+        old = self.demands.get(job_id)
+        new = _demand(state, job, self._managed) if job.state in WAITING else None
+        if new != old:
+            self._set(job, old, new)
+        if changed or new is not None:  # the fold may have set a waiting job's reason
+            self._dirty.add(job_id)
+        return changed
+
+    def _set(self, job: Job, old: Demand | None, new: Demand | None) -> None:
+        if old is not None:
+            for dep in set(old.after):  # two references may name one job
+                self._dependents[dep].discard(job.id)
+                if not self._dependents[dep]:
+                    del self._dependents[dep]
+        if new is None:
+            del self.demands[job.id]
+            for ref in job.after:
+                self._refs[ref].discard(job.id)
+                if not self._refs[ref]:
+                    del self._refs[ref]
+            return
+        self.demands[job.id] = new
+        for dep in new.after:
+            self._dependents.setdefault(dep, set()).add(job.id)
+        if old is None:
+            for ref in job.after:
+                self._refs.setdefault(ref, set()).add(job.id)
+
+    def sync(self, state: State, managed: bool) -> None:
+        """Rebuild the view from `state` unless it is already the view of `state` as it is now."""
+        if self._state is state and self._seq == state.last_seq and self._managed == managed:
+            return
+        self._state, self._seq, self._managed = state, state.last_seq, managed
+        for index in (self.demands, self._refs, self._dependents, self._keys):
+            index.clear()
+        self.running.clear()
+        self._last = None
+        for job in state.jobs.values():
+            self._touch(state, job.id)
+        self._dirty.clear()
+
+    def decide(self, state: State, box: Box, env: Environment) -> Decisions | None:
+        """What to record now, or None when nothing it depends on changed since the last decision,
+        which the caller recorded (else it calls `forget`)."""
+        self.sync(state, box.managed)
+        held, cpu_used = leases(state, self.running)
+        holders = sorted({lease.job_id for lease in held.values()})
+        named = {h: (state.jobs[h].name, state.jobs[h].state) for h in holders if h in self._dependents}
+        seen = (
+            tuple(box.gpus),
+            box.managed,
+            box.cpu_slots,
+            box.cluster,
+            box.disk_short,
+            held,
+            cpu_used,
+            named,
+        )
+        last = self._last
+        same_box = last is not None and not last.timed and last.box == seen
+        if same_box and not self._dirty:
+            return None
+        plan: Plan | None = None
+        compare: Mapping[int, str] = {}
+        if same_box and last is not None and last.static:
+            plan, compare = self._place_marked(state, box, held, cpu_used, named, last)
+        if plan is None:
+            wanted = self._wanted(self.demands.values(), box)
+            phases = _phases(state, wanted)
+            plan = place(wanted, box.gpus, held, phases, box.cpu_slots, cpu_used, box.now)
+            shadow = plan.reservation.shadow_ts if plan.reservation is not None else math.inf
+            static = not plan.start and plan.reservation is None
+            self._last = _Decided(dict(plan.waiting), dict(plan.fail), seen, static, math.isfinite(shadow))
+            compare = plan.waiting
+        self._dirty.clear()
+        queue = functools.partial(self._wanted, self.demands.values(), box)
+        return _decisions(state, box, env, plan, compare, queue, held, cpu_used, self.running)
+
+    def _wanted(self, demands: Iterable[Demand], box: Box) -> list[Demand]:
+        if box.cluster:
+            return [replace(d, gpus=0, gpu_ids=(), min_free_memory_mib=None) for d in demands]
+        return list(demands)
+
+    def _place_marked(
+        self,
+        state: State,
+        box: Box,
+        held: dict[str, Lease],
+        cpu_used: int,
+        named: Mapping[int, tuple[str, Phase]],
+        last: _Decided,
+    ) -> tuple[Plan | None, Mapping[int, str]]:
+        """The marked jobs placed alone, merged into the last decision; None if one of them would
+        start or reserve GPUs, which changes what the jobs ranked below it get."""
+        wanted = self._wanted((self.demands[i] for i in self._dirty if i in self.demands), box)
+        phases = {**named, **_phases(state, wanted)}
+        plan = place(wanted, box.gpus, held, phases, box.cpu_slots, cpu_used, box.now)
+        if plan.start or plan.reservation is not None:
+            return None, {}
+        for job_id in self._dirty:
+            last.waiting.pop(job_id, None)
+            last.fail.pop(job_id, None)
+        last.waiting.update(plan.waiting)
+        last.fail.update(plan.fail)
+        fail = {**plan.fail, **last.fail}
+        return Plan((), dict(last.waiting), fail, None), plan.waiting
+
+
+def _decisions(
+    state: State,
+    box: Box,
+    env: Environment,
+    plan: Plan,
+    compare: Mapping[int, str],
+    wanted: Callable[[], Iterable[Demand]],
+    held: Mapping[str, Lease],
+    cpu_used: int,
+    running: Collection[int],
+) -> Decisions:
+    """The events of a plan: `compare` holds the waiting reasons that may differ from the recorded ones."""
     failed = [JobFailed(job_id=job_id, reason=reason) for job_id, reason in plan.fail.items()]
     by_uuid = {g.uuid: g.index for g in box.gpus}
     launches: list[Launch] = []
-    waiting = dict(plan.waiting)
+    waiting = dict(compare)
     if box.disk_short is not None:
         waiting |= {placement.job_id: box.disk_short for placement in plan.start}
         plan = replace(plan, start=())
@@ -204,7 +459,9 @@ def decide(state: State, box: Box, env: Environment) -> Decisions:
     changed = {
         str(job_id): reason for job_id, reason in waiting.items() if state.jobs[job_id].reason != reason
     }
-    preempted = [] if box.disk_short is not None else _preemptions(state, wanted, plan, box, held, cpu_used)
+    preempted = (
+        [] if box.disk_short is not None else _preemptions(state, wanted, plan, box, held, cpu_used, running)
+    )
     return Decisions(failed, JobsWaiting(reasons=changed) if changed else None, launches, plan, preempted)
 
 
@@ -213,25 +470,34 @@ def _pausable_now(job: Job) -> bool:
 
 
 def _preemptions(
-    state: State, wanted: Sequence[Demand], plan: Plan, box: Box, held: Mapping[str, Lease], cpu_used: int
+    state: State,
+    wanted: Callable[[], Iterable[Demand]],
+    plan: Plan,
+    box: Box,
+    held: Mapping[str, Lease],
+    cpu_used: int,
+    running_ids: Collection[int],
 ) -> list[JobPreempted]:
     """For each waiting job, highest priority first, that only waits for GPUs (or a CPU slot): the
     lowest-priority preemptible runs of lower priority whose resources, with the free ones, are enough.
-    A job some run is already being paused for waits for that pause."""
+    A job some run is already being paused for waits for that pause. The queue is looked at only when
+    some run could be preempted."""
+    running = [j for j in _jobs(state, running_ids) if j.state == "running" and j.run is not None]
+    candidates = sorted(
+        (j for j in running if j.spec.get("preemptible") is True and _pausable_now(j)),
+        key=lambda j: (j.priority, -(j.run.placed_ts if j.run is not None else 0.0)),
+    )
+    if not candidates:
+        return []
     given = {u for p in plan.start for u in p.gpu_uuids}
     free_gpus = sum(
         1 for g in box.gpus if g.uuid not in held and g.uuid not in given and not g.foreign_processes
     )
     free_cpu = box.cpu_slots - cpu_used - sum(1 for p in plan.start if not p.gpu_uuids)
-    running = [j for j in state.jobs.values() if j.state == "running" and j.run is not None]
     served = {j.preempted_by for j in running if j.preempted_by is not None}
-    candidates = sorted(
-        (j for j in running if j.spec.get("preemptible") is True and _pausable_now(j)),
-        key=lambda j: (j.priority, -(j.run.placed_ts if j.run is not None else 0.0)),
-    )
     out: list[JobPreempted] = []
     taken: set[int] = set()
-    for d in sorted(wanted, key=lambda d: (-d.priority, d.order)):
+    for d in sorted(wanted(), key=lambda d: (-d.priority, d.order)):
         if d.id in served or d.id not in plan.waiting or d.blocked or d.gpu_ids:
             continue
         if any(state.jobs[a].state != "succeeded" for a in d.after):

@@ -28,10 +28,10 @@ from daemon.core.disk import disk_view
 from daemon.core.events import CancelRequested, JobPreempted, NewEvent, PauseRequested, Recorded
 from daemon.core.gpus import GpuProbe, GpuStatus
 from daemon.core.layout import StateLayout
-from daemon.core.state import WAITING, State
+from daemon.core.state import State
 from daemon.core.streams import SCHEDULER_STREAM, Append, job_stream, run_key
 from daemon.log.store import EventStore
-from daemon.runs.dispatch import Box, Decisions, Environment, decide, shared_gpus
+from daemon.runs.dispatch import Box, Decisions, Environment, Queue, shared_gpus
 from daemon.runs.model_code import CodeCheck, refuse_model_code
 from daemon.runs.pruner import Pruner
 from daemon.runs.runner import Adoptable, Runner
@@ -150,6 +150,9 @@ class Scheduling:
         """Checkpoints appeared or a run ended: the retention rules may delete some."""
         self._leftovers = True
         self._probed_at = -1e18
+        self.queue = Queue()
+        """The queue as the last decision left it, kept from the recorded events: a pass places only
+        what changed, and none happens while nothing did."""
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: the new [runs], [gpus] cpu_slots and [swift] apply to the next decision and
@@ -158,6 +161,7 @@ class Scheduling:
         self.runner.grace_s, self.runner.poll_s = cfg.runs.stop_grace_s, cfg.runs.poll_s
         if isinstance(self.runner, Runner):  # Slurm watches no steps of its own
             self.runner.hang_factor, self.runner.hang_min_s = cfg.runs.hang_factor, cfg.runs.hang_min_s
+        self.queue.forget()
         self._wake.set()
 
     @property
@@ -170,7 +174,10 @@ class Scheduling:
         )
 
     def on_recorded(self, state: State, batch: list[Recorded]) -> None:
-        """Projector subscriber: wake the loop, and pass cancels of running jobs to the runner."""
+        """Projector subscriber: follow the queue, wake the loop, and pass cancels of running jobs to
+        the runner."""
+        if self.queue.observe(state, batch):
+            self._wake.set()
         for rec in batch:
             ev = rec.event
             if isinstance(ev, CancelRequested):
@@ -234,6 +241,7 @@ class Scheduling:
             try:
                 await self.schedule_once()
             except Exception:
+                self.queue.forget()  # what it decided may not be recorded
                 log.exception("placement failed; trying again in %.0f s", self.cfg.runs.schedule_s)
             if self._prune_due:
                 self._prune_due = False
@@ -264,7 +272,9 @@ class Scheduling:
         now = time.monotonic()
         if now - self._probed_at >= self.cfg.runs.gpu_probe_s:
             gpus = await self.probe.snapshot()
-            shared = shared_gpus(self.state(), gpu_views(gpus, self.runner.sessions()))
+            state = self.state()
+            views = gpu_views(gpus, self.runner.sessions())
+            shared = shared_gpus(state, views, self.queue.running_ids(state))
             if shared:
                 await self.store.append_batch(
                     [
@@ -296,7 +306,9 @@ class Scheduling:
         state = self.state()
         if isinstance(self.runner, SlurmExecutor):
             await self.runner.refresh_cluster()
-        if not any(job.state in WAITING for job in state.jobs.values()):
+        slurm = self.runner if isinstance(self.runner, SlurmExecutor) else None
+        self.queue.sync(state, managed=bool(gpus) and slurm is None)
+        if not self.queue.demands:
             return
         views, cpu_slots = held_by_runs(
             gpu_views(gpus, self.runner.sessions()), self.cfg.gpus.cpu_slots, state, self.runner.holding()
@@ -312,11 +324,12 @@ class Scheduling:
         )
         python = self.cfg.swift.python or sys.executable
         env = Environment(self.layout, python, self.cfg.swift.offline, free_port)
-        slurm = self.runner if isinstance(self.runner, SlurmExecutor) else None
         if slurm is not None:  # Slurm places the runs; their folders are on the shared root
             box = replace(box, gpus=[], managed=False, cpu_slots=_CLUSTER_SLOTS, cluster=True)
             env = replace(env, layout=slurm.layout, python=self.cfg.slurm.python or python)
-        decided = decide(state, box, env)
+        decided = self.queue.decide(state, box, env)
+        if decided is None:
+            return  # nothing changed since the last decision, which is recorded
         await self._refuse_model_code(decided)
         if slurm is not None:
             decided.launches[:] = [replace(x, started=slurm.script_for(x.started)) for x in decided.launches]
