@@ -30,13 +30,22 @@ from daemon.http.job_routes import (
     job_logs,
     job_metrics,
     jobs,
-    jobs_json,
 )
 from daemon.http.metrics import CONTENT_TYPE, Scrape, render
 from daemon.http.middleware import error, errors_and_auth, int_param
 from daemon.http.notify_route import notify_targets
 from daemon.http.openapi import MAX_PAGE, MAX_POSITION, openapi_spec
-from daemon.http.paging import PAGES, Page, SeqCache, encode_chunked, page_body, page_limit, page_response
+from daemon.http.paging import (
+    PAGES,
+    JobChanges,
+    Page,
+    PageCache,
+    encode_chunked,
+    jobs_page,
+    page_body,
+    page_limit,
+    page_response,
+)
 from daemon.http.readside import READ_SIDE, SSE_HUB, GpuReading, ReadSide
 from daemon.http.sse import SseHub, StreamRefused
 from daemon.http.state_answer import StateAnswer, send_pieces, state_pieces
@@ -166,7 +175,7 @@ async def project(request: web.Request) -> web.Response:
         if not any(j.project == name for j in state.jobs.values()):
             return None
         ids, next_after = job_ids_page(state, project=name, after=after, limit=limit)
-        return page_body(f'"name": {json.dumps(name)}', "jobs", await jobs_json(state, ids), next_after)
+        return await jobs_page(state, ids, next_after, fields=f'"name": {json.dumps(name)}')
 
     return page_response(request, await request.app[PAGES].get(("project", name, after, limit), build))
 
@@ -256,7 +265,9 @@ def make_app(side: ReadSide) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], handler_args={"max_field_size": MAX_HEADER_FIELD})
     app[READ_SIDE] = side
     app[STATUS_CACHE] = _StatusCache()
-    app[PAGES] = SeqCache(side.state)
+    changes = JobChanges(side.state().last_seq)
+    side.store.add_listener(changes.recorded)
+    app[PAGES] = PageCache(side.state, changes)
     answer = app[STATE_ANSWER] = StateAnswer(side.state)
     side.store.add_listener(answer.recorded)
     hub = app[SSE_HUB] = SseHub(side.store, side.state, side.db_path.parent, side.sse)

@@ -15,14 +15,13 @@ from daemon.core.streams import job_stream
 from daemon.http.logtail import job_log_path
 from daemon.http.middleware import error, int_param
 from daemon.http.openapi import MAX_POSITION
-from daemon.http.paging import PAGES, Page, encode_chunked, page_body, page_limit, page_response
+from daemon.http.paging import PAGES, Page, encode_chunked, jobs_page, page_body, page_limit, page_response
 from daemon.http.readside import READ_SIDE, SSE_HUB
 from daemon.http.sse import StreamRefused
 from daemon.http.views import JOB_STATES, artifacts_view, job_ids_page, job_view, recorded_json
 
 __all__ = [
     "job",
-    "jobs_json",
     "job_artifacts",
     "job_events",
     "job_log_stream",
@@ -31,11 +30,6 @@ __all__ = [
     "jobs",
     "read_log_page",
 ]
-
-
-async def jobs_json(state: State, ids: list[int]) -> str:
-    """The jobs `ids` as a JSON array, built a chunk at a time with the loop let through."""
-    return await encode_chunked(ids, lambda i: job_view(state, state.jobs[i]))
 
 
 def _job(request: web.Request) -> tuple[State, Job]:
@@ -65,7 +59,7 @@ async def jobs(request: web.Request) -> web.Response:
         ids, next_cursor = job_ids_page(
             state, job_states=job_states, project=project, after=after, before=before, limit=limit
         )
-        return page_body("", "jobs", await jobs_json(state, ids), next_cursor, cursor)
+        return await jobs_page(state, ids, next_cursor, cursor=cursor)
 
     key = ("jobs", job_states, project, after, before, limit)
     return page_response(request, await request.app[PAGES].get(key, build), cursor)

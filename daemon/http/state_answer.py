@@ -32,7 +32,7 @@ from pydantic import TypeAdapter
 from daemon.core.events import ArtifactsFound, GpuShared, JobProgress, Recorded, RunServing, RunStarted
 from daemon.core.state import State, state_to_json
 
-__all__ = ["CHUNK", "StateAnswer", "send_pieces", "state_pieces"]
+__all__ = ["CHUNK", "OWN_JOB_ONLY", "StateAnswer", "send_pieces", "state_pieces"]
 
 CHUNK = 100
 """Entries of a dict encoded between two turns of the loop (a job is some 10 to 50 µs)."""
@@ -40,7 +40,7 @@ _TRIES = 3
 """Builds that an event may spoil before the last is made in one go."""
 _WRITE_BYTES = 1 << 20
 """Pieces are sent in writes of about this size; each waits while the client has not taken the last."""
-_OWN_JOB_ONLY = (JobProgress, ArtifactsFound, RunStarted, RunServing, GpuShared)
+OWN_JOB_ONLY = (JobProgress, ArtifactsFound, RunStarted, RunServing, GpuShared)
 """Events whose fold changes nothing but the run of the job they name (daemon.core.fold)."""
 
 _FIELDS: list[tuple[str, TypeAdapter[Any]]] = [
@@ -92,7 +92,7 @@ def _pieces(parts: Sequence[bytes | _Chunked]) -> list[bytes]:
 
 
 def _patch(state: State, parts: list[bytes | _Chunked], jobs: set[int]) -> None:
-    """Encode again what events of `_OWN_JOB_ONLY` changed: the chunks holding `jobs`, and the
+    """Encode again what events of `OWN_JOB_ONLY` changed: the chunks holding `jobs`, and the
     small fields (last_seq)."""
     for i, (name, adapter) in enumerate(_FIELDS):
         part, value = parts[i], getattr(state, name)
@@ -149,7 +149,7 @@ class StateAnswer:
 
     def recorded(self, batch: Sequence[Recorded]) -> None:
         for rec in batch:
-            if isinstance(rec.event, _OWN_JOB_ONLY):
+            if isinstance(rec.event, OWN_JOB_ONLY):
                 self._own_job.add(rec.event.job_id)
                 self._own_job_events += 1
             else:

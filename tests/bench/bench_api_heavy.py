@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from daemon.core.events import JobProgress
+from daemon.core.events import JobProgress, Recorded
 from daemon.core.state import Dataset, State
 from tests.bench.bench_api import RAW_LOAD, wait_listening
 from tests.bench.measure import Goals, percentile, wait_quiet
@@ -45,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MOVE_S = 0.05
 """How often the served state's seq moves on while it "moves", as a running job's progress would."""
 LAG_TICK_S = 0.002
+ROUNDS = 8
+WINDOW_S = 1.0
+"""Idle and busy windows alternate ROUNDS times, WINDOW_S each."""
 HEAVY = (
     "/v1/jobs",
     "/v1/jobs?limit=5000",
@@ -122,9 +128,7 @@ def serve(folder: str, port: int, move: bool) -> None:
     A loop-lag sampler runs beside it, read (and reset) at /bench/lag."""
     from aiohttp import web
 
-    from daemon.core.events import Recorded
     from daemon.core.fold import apply
-    from daemon.http import api
     from daemon.http.api import ReadSide, make_app
     from daemon.log.store import EventStore
 
@@ -134,12 +138,14 @@ def serve(folder: str, port: int, move: bool) -> None:
         store = await EventStore.open(Path(folder) / "llmtraind.sqlite3")
         probed = time.monotonic()
         side = ReadSide(lambda: state, store, store.path, time.monotonic(), gpus=lambda: ([], probed))
+        listeners: list[Callable[[list[Recorded]], None]] = []
+        store.add_listener = listeners.append  # type: ignore[method-assign,assignment]  # scripted events
         app = make_app(side)
-        lag = [0.0]
+        lag = [0.0, 0.0]
 
         async def read_lag(request: web.Request) -> web.Response:
-            seen, lag[0] = lag[0], 0.0
-            return web.json_response({"max_lag_ms": seen * 1000})
+            (wall, cpu), lag[:] = lag, [0.0, 0.0]
+            return web.json_response({"max_lag_ms": wall * 1000, "max_cpu_ms": cpu * 1000})
 
         app.router.add_get("/bench/lag", read_lag)
         runner = web.AppRunner(app)
@@ -149,9 +155,10 @@ def serve(folder: str, port: int, move: bool) -> None:
 
         async def sample() -> None:
             while True:
-                t0 = loop.time()
+                t0, c0 = loop.time(), time.thread_time()
                 await asyncio.sleep(LAG_TICK_S)
                 lag[0] = max(lag[0], loop.time() - t0 - LAG_TICK_S)
+                lag[1] = max(lag[1], time.thread_time() - c0)
 
         sampler = loop.create_task(sample())
         step = 0
@@ -164,7 +171,8 @@ def serve(folder: str, port: int, move: bool) -> None:
             )
             rec = Recorded(state.last_seq + 1, f"job-{job_id}", 2, time.time(), event)
             apply(state, rec)
-            app[api.STATE_ANSWER].recorded([rec])
+            for listener in listeners:
+                listener([rec])
         await sampler
 
     asyncio.run(main())
@@ -219,8 +227,12 @@ def body_size(port: int, path: str) -> int:
     return len(body)
 
 
-def max_lag_ms(port: int) -> float:
-    return float(json.loads(get(port, "/bench/lag")[1])["max_lag_ms"])
+def max_lag_ms(port: int) -> tuple[float, float]:
+    """The longest the lag sampler waited since last asked: on the clock, and in the loop thread's
+    CPU time (what the loop did meanwhile, without the time other processes had the CPU: on a
+    loaded 2-core machine the clock also counts the server waiting for a core)."""
+    seen = json.loads(get(port, "/bench/lag")[1])
+    return float(seen["max_lag_ms"]), float(seen["max_cpu_ms"])
 
 
 class Server:
@@ -252,25 +264,36 @@ class Server:
 def rates(hammers: list[subprocess.Popen[str]], seconds: float) -> list[float]:
     out = []
     for h in hammers:
-        text, _ = h.communicate(timeout=seconds + 60)
+        text, _ = h.communicate(timeout=seconds + 120)
         out.append(float(text.split()[0]))
     return out
 
 
 def beside(
-    server: Server, path: str, hammered: tuple[str, ...], seconds: float, expect: bytes
-) -> tuple[list[float], list[float], list[float], float]:
-    """`path`'s latencies idle, then while `hammered` are asked back to back; the hammers' rates and
-    the longest loop lag seen meanwhile."""
-    wait_quiet(f"idle {path}")
-    idle = latencies(server.port, path, 5.0, expect)
-    hammers: list[subprocess.Popen[str]] = []
+    server: Server, path: str, hammered: tuple[str, ...], expect: bytes
+) -> tuple[list[float], list[float], list[float], tuple[float, float]]:
+    """`path`'s latencies idle and while `hammered` are asked back to back, in ROUNDS alternating
+    windows (the hammers stopped with SIGSTOP, then let go on), so that both see the same load from
+    the rest of the machine; the hammers' rates (over the whole time, stopped windows included) and
+    the longest loop lag (clock, CPU) seen while they ran."""
+    hammers = server.hammer(hammered, ROUNDS * (2 * WINDOW_S + 0.4) + 2.0)
+    idle: list[float] = []
+    busy: list[float] = []
+    lag = (0.0, 0.0)
     try:
-        hammers = server.hammer(hammered, seconds)
-        max_lag_ms(server.port)
-        busy = latencies(server.port, path, seconds - 2.0, expect)
-        lag = max_lag_ms(server.port)
-        return idle, busy, rates(hammers, seconds), lag
+        for _ in range(ROUNDS):
+            for h in hammers:
+                os.kill(h.pid, signal.SIGSTOP)
+            time.sleep(0.2)  # what was asked before the stop is answered
+            idle += latencies(server.port, path, WINDOW_S, expect)
+            for h in hammers:
+                os.kill(h.pid, signal.SIGCONT)
+            time.sleep(0.2)
+            max_lag_ms(server.port)
+            busy += latencies(server.port, path, WINDOW_S, expect)
+            wall, cpu = max_lag_ms(server.port)
+            lag = (max(lag[0], wall), max(lag[1], cpu))
+        return idle, busy, rates(hammers, 0.0), lag
     finally:
         for h in hammers:
             h.kill()
@@ -285,21 +308,25 @@ def line(label: str, idle: list[float], busy: list[float]) -> str:
 
 
 def test_answers_stay_cheap_at_10000_jobs(tmp_path: Path) -> None:
-    seconds = 10.0
     goals = Goals()
-    print(f"\n{JOBS:,} jobs, one dataset under {NAMES:,} names")
+    print(f"\n{JOBS:,} jobs, one dataset under {NAMES:,} names; 1-minute load {os.getloadavg()[0]:.2f}")
     with Server(tmp_path, move=False) as server:
-        print("  loop hold per answer (longest lag of a 2 ms sampler over 3 asks; status, body):")
+        wait_quiet("loop holds")
+        print(
+            "  loop hold per answer (a 2 ms sampler's longest wait over 3 asks: loop CPU, clock; status, body):"
+        )
         holds = {}
         for path in HEAVY:
             max_lag_ms(server.port)
             status, body = 0, b""
             for _ in range(3):
                 status, body = get(server.port, path)
-            holds[path] = max_lag_ms(server.port)
-            print(f"    {path:50s} {holds[path]:7.1f} ms  {status} {len(body) / 1e6:6.2f} MB")
+            wall, holds[path] = max_lag_ms(server.port)
+            print(f"    {path:50s} {holds[path]:6.1f} ms {wall:6.1f} ms  {status} {len(body) / 1e6:6.2f} MB")
         worst = max(holds, key=lambda p: holds[p])
-        goals.check(f"  longest loop hold ({worst})", holds[worst], 50.0, higher_is_better=False, unit=" ms")
+        goals.check(
+            f"  longest loop hold, loop CPU ({worst})", holds[worst], 50.0, higher_is_better=False, unit=" ms"
+        )
         for label, path, hammered, expect in (
             (
                 "/v1/status beside a /v1/jobs poller, state still",
@@ -314,10 +341,10 @@ def test_answers_stay_cheap_at_10000_jobs(tmp_path: Path) -> None:
                 b'"ok": true',
             ),
         ):
-            idle, busy, hammer_rates, lag = beside(server, path, hammered, seconds, expect)
+            idle, busy, hammer_rates, lag = beside(server, path, hammered, expect)
             print(
                 line(label, idle, busy) + f"; hammers {', '.join(f'{r:.0f}' for r in hammer_rates)} req/s,"
-                f" longest loop lag {lag:.1f} ms"
+                f" longest loop lag {lag[1]:.1f} ms CPU, {lag[0]:.1f} ms clock"
             )
             if path == "/v1/status":
                 ratio = percentile(busy, 0.99) / percentile(idle, 0.99)
@@ -329,11 +356,10 @@ def test_answers_stay_cheap_at_10000_jobs(tmp_path: Path) -> None:
                 )
     with Server(tmp_path / "moving", move=True) as server:
         label = f"/v1/status beside a /v1/jobs poller, seq moving every {MOVE_S * 1000:.0f} ms"
-        idle, busy, hammer_rates, lag = beside(
-            server, "/v1/status", ("/v1/jobs",), seconds, b'"healthy": true'
-        )
+        idle, busy, hammer_rates, lag = beside(server, "/v1/status", ("/v1/jobs",), b'"healthy": true')
         print(
-            line(label, idle, busy) + f"; poller {hammer_rates[0]:.0f} req/s, longest loop lag {lag:.1f} ms"
+            line(label, idle, busy) + f"; poller {hammer_rates[0]:.0f} req/s,"
+            f" longest loop lag {lag[1]:.1f} ms CPU, {lag[0]:.1f} ms clock"
         )
         ratio = percentile(busy, 0.99) / percentile(idle, 0.99)
         goals.check(f"  {label}: busy p99 / idle p99", ratio, 2.0, higher_is_better=False)

@@ -5,6 +5,7 @@ while the page was built."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,12 +14,24 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.core.events import JobProgress, NewEvent
+from daemon.core.events import JobProgress, JobsWaiting, NewEvent, Recorded
 from daemon.core.state import State
 from daemon.core.streams import job_stream
 from daemon.http.api import ReadSide, make_app
 from daemon.http.openapi import LIST_PAGE, MAX_PAGE
-from daemon.http.paging import CHUNK, PAGES, SeqCache, encode_chunked
+from daemon.http.paging import (
+    CHUNK,
+    KEPT_EVENTS,
+    KEPT_PAGES,
+    PAGES,
+    JobChanges,
+    JobsPage,
+    Page,
+    PageCache,
+    encode_chunked,
+    jobs_page,
+)
+from daemon.http.views import job_ids_page
 from daemon.log.store import EventStore
 from tests.unit.test_api_reads import dataset, job
 
@@ -150,27 +163,78 @@ async def test_a_page_is_built_once_per_seq_and_not_kept_across_a_fold(
 
 async def test_concurrent_askers_share_one_build_and_a_moved_state_is_not_kept() -> None:
     state = State()
-    cache: SeqCache[str] = SeqCache(lambda: state, size=2)
+    cache = PageCache(lambda: state, JobChanges(0))
     builds: list[int] = []
 
-    async def build(s: State) -> str:
+    async def build(s: State) -> Page:
         builds.append(s.last_seq)
         await asyncio.sleep(0.01)
-        return f"page at {s.last_seq}"
+        return Page(f"page at {s.last_seq}".encode(), None)
 
-    assert await asyncio.gather(*(cache.get("k", build) for _ in range(5))) == ["page at 0"] * 5
-    assert builds == [0] and len(cache) == 1
+    pages = await asyncio.gather(*(cache.get("k", build) for _ in range(5)))
+    assert {p.body for p in pages if p is not None} == {b"page at 0"} and builds == [0] and len(cache) == 1
 
-    async def fold_meanwhile(s: State) -> str:
-        text = await build(s)
+    async def fold_meanwhile(s: State) -> Page:
+        page = await build(s)
         state.last_seq += 1
-        return text
+        return page
 
-    assert await cache.get("moving", fold_meanwhile) == "page at 0"
+    moved = await cache.get("moving", fold_meanwhile)
+    assert moved is not None and moved.body == b"page at 0"
     assert len(cache) == 1  # "moving" was never kept
-    for key in ("a", "b", "c"):
+    for key in range(KEPT_PAGES + 1):
         await cache.get(key, build)
-    assert len(cache) == 2  # "k" of an older seq went when "a" was kept; then "a", the oldest asked for
+    assert len(cache) == KEPT_PAGES  # the oldest asked for went
+
+
+def progress(seq: int, job_id: int) -> Recorded:
+    event = JobProgress(job_id=job_id, attempt=1, kind="train", step=seq, max_steps=9, percent=0.0)
+    return Recorded(seq, job_stream(job_id), seq, 0.0, event)
+
+
+async def test_a_jobs_page_is_patched_after_progress_and_built_anew_after_other_events() -> None:
+    state = queue()
+    state.last_seq = 0
+    changes = JobChanges(0)
+    cache = PageCache(lambda: state, changes)
+    builds = 0
+
+    async def build(s: State) -> JobsPage:
+        nonlocal builds
+        builds += 1
+        ids, next_after = job_ids_page(s, limit=5)
+        return await jobs_page(s, ids, next_after)
+
+    def reasons(page: Page | None) -> list[str]:
+        assert page is not None
+        return [j["reason"] for j in json.loads(page.body)["jobs"]]
+
+    first = await cache.get("k", build)
+    state.jobs[2].reason, state.jobs[3].reason = "progressed", "unseen"
+    changes.recorded([progress(1, 2)])
+    state.last_seq = 1
+    patched = await cache.get("k", build)
+    assert builds == 1 and reasons(patched) == ["", "progressed", "", "", ""]  # job 3 not encoded again
+    changes.recorded([progress(2, 400)])  # a job on no kept page
+    state.last_seq = 2
+    assert await cache.get("k", build) is patched and builds == 1
+    other = Recorded(3, "scheduler", 1, 0.0, JobsWaiting(reasons={"3": "unseen"}))
+    changes.recorded([other])
+    state.last_seq = 3
+    assert reasons(await cache.get("k", build)) == ["", "progressed", "unseen", "", ""] and builds == 2
+    state.jobs[3].reason = ""
+    assert patched is not None and first is not None
+    assert patched.body == (await build(state)).body  # a patched page reads as one built anew
+
+
+def test_job_changes_forget_the_oldest_events() -> None:
+    changes = JobChanges(10)
+    assert changes.since(9, 10) is None and changes.since(10, 10) == set()
+    assert changes.since(10, 11) is None  # a seq no event was seen for
+    last = 11 + KEPT_EVENTS
+    changes.recorded([progress(seq, seq % 7) for seq in range(11, last + 1)])
+    assert changes.since(10, last) is None
+    assert changes.since(last - 3, last) == {(last - 2) % 7, (last - 1) % 7, last % 7}
 
 
 async def test_encode_chunked_lets_the_loop_through_between_chunks() -> None:
