@@ -23,7 +23,7 @@ from aiohttp import web
 from daemon import __version__
 from daemon.core.config import Config, ConfigError, config_digest, load_config, merge_reload
 from daemon.core.events import ConfigReloaded, DaemonStarted, DaemonStopped, GpuSeen, NewEvent
-from daemon.core.state import State
+from daemon.core.state import STATE_SCHEMA, State
 from daemon.core.streams import DAEMON_STREAM
 from daemon.http.api import ReadSide, make_app
 from daemon.http.guard import ConnectionGuard, GuardedSite, connection_cap
@@ -225,11 +225,15 @@ async def _run(
         check = {"auto": None, "full": True, "quick": False}[cfg.store.startup_check]
         async with _part(f"the event log ({cfg.db_path})"):
             store = await EventStore.open(
-                cfg.db_path, cfg.store.busy_timeout_ms, full_check=check, new_log=new_log
+                cfg.db_path,
+                cfg.store.busy_timeout_ms,
+                full_check=check,
+                new_log=new_log,
+                snapshot_schema=STATE_SCHEMA,
             )
         parts.push_async_callback(store.close)
         async with _part(f"the event log ({cfg.db_path})"):
-            projector = await Projector.start(store, cfg.store.snapshot_every)
+            projector = await Projector.start(store, cfg.store.snapshot_bytes)
         probe = make_probe(cfg.gpus.devices)
         gpus = await probe.snapshot()
         before_start = store.last_seq
@@ -331,6 +335,9 @@ async def _run(
             projector.state.last_seq,
         )
         notifier.ready(f"serving on {url}")
+        if store.history_unchecked:
+            history = asyncio.create_task(store.check_history())
+            parts.callback(history.cancel)
         interval = watchdog_interval()
         if interval is not None:
 

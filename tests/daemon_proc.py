@@ -28,7 +28,7 @@ token = "{token}"
 devices = "none"
 [store]
 busy_timeout_ms = {busy_timeout_ms}
-snapshot_every = {snapshot_every}
+snapshot_bytes = {snapshot_bytes}
 [daemon]
 health_interval_s = {health_interval_s}
 """
@@ -39,7 +39,7 @@ class Daemon:
     root: Path
     token: str = ""
     busy_timeout_ms: int = 5000
-    snapshot_every: int = 1000
+    snapshot_bytes: int = 8 * 1024 * 1024
     health_interval_s: float = 5.0
     extra_config: str = ""
     """TOML appended to the config (sections the base config does not have)."""
@@ -56,7 +56,7 @@ class Daemon:
             CONFIG.format(
                 token=self.token,
                 busy_timeout_ms=self.busy_timeout_ms,
-                snapshot_every=self.snapshot_every,
+                snapshot_bytes=self.snapshot_bytes,
                 health_interval_s=self.health_interval_s,
             )
             + self.extra_config

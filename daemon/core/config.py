@@ -146,11 +146,13 @@ class IntakeConfig(_Section):
 class StoreConfig(_Section):
     busy_timeout_ms: int = Field(default=5000, ge=0)
     """How long an append waits for another process's write lock before it fails."""
-    snapshot_every: int = Field(default=1000, ge=1)
-    """Write a state snapshot after this many new events, so start-up replays only the tail."""
+    snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    """Write a state snapshot once the events since the last one hold this much data (JSON bytes)
+    and at least as much as that snapshot, so start-up replays a bounded tail."""
     startup_check: Literal["auto", "full", "quick"] = "auto"
     """SQLite's integrity_check reads every page (about 10 ms per MB here); "auto" runs it on logs up to
-    256 MiB and quick_check (structure without index cross-checks) on larger ones."""
+    256 MiB and quick_check (structure without index cross-checks) on larger ones. With a snapshot,
+    start-up checks only the events after it and runs this check once it serves."""
 
 
 class RunsConfig(_Section):

@@ -117,7 +117,7 @@ def settle(conn: sqlite3.Connection, path: Path, layout: StateLayout, found: Fou
     history (the upgrade), and a new one to a log without history (a log whose events were lost
     must not name run folders as its predecessor did).
     """
-    events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    events = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
     log_id = read_log_id(conn)
     state_id = read_state_id(layout)
     problem = _problem(path, found, events, log_id, state_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,14 @@ __all__ = [
     "SELECT_STREAM",
     "Snapshot",
     "check_log",
+    "check_tail",
     "connect",
     "dump_jsonl",
+    "encode_snapshot",
     "iter_events",
     "latest_snapshot",
+    "latest_snapshot_seq",
+    "missing_triggers",
     "open_readonly",
     "prepare",
     "read_log_id",
@@ -76,13 +81,28 @@ SELECT_KEYS = (
     "WHERE idem_key IN (SELECT value FROM json_each(?)) ORDER BY seq"
 )
 _SELECT_ALL = "SELECT seq, stream, version, type, schema, ts, data, idem_key FROM events ORDER BY seq"
+TRIGGERS = ("events_no_update", "events_no_delete")
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
+"""The -wal file is cut back to this after a checkpoint: a large snapshot would otherwise leave it
+at its own size for good."""
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     seq: int
     schema: int
-    state_json: str
+    state_json: str | bytes
+
+
+def encode_snapshot(state_json: str) -> bytes:
+    """Snapshots are stored zlib-compressed (level 1) as a BLOB: a state of 10,000 queued jobs is 18 MB
+    of JSON and 0.47 MB compressed, for 36 ms of compression against 160 ms of encoding. A TEXT
+    snapshot (written before compression) is read as it is."""
+    return zlib.compress(state_json.encode(), 1)
+
+
+def _decode_snapshot(stored: str | bytes) -> str | bytes:
+    return zlib.decompress(stored) if isinstance(stored, bytes) else stored
 
 
 def connect(path: Path, busy_timeout_ms: int, *, readonly: bool = False) -> sqlite3.Connection:
@@ -112,7 +132,14 @@ def row_to_recorded(row: tuple[int, str, int, str, int, float, str]) -> Recorded
 
 
 def prepare(conn: sqlite3.Connection) -> None:
-    """Switch to WAL and create the tables; refuse a file written by a newer schema."""
+    """Switch to WAL and create the tables; refuse a file written by a newer schema.
+
+    A new log reclaims the pages of pruned snapshots (auto_vacuum = INCREMENTAL, which SQLite only
+    accepts before the first table and the switch to WAL). A log created before that keeps
+    auto_vacuum = NONE: its freed pages are reused by the next snapshot, so it stays at its peak
+    size; switching it takes a VACUUM of the whole file, which start-up does not do (README)."""
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode != "wal":
         raise LogDamaged(f"cannot switch to WAL journal (got {mode!r})")
@@ -121,6 +148,7 @@ def prepare(conn: sqlite3.Connection) -> None:
         raise LogDamaged(f"database schema {version} is newer than this llmtraind ({DB_SCHEMA})")
     conn.executescript(_DDL)
     conn.execute(f"PRAGMA user_version = {DB_SCHEMA}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
 
 
 def read_log_id(conn: sqlite3.Connection) -> str | None:
@@ -161,6 +189,52 @@ def check_log(conn: sqlite3.Connection, *, full: bool = True) -> None:
         raise LogDamaged(f"unknown event types {unknown}: the log was written by a newer llmtraind")
 
 
+def check_tail(conn: sqlite3.Connection, after: int) -> None:
+    """What a snapshot at seq `after` does not vouch for: the events after it continue it gap-free,
+    each of their streams continues its versions from before the snapshot without a hole, and their
+    types are known. Index lookups only, proportional to the tail, so start-up with a snapshot does
+    not read the history; `check_log` (in the background, or `llmtraind fsck`) reads it all."""
+    try:
+        lo, hi = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        if hi is None or hi < after:
+            raise LogDamaged(f"the snapshot at seq {after} is past the log's end (seq {hi or 0})")
+        if lo != 1:
+            raise LogDamaged(f"event seq is not gap-free: the log starts at seq {lo}")
+        if after and conn.execute("SELECT 1 FROM events WHERE seq = ?", (after,)).fetchone() is None:
+            raise LogDamaged(f"event {after}, where the snapshot was taken, is missing")
+        count = conn.execute("SELECT count(*) FROM events WHERE seq > ?", (after,)).fetchone()[0]
+        if count != hi - after:
+            raise LogDamaged(
+                f"event seq is not gap-free after the snapshot at {after}: {count} events span "
+                f"seq {after + 1}..{hi}"
+            )
+        streams = conn.execute(
+            "SELECT stream, count(*), min(version), max(version) FROM events WHERE seq > ? GROUP BY stream",
+            (after,),
+        ).fetchall()
+        for stream, n, first, last in streams:
+            before = conn.execute(
+                "SELECT seq FROM events WHERE stream = ? AND version = ?", (stream, first - 1)
+            ).fetchone()
+            if last - first + 1 != n or (first > 1 and (before is None or before[0] > after)):
+                raise LogDamaged(
+                    f"stream versions are not 1..n: {stream} continues after the snapshot at {after} "
+                    f"with {n} events with versions {first}..{last}"
+                )
+        types = conn.execute("SELECT DISTINCT type FROM events WHERE seq > ?", (after,)).fetchall()
+    except sqlite3.DatabaseError as e:
+        raise LogDamaged(f"cannot read the event log: {e}") from None
+    unknown = [t for (t,) in types if t not in EVENT_TYPES]
+    if unknown:
+        raise LogDamaged(f"unknown event types {unknown}: the log was written by a newer llmtraind")
+
+
+def missing_triggers(conn: sqlite3.Connection) -> list[str]:
+    """The triggers that keep the events append-only, where someone dropped them."""
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    return [t for t in TRIGGERS if t not in present]
+
+
 def open_readonly(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise LogDamaged(f"{path}: no event log here")
@@ -192,7 +266,12 @@ def latest_snapshot(conn: sqlite3.Connection, schema: int, at_most: int | None =
         "SELECT seq, schema, state FROM snapshots WHERE schema = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
         (schema, at_most if at_most is not None else 2**62),
     ).fetchone()
-    return Snapshot(*row) if row else None
+    return Snapshot(row[0], row[1], _decode_snapshot(row[2])) if row else None
+
+
+def latest_snapshot_seq(conn: sqlite3.Connection, schema: int) -> int | None:
+    row = conn.execute("SELECT max(seq) FROM snapshots WHERE schema = ?", (schema,)).fetchone()
+    return int(row[0]) if row[0] is not None else None
 
 
 def dump_jsonl(conn: sqlite3.Connection) -> Iterator[str]:

@@ -6,6 +6,11 @@ thread cannot be interrupted mid-transaction: the append then commits or rolls b
 outcome is merely unknown to the cancelled caller, which is what idempotency keys are for. Readers use
 separate connections (aiosqlite on the loop, plain sqlite3 for bulk replay in a thread), which WAL lets
 run beside the writer without blocking it.
+
+Opened for a caller that starts from a snapshot (`snapshot_schema`), the store checks only the events
+after it (daemon.log.sqlite.check_tail) and leaves the history to `check_history`, which the daemon
+runs once it serves; damage found there stops every further write, as damage found at open refuses
+the start.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from daemon.log.sqlite import (
     SELECT_KEYS,
     SELECT_STREAM,
     check_log,
+    check_tail,
     connect,
+    encode_snapshot,
+    latest_snapshot_seq,
     prepare,
     row_to_recorded,
 )
@@ -43,7 +51,8 @@ __all__ = ["EventStore", "private_dirs"]
 
 log = logging.getLogger(__name__)
 
-SNAPSHOTS_KEPT = 3
+SNAPSHOTS_KEPT = 2
+"""The newest to start from and the one before it, for a look at an earlier seq (`/v1/state?at=`)."""
 FULL_CHECK_MAX_BYTES = 256 * 1024 * 1024
 
 T = TypeVar("T")
@@ -89,6 +98,12 @@ class EventStore:
         self.healthy = True
         self.last_error = ""
         self.log_id = ""
+        self.appended_bytes = 0
+        """The event data (JSON) committed by this store since it was opened, for the snapshot policy."""
+        self.history_unchecked = False
+        """Whether open left the events before the start-up snapshot to `check_history`."""
+        self._full_check = True
+        self._damage = ""
         self._opened: tuple[tuple[int, int], tuple[int, int]] | None = None
         """(st_dev, st_ino) of the log file and of its folder as opened."""
 
@@ -102,13 +117,15 @@ class EventStore:
         *,
         full_check: bool | None = None,
         new_log: bool = False,
+        snapshot_schema: int | None = None,
     ) -> EventStore:
         """Open (creating if needed) and check the log; `full_check=None` picks by size
         (FULL_CHECK_MAX_BYTES). The log must be its folder's (daemon.log.identity); `new_log`
-        accepts a new one beside an earlier history's runs and blobs."""
+        accepts a new one beside an earlier history's runs and blobs. With a snapshot of
+        `snapshot_schema` in the log only the events after it are checked (`history_unchecked`)."""
         store = cls(path, busy_timeout_ms)
         try:
-            await store._run(store._open_sync, full_check, new_log)
+            await store._run(store._open_sync, full_check, new_log, snapshot_schema)
         except BaseException:
             store._writer.shutdown(wait=False)
             raise
@@ -116,7 +133,7 @@ class EventStore:
         await store._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         return store
 
-    def _open_sync(self, full_check: bool | None, new_log: bool) -> None:
+    def _open_sync(self, full_check: bool | None, new_log: bool, snapshot_schema: int | None) -> None:
         private_dirs(self.path.parent)
         found = Found.at(self.path)
         layout = StateLayout(self.path.parent)
@@ -127,9 +144,15 @@ class EventStore:
             conn = connect(self.path, self.busy_timeout_ms)
         except sqlite3.DatabaseError as e:
             raise LogDamaged(f"{self.path}: {e}") from None
+        self._full_check = full_check
         try:
             prepare(conn)
-            check_log(conn, full=full_check)
+            snapshot = None if snapshot_schema is None else latest_snapshot_seq(conn, snapshot_schema)
+            if snapshot is None:
+                check_log(conn, full=full_check)
+            else:
+                check_tail(conn, snapshot)
+                self.history_unchecked = True
         except sqlite3.DatabaseError as e:
             conn.close()
             raise LogDamaged(f"{self.path}: {e}") from None
@@ -157,6 +180,42 @@ class EventStore:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def check_history(self) -> str:
+        """The full check open left out (SQLite's integrity_check or quick_check as open would have
+        chosen, gap-free seqs, versions, known types), on a read-only connection of its own beside
+        the writer. Damage is loud: logged, shown by /healthz, and every later write refused.
+        Returns the damage, or "". Cancelling it interrupts SQLite."""
+        conn = connect(self.path, self.busy_timeout_ms, readonly=True)
+        work = asyncio.ensure_future(asyncio.to_thread(self._check_history_sync, conn))
+        try:
+            damage = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            conn.interrupt()
+            with contextlib.suppress(BaseException):
+                await work
+            raise
+        finally:
+            if work.done():
+                conn.close()
+        self.history_unchecked = False
+        if damage:
+            self._damage = (
+                f"the event log is damaged: {damage}; nothing more is recorded and nothing was "
+                "repaired or truncated: stop the daemon, then restore the log from a backup or move it aside"
+            )
+            self.healthy, self.last_error = False, self._damage
+            log.error("%s", self._damage)
+        return damage
+
+    def _check_history_sync(self, conn: sqlite3.Connection) -> str:
+        try:
+            check_log(conn, full=self._full_check)
+        except LogDamaged as e:
+            return str(e)
+        except sqlite3.DatabaseError as e:
+            return f"cannot read the event log: {e}"
+        return ""
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -190,10 +249,10 @@ class EventStore:
         job = self._writer.submit(self._append_sync, parts)
         # Wired to the thread's future, not the awaiting task: a cancelled appender must not hide a commit.
         job.add_done_callback(lambda done: loop.call_soon_threadsafe(self._committed, done))
-        results, _ = await asyncio.wrap_future(job)
+        results, _, _ = await asyncio.wrap_future(job)
         return results
 
-    def _committed(self, fut: Future[tuple[list[list[Recorded]], list[Recorded]]]) -> None:
+    def _committed(self, fut: Future[tuple[list[list[Recorded]], list[Recorded], int]]) -> None:
         if fut.cancelled():
             return
         err = fut.exception()
@@ -201,14 +260,15 @@ class EventStore:
             if isinstance(err, StoreUnavailable):
                 self.healthy, self.last_error = False, str(err)
             return
-        _, fresh = fut.result()
+        _, fresh, size = fut.result()
         self.healthy, self.last_error = True, ""
+        self.appended_bytes += size
         if fresh:
             self.last_seq = fresh[-1].seq
             for listener in self._listeners:
                 listener(fresh)
 
-    def _append_sync(self, parts: list[Append]) -> tuple[list[list[Recorded]], list[Recorded]]:
+    def _append_sync(self, parts: list[Append]) -> tuple[list[list[Recorded]], list[Recorded], int]:
         conn = self._require_conn()
         where = ", ".join(sorted({p.stream for p in parts}))
         try:
@@ -218,15 +278,17 @@ class EventStore:
         try:
             results: list[list[Recorded]] = []
             fresh: list[Recorded] = []
+            size = 0
             for part in parts:
-                recorded, new = self._append_in_txn(
+                recorded, written = self._append_in_txn(
                     conn, part.stream, list(part.events), part.expected_version
                 )
                 results.append(recorded)
-                if new:
+                if written:
                     fresh.extend(recorded)
+                    size += written
             conn.execute("COMMIT" if fresh else "ROLLBACK")
-            return results, fresh
+            return results, fresh, size
         except sqlite3.IntegrityError as e:
             conn.execute("ROLLBACK")
             raise StoreError(f"append to {where!r} refused: {e}") from None
@@ -241,14 +303,15 @@ class EventStore:
 
     def _append_in_txn(
         self, conn: sqlite3.Connection, stream: str, events: list[NewEvent], expected: int | None
-    ) -> tuple[list[Recorded], bool]:
+    ) -> tuple[list[Recorded], int]:
+        """The batch's events and the bytes of data written (0 where its keys were recorded before)."""
         keys = [e.idem_key for e in events if e.idem_key is not None]
         if keys:
             rows = conn.execute(SELECT_KEYS, (json.dumps(keys),)).fetchall()
             if rows:
                 if len(rows) != len(keys):
                     raise StoreError(f"idempotency keys {keys} match only {len(rows)} recorded events")
-                return [row_to_recorded(r) for r in rows], False
+                return [row_to_recorded(r) for r in rows], 0
         current = conn.execute(
             "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
         ).fetchone()[0]
@@ -256,31 +319,34 @@ class EventStore:
             raise ConcurrencyConflict(stream, expected, current)
         now = time.time()
         base = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        rows = [
+            (
+                stream,
+                current + i,
+                n.event.type,
+                n.event.schema_version,
+                n.idem_key,
+                now,
+                n.event.model_dump_json(),
+            )
+            for i, n in enumerate(events, start=1)
+        ]
         conn.executemany(
             "INSERT INTO events (stream, version, type, schema, idem_key, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    stream,
-                    current + i,
-                    n.event.type,
-                    n.event.schema_version,
-                    n.idem_key,
-                    now,
-                    n.event.model_dump_json(),
-                )
-                for i, n in enumerate(events, start=1)
-            ],
+            rows,
         )
         # One writer inside BEGIN IMMEDIATE and no deletes: the batch took the next len(events) seqs.
         last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         if last != base + len(events):
             raise StoreError(f"seq allocation out of step: expected {base + len(events)}, got {last}")
         out = [Recorded(base + i, stream, current + i, now, n.event) for i, n in enumerate(events, start=1)]
-        return out, True
+        return out, sum(len(row[6]) for row in rows)
 
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("the event store is closed")
+        if self._damage:
+            raise StoreUnavailable(self._damage)
         self._check_in_place()
         return self._conn
 
@@ -327,13 +393,17 @@ class EventStore:
     # -- snapshots ---------------------------------------------------------------------------------
 
     async def save_snapshot(self, seq: int, schema: int, state_json: str) -> None:
+        """Compressed (daemon.log.sqlite.encode_snapshot); the pages of the snapshots it prunes go
+        back to the file system on a log that has auto_vacuum = INCREMENTAL (daemon.log.sqlite.prepare)."""
+
         def save() -> None:
             conn = self._require_conn()
+            blob = encode_snapshot(state_json)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(
                     "INSERT OR REPLACE INTO snapshots (seq, schema, ts, state) VALUES (?, ?, ?, ?)",
-                    (seq, schema, time.time(), state_json),
+                    (seq, schema, time.time(), blob),
                 )
                 conn.execute(
                     "DELETE FROM snapshots WHERE seq NOT IN "
@@ -344,6 +414,8 @@ class EventStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            # executescript steps the pragma to its end; one execute() step frees one page.
+            conn.executescript("PRAGMA incremental_vacuum")
 
         await self._run(save)
 

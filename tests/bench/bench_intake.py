@@ -96,7 +96,7 @@ async def daemon_latency(root: Path, count: int, gap: float) -> tuple[list[float
     )
     cfg = load_config(root / "llmtraind.toml", environ={})
     store = await EventStore.open(cfg.db_path)
-    projector = await Projector.start(store, cfg.store.snapshot_every)
+    projector = await Projector.start(store, cfg.store.snapshot_bytes)
     recorded: dict[str, float] = {}
 
     def on_append(batch: list[Recorded]) -> None:

@@ -168,7 +168,7 @@ def test_an_event_that_does_not_match_its_type_stops_serve_in_one_line(
 def test_restarts_with_snapshots_replay_to_the_same_state(
     daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
-    d = daemon_factory(tmp_path / "a", snapshot_every=3)
+    d = daemon_factory(tmp_path / "a", snapshot_bytes=1)
     for _ in range(4):
         d.start()
         assert d.stop() == 0
