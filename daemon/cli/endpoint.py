@@ -30,7 +30,7 @@ _DEFAULTS: Mapping[tuple[str, str], Any] = {
     ("api", "token"): "",
     ("paths", "state"): "state",
 }
-"""The keys read, with config.py's defaults; tests/unit/test_cli_endpoint.py holds them to it."""
+"""The keys read, with config.py's defaults; tests/unit/test_cli_reads.py holds them to it."""
 
 
 @dataclass(frozen=True)
