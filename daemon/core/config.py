@@ -161,7 +161,8 @@ class RunsConfig(_Section):
     poll_s: float = Field(default=0.5, gt=0)
     """How often a running job's logging.jsonl is read for progress and metrics."""
     schedule_s: float = Field(default=2.0, gt=0)
-    """Placement is decided on every change, and at least this often (GPUs free up outside the log)."""
+    """The scheduling loop looks this often (GPUs free up outside the log); it decides placement
+    again only when the queue, the box or a reservation's clock changed."""
     gpu_probe_s: float = Field(default=2.0, gt=0)
     """A GPU probe is reused for this long between placements."""
     min_free_disk_gib: float = Field(default=10.0, ge=0)

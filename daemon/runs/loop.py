@@ -1,5 +1,6 @@
-"""The scheduling loop: on every change in the log (and every `[runs] schedule_s`), ask
-`dispatch.decide` what to do, record it, then act on it through the runner.
+"""The scheduling loop: on every change in the log (and every `[runs] schedule_s`), ask the kept
+`dispatch.Queue` what to do, record it, then act on it through the runner. The queue follows the
+log as a projector subscriber, so a pass with nothing changed costs next to nothing.
 
 Decisions are recorded before they are acted on: a JobStarted is durable before its supervisor
 is spawned, so a crash in between leaves a run the next daemon can account for (its supervisor
