@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from daemon import __version__
 from daemon.cli.backup import add_parser as add_backup_parser
+from daemon.cli.fsck import add_parser as add_fsck_parser
 from daemon.cli.notify import add_parser as add_notify_parser
 from daemon.cli.prune import add_parser as add_prune_parser
 from daemon.cli.unit import add_parser as add_unit_parser
@@ -243,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", help="folder to write or check (default: the repository's schemas/)")
     schemas.set_defaults(fn=_cmd_schemas)
     add_backup_parser(sub, common)
+    add_fsck_parser(sub, common)
     add_prune_parser(sub, common)
     sub.add_parser("status", parents=[client], help="the daemon's status").set_defaults(fn=_read)
     sub.add_parser(
