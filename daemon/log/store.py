@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 SNAPSHOTS_KEPT = 2
 """The newest to start from and the one before it, for a look at an earlier seq (`/v1/state?at=`)."""
 FULL_CHECK_MAX_BYTES = 256 * 1024 * 1024
+DAMAGE_NOTE = "log-damaged"
+"""In the state folder once `check_history` found damage: the next start checks the whole log before
+it serves (and so refuses it), instead of appending to it again until its own background check ends,
+as a restart loop under systemd would. A start whose whole check passes removes it."""
 
 T = TypeVar("T")
 Listener = Callable[[list[Recorded]], None]
@@ -147,9 +151,11 @@ class EventStore:
         self._full_check = full_check
         try:
             prepare(conn)
+            note = self.path.parent / DAMAGE_NOTE
             snapshot = None if snapshot_schema is None else latest_snapshot_seq(conn, snapshot_schema)
-            if snapshot is None:
+            if snapshot is None or note.exists():
                 check_log(conn, full=full_check)
+                note.unlink(missing_ok=True)
             else:
                 check_tail(conn, snapshot)
                 self.history_unchecked = True
@@ -206,6 +212,10 @@ class EventStore:
             )
             self.healthy, self.last_error = False, self._damage
             log.error("%s", self._damage)
+            try:
+                (self.path.parent / DAMAGE_NOTE).write_text(damage + "\n")
+            except OSError as e:
+                log.error("cannot leave %s for the next start: %s", DAMAGE_NOTE, e)
         return damage
 
     def _check_history_sync(self, conn: sqlite3.Connection) -> str:

@@ -34,5 +34,7 @@ def test_damage_the_snapshot_covers_is_found_after_serving_and_stops_writes(
     assert d.get("/v1/status")[0] == 200
     assert d.stop() == 1
     assert "llmtraind cannot run: the event log is damaged" in d.log_path.read_text()
+    again = d.cli("serve", timeout=30)
+    assert again.returncode == 2 and "refusing to start: the event log is damaged" in again.stderr
     assert "FromTheFuture" in d.cli("fsck").stderr
     assert d.cli("fsck").returncode == 1

@@ -107,6 +107,19 @@ async def test_damage_before_the_snapshot_is_found_after_the_start_and_stops_wri
     assert not await store.probe_writable()
     assert (await store.read())[-1].seq == 10
     await store.close()
+    assert (tmp_path / "log-damaged").read_text().startswith("stream versions are not 1..n")
+    with pytest.raises(LogDamaged, match="stream versions are not 1..n"):
+        await EventStore.open(db, snapshot_schema=STATE_SCHEMA)
+
+
+async def test_a_whole_check_that_passes_at_start_clears_an_earlier_finding(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    await log_with_snapshot(db)
+    (tmp_path / "log-damaged").write_text("restored from a backup since\n")
+    store = await EventStore.open(db, snapshot_schema=STATE_SCHEMA)
+    assert not store.history_unchecked
+    assert not (tmp_path / "log-damaged").exists()
+    await store.close()
 
 
 async def test_snapshots_are_compressed_and_text_ones_still_read(tmp_path: Path) -> None:
