@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from daemon.core.datasets.rows import _Row
+from daemon.core.datasets.rows import _GET_CONTENT, _GET_ROLE, _VALID_ORDERS, _Row, _valid_order
 from daemon.core.datasets.rules import _RowError
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -32,6 +33,11 @@ def _no_constants(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+_Scan = Callable[[str, int], tuple[Any, int]]
+_SCAN: _Scan = _DECODER.scan_once  # type: ignore[attr-defined]  # what decode() calls, undeclared in the stubs
+_SCAN_PLAIN: _Scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_STRING = json.encoder.encode_basestring
+"""What `_ENCODE` writes a string as (ensure_ascii=False)."""
 _ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
 
 
@@ -54,6 +60,53 @@ def _decode(raw: bytes) -> str:
 
 
 def _parse(text: str) -> Any:
+    """The line's JSON value. The scanner is called directly: a row that starts and ends its value
+    exactly where the line does (nearly all of them) needs none of `decode`'s whitespace handling;
+    anything else, errors included, takes `decode` and its worded errors."""
+    try:
+        obj, end = _SCAN(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return _parse_in_detail(text)
+    if end != len(text):
+        return _parse_in_detail(text)
+    return obj
+
+
+def _plain_chat(text: str, raw: bytes) -> _Row | None:
+    """The row of a line that is `{"messages": [role/content string pairs]}` in a valid order, as
+    detection and `rows._sft_row` would give it; None for any other line, which the caller then
+    reads and checks in full.
+
+    It is the commonest row, and this reads it without `_unique_keys`, whose Python call per object
+    costs most of a short row's parse. No key can have been dropped as a repeat: a line's colons are
+    one after each key plus those inside its strings (which read back the same when no `\\u003a`
+    escape is in the line), and these keys and roles hold none, so the colons of the contents plus
+    the dicts' keys add up to the line's only if every key of the line was kept.
+    """
+    if b"\\u003" in raw:
+        return None
+    try:
+        obj, end = _SCAN_PLAIN(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    if end != len(text) or type(obj) is not dict or len(obj) != 1:
+        return None
+    messages = obj.get("messages")
+    if type(messages) is not list or not messages:
+        return None
+    try:
+        order = tuple(map(_GET_ROLE, messages))
+        roles = _VALID_ORDERS.get(order) or _valid_order(order)
+        contents = "".join(map(_GET_CONTENT, messages))
+    except (TypeError, KeyError):
+        return None
+    keys = 1 + 2 * len(messages)
+    if not roles or sum(map(len, messages)) != keys - 1 or raw.count(b":") != keys + contents.count(":"):
+        return None
+    return _Row(obj, roles, len(contents), None, True)
+
+
+def _parse_in_detail(text: str) -> Any:
     try:
         return _DECODER.decode(text)
     except _RowError:
@@ -90,10 +143,26 @@ def _same_as_read(row: _Row, raw: bytes) -> bool:
     return row.plain and b"\r" not in raw and not (b"\\" in raw and _SURROGATE_ESCAPE.search(raw))
 
 
+def _pair_line(out: dict[str, Any]) -> str:
+    """A pair row's line, byte for byte what `_ENCODE` writes for it, without the encoder's
+    per-call set-up, which costs more than the short strings of a typical pair."""
+    messages = out["messages"]
+    system = (
+        f'{{"role": "system", "content": {_STRING(messages[0]["content"])}}}, ' if len(messages) == 3 else ""
+    )
+    user, chosen, rejected = messages[-2]["content"], messages[-1]["content"], out["rejected_response"]
+    return (
+        f'{{"messages": [{system}{{"role": "user", "content": {_STRING(user)}}}, '
+        f'{{"role": "assistant", "content": {_STRING(chosen)}}}], "rejected_response": {_STRING(rejected)}}}\n'
+    )
+
+
 def _serialise(row: _Row, raw: bytes) -> bytes:
-    if _same_as_read(row, raw):
-        return raw + b"\n"
     try:
+        if row.paired:
+            return _pair_line(row.out).encode("utf-8")
+        if _same_as_read(row, raw):
+            return raw + b"\n"
         return (_ENCODE(row.out) + "\n").encode("utf-8")
     except UnicodeEncodeError:
         raise _RowError(

@@ -7,7 +7,6 @@ here, beside its detection in `_detect` and its entry in `_CHECKS`.
 from __future__ import annotations
 
 import difflib
-import functools
 import operator
 import re
 from collections.abc import Callable
@@ -46,6 +45,7 @@ _VALID_ORDERS: dict[tuple[str, ...], str] = {}
 _VALID_ORDERS_KEPT = 1024
 _GET_ROLE = operator.itemgetter("role")
 _GET_CONTENT = operator.itemgetter("content")
+_PREFERENCE_KEYS = _KEYS["preference"]
 
 
 class _Row(NamedTuple):
@@ -59,6 +59,9 @@ class _Row(NamedTuple):
     """The row is exactly `out`: `{"messages": [role/content pairs]}` or `{"text": ...}`."""
     scored: bool = False
     """The pair was picked from scored responses, so the stats can say how many were."""
+    paired: bool = False
+    """`out` is `_pair_row`'s: `{"messages": [system?, user, assistant], "rejected_response": ...}`,
+    strings only, so its line is written from a template (see `codec._pair_line`)."""
 
 
 def _message(message: object, field: str) -> tuple[str, str]:
@@ -84,7 +87,8 @@ def _conversation(messages: object, field: str) -> tuple[str, int, bool]:
     """
     if type(messages) is list and messages:
         try:
-            roles = _valid_order(tuple(map(_GET_ROLE, messages)))
+            order = tuple(map(_GET_ROLE, messages))
+            roles = _VALID_ORDERS.get(order) or _valid_order(order)
             chars = len("".join(map(_GET_CONTENT, messages)))
         except (TypeError, KeyError):
             pass
@@ -95,14 +99,13 @@ def _conversation(messages: object, field: str) -> tuple[str, int, bool]:
 
 
 def _valid_order(roles: tuple[str, ...]) -> str:
-    """The role letters if the order is valid, else "". Remembers valid orders: files repeat a few."""
-    letters = _VALID_ORDERS.get(roles)
-    if letters is None:
-        letters = "".join(map(_ROLE_LETTERS.__getitem__, roles))
-        if not _CHAT_PATTERN.fullmatch(letters):
-            return ""
-        if len(_VALID_ORDERS) < _VALID_ORDERS_KEPT:
-            _VALID_ORDERS[roles] = letters
+    """The role letters if the order is valid, else "". Remembers valid orders in `_VALID_ORDERS`,
+    which the caller looks in first: files repeat a few."""
+    letters = "".join(map(_ROLE_LETTERS.__getitem__, roles))
+    if not _CHAT_PATTERN.fullmatch(letters):
+        return ""
+    if len(_VALID_ORDERS) < _VALID_ORDERS_KEPT:
+        _VALID_ORDERS[roles] = letters
     return letters
 
 
@@ -127,8 +130,10 @@ def _assistant_only(messages: object) -> bool:
     )
 
 
-def _detect(row: dict[str, Any]) -> DatasetFormat:
+def _detect(row: object) -> DatasetFormat:
     """Name the row's format from its keys alone, so every later complaint can be specific."""
+    if type(row) is not dict:
+        raise _RowError(None, f"expected a JSON object, not {_kind(row)}", 'write each row as {"key": value}')
     if "messages" in row:
         if "rejected_response" in row or "rejected_messages" in row:
             return "swift_preference"
@@ -153,10 +158,19 @@ def _detect(row: dict[str, Any]) -> DatasetFormat:
     )
 
 
-def _chat_row(row: dict[str, Any], fmt: str) -> _Row:
-    roles, chars, plain = _conversation(row.get("messages"), "messages")
-    if len(row) == 1:
+def _sft_row(row: dict[str, Any]) -> _Row:
+    if len(row) == 1:  # only messages: nothing to drop or apply, the common case
+        roles, chars, plain = _conversation(row["messages"], "messages")
         return _Row(row, roles, chars, None, plain)
+    return _chat_row(row, "sft_messages")
+
+
+def _lora_row(row: dict[str, Any]) -> _Row:
+    return _chat_row(row, "lora_messages")
+
+
+def _chat_row(row: dict[str, Any], fmt: str) -> _Row:
+    roles, chars, _plain = _conversation(row.get("messages"), "messages")
     _check_keys(row, _KEYS[fmt])
     _optional(row, "conversation_id", (str, int))
     _string_list(row, "task_tags", names=False)
@@ -213,11 +227,28 @@ def _pair_row(prompt: str, chosen: str, rejected: str, system: str | None, *, sc
         chars += len(system)
         roles = "sua"
     out = {"messages": messages, "rejected_response": rejected}
-    return _Row(out, roles, chars, (len(prompt), len(chosen), len(rejected)), False, scored)
+    return _Row(out, roles, chars, (len(prompt), len(chosen), len(rejected)), False, scored, True)
 
 
 def _preference_row(row: dict[str, Any]) -> _Row:
-    _check_keys(row, _KEYS["preference"])
+    """A good row passes one combined test; a bad one goes through `_preference_in_detail`, which words its first problem."""
+    prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
+    system, metadata = row.get("system"), row.get("metadata")
+    if (
+        type(prompt) is str
+        and type(chosen) is str
+        and type(rejected) is str
+        and chosen != rejected
+        and (system is None or type(system) is str)
+        and (metadata is None or type(metadata) is dict)
+        and row.keys() <= _PREFERENCE_KEYS
+    ):
+        return _pair_row(prompt, chosen, rejected, system, scored=False)
+    return _preference_in_detail(row)
+
+
+def _preference_in_detail(row: dict[str, Any]) -> _Row:
+    _check_keys(row, _PREFERENCE_KEYS)
     prompt: str = _required(row, "prompt", (str,))
     chosen: str = _required(row, "chosen", (str,))
     rejected: str = _required(row, "rejected", (str,))
@@ -278,8 +309,8 @@ def _kto_row(row: dict[str, Any]) -> _Row:
 
 
 _CHECKS: dict[str, Callable[[dict[str, Any]], _Row]] = {
-    "sft_messages": functools.partial(_chat_row, fmt="sft_messages"),
-    "lora_messages": functools.partial(_chat_row, fmt="lora_messages"),
+    "sft_messages": _sft_row,
+    "lora_messages": _lora_row,
     "pretrain_text": _pretrain_text_row,
     "pretrain_messages": _pretrain_messages_row,
     "preference": _preference_row,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from daemon.core.datasets.codec import _decode, _parse, _serialise
-from daemon.core.datasets.fields import _kind
+from daemon.core.datasets.codec import _decode, _parse, _plain_chat, _serialise
 from daemon.core.datasets.formats import _CHAT_FAMILY, _FEEDS, _LOOKS, _PAIR_FAMILY, DatasetFormat
-from daemon.core.datasets.media import MediaResolver, _attach, _take_media
+from daemon.core.datasets.media import MEDIA_KEYS, MediaResolver, _attach, _Media, _take_media
 from daemon.core.datasets.report import DatasetReport, LineError, LoraHints
 from daemon.core.datasets.rows import _CHECKS, _detect, _Row
 from daemon.core.datasets.rules import _RowError
@@ -17,6 +16,7 @@ from daemon.core.datasets.stats import _MediaTally, _Tally
 __all__ = ["DatasetValidator"]
 
 _BOM = b"\xef\xbb\xbf"
+_WIDENING = frozenset({"lora_messages", "preference"})
 _T = TypeVar("_T")
 
 
@@ -76,6 +76,8 @@ class DatasetValidator:
         self._rank: _Agreement[int] = _Agreement()
         self._report: DatasetReport | None = None
         self._media = media
+        self._plain_chats = True
+        """Whether to try `_plain_chat` first: the last row tried was such a row, or one came since."""
         self.rows_done = 0
         """Rows accepted so far."""
         self.bytes_done = 0
@@ -88,9 +90,14 @@ class DatasetValidator:
         self.bytes_done += len(chunk)
         out: list[bytes] = []
         pieces = chunk.split(b"\n")
-        for piece in pieces[:-1]:
-            self._end_line(piece, out)
-        self._hold(pieces[-1])
+        rest = pieces.pop()
+        whole = iter(pieces)
+        if pieces and (self._skipping or self._pending):
+            self._end_line(next(whole), out)
+        for piece in whole:
+            self._lines += 1
+            self._take_line(piece, out)
+        self._hold(rest)
         return out
 
     def flush(self) -> list[bytes]:
@@ -161,6 +168,8 @@ class DatasetValidator:
         )
 
     def _take_line(self, raw: bytes, out: list[bytes]) -> None:
+        """Check and convert one line. Nearly every row passes, so this is written for them: no
+        calls for what a passing row does not need (media, another format than the file's)."""
         n = self._lines
         if len(raw) > self._max_line:
             self._too_long(n)
@@ -172,53 +181,71 @@ class DatasetValidator:
         if not raw or raw.isspace():
             return
         try:
-            out.append(self._convert(n, raw))
+            if self._plain_text:
+                text = _decode(raw)
+                fmt: DatasetFormat = "plain_text"
+                obj: Any = None
+                row = _Row({"text": text}, "", len(text), None, False)
+            else:
+                text = _decode(raw)
+                plain = None
+                if self._plain_chats and b"<" not in raw and b'"type"' not in raw:  # no media
+                    plain = _plain_chat(text, raw)
+                    self._plain_chats = plain is not None
+                if plain is None:
+                    fmt, obj, row = self._row(text, raw)
+                else:
+                    fmt, obj, row = "sft_messages", plain.out, plain
+                    if self._format is not None and self._format != fmt:
+                        self._agree(fmt, self._format)
+            out.append(_serialise(row, raw))
         except _RowError as e:
             message = f"line {n}, {e.where}: {e.problem}" if e.where else f"line {n}: {e.problem}"
             self._error(n, e.field, message, e.hint)
-
-    def _convert(self, n: int, raw: bytes) -> bytes:
-        text = _decode(raw)
-        fmt: DatasetFormat = "plain_text"
-        obj: Any = None
-        if self._plain_text:
-            row = _Row({"text": text}, "", len(text), None, False)
-        else:
-            obj = _parse(text)
-            media = _take_media(obj, raw)
-            fmt = self._detect_in_file(obj)
-            row = _CHECKS[fmt](obj)
-            if media is not None:
-                out, used = _attach(fmt, row.out, media, self._media)
-                row = row._replace(out=out, plain=False)
-                tally = self._tally.media = self._tally.media or _MediaTally()
-                for kind, item in used:
-                    tally.add(kind, item)
-        line = _serialise(row, raw)
+            return
         if self._format is None:
             self._format, self._format_line = fmt, n
+        if fmt in _WIDENING:
+            self._widen(fmt, obj)
+        self._tally.add(row)
+        self.rows_done += 1
+
+    def _row(self, text: str, raw: bytes) -> tuple[DatasetFormat, dict[str, Any], _Row]:
+        """Any row: its format, its JSON object and its check."""
+        obj = _parse(text)
+        media = None  # what _take_media finds in most rows, decided here without a call
+        if type(obj) is not dict or not obj.keys().isdisjoint(MEDIA_KEYS) or b"<" in raw or b'"type"' in raw:
+            media = _take_media(obj, raw)
+        fmt = _detect(obj)
+        if fmt != self._format and self._format is not None:
+            self._agree(fmt, self._format)
+        row = _CHECKS[fmt](obj)
+        if media is not None:
+            row = self._with_media(fmt, row, media)
+        elif row.plain and fmt == "sft_messages":
+            self._plain_chats = True  # such rows are back: try reading them the quick way again
+        return fmt, obj, row
+
+    def _widen(self, fmt: DatasetFormat, obj: dict[str, Any]) -> None:
+        """One LoRA row makes a file of conversations lora_messages; one row given as a pair makes a
+        file of pairs and scored rows preference."""
+        self._format = fmt
         if fmt == "lora_messages":
-            self._format = fmt  # one LoRA row makes a file of conversations lora_messages
             modules = obj.get("target_modules")
             self._modules.add(None if modules is None else tuple(modules))
             self._rank.add(obj.get("rank"))
-        elif fmt == "preference":
-            self._format = fmt  # one row given as a pair makes a file of pairs and scored rows preference
-        self._tally.add(row)
-        self.rows_done += 1
-        return line
 
-    def _detect_in_file(self, obj: object) -> DatasetFormat:
-        if type(obj) is not dict:
-            raise _RowError(
-                None, f"expected a JSON object, not {_kind(obj)}", 'write each row as {"key": value}'
-            )
-        fmt = _detect(obj)
-        known = self._format
-        if known is None or fmt == known:
-            return fmt
+    def _with_media(self, fmt: DatasetFormat, row: _Row, media: _Media) -> _Row:
+        out, used = _attach(fmt, row.out, media, self._media)
+        tally = self._tally.media = self._tally.media or _MediaTally()
+        for kind, item in used:
+            tally.add(kind, item)
+        return row._replace(out=out, plain=False, paired=False)
+
+    def _agree(self, fmt: DatasetFormat, known: DatasetFormat) -> None:
+        """Refuse a row whose format the file's cannot hold."""
         if (fmt in _CHAT_FAMILY and known in _CHAT_FAMILY) or (fmt in _PAIR_FAMILY and known in _PAIR_FAMILY):
-            return fmt
+            return
         raise _RowError(
             None,
             f"looks like {fmt} data ({_LOOKS[fmt]}), "
