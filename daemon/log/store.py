@@ -192,18 +192,22 @@ class EventStore:
         chosen, gap-free seqs, versions, known types), on a read-only connection of its own beside
         the writer. Damage is loud: logged, shown by /healthz, and every later write refused.
         Returns the damage, or "". Cancelling it interrupts SQLite."""
-        conn = connect(self.path, self.busy_timeout_ms, readonly=True)
-        work = asyncio.ensure_future(asyncio.to_thread(self._check_history_sync, conn))
         try:
-            damage = await asyncio.shield(work)
-        except asyncio.CancelledError:
-            conn.interrupt()
-            with contextlib.suppress(BaseException):
-                await work
-            raise
-        finally:
-            if work.done():
-                conn.close()
+            conn = connect(self.path, self.busy_timeout_ms, readonly=True)
+        except sqlite3.Error as e:
+            damage = f"cannot open the event log to check it: {e}"
+        else:
+            work = asyncio.ensure_future(asyncio.to_thread(self._check_history_sync, conn))
+            try:
+                damage = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                conn.interrupt()
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
+            finally:
+                if work.done():
+                    conn.close()
         self.history_unchecked = False
         if damage:
             self._damage = (
