@@ -4,6 +4,9 @@ The run's process tree is `supervisor (own session) -> swift (own process group)
 `daemon.runs.supervise`. The runner never holds a pipe to a run: swift appends to the job's log file
 and the runner reads files (`logging.jsonl` for metrics, the log's last lines for the failure's
 evidence), so a run never blocks on a slow daemon and a restarted daemon reads the same files.
+One supervisor is kept started ahead of the next launch (`supervise.PRESTARTED`), so that a
+freed slot's next run waits for neither an interpreter's start nor its imports; a launch hands it
+the run's folder and environment (secrets included) through its stdin, a pipe only it reads.
 The supervisor's exit is awaited through a pidfd, which works the same for a run this daemon
 started and for one an earlier daemon started, and cannot be fooled by a reused pid. A supervisor
 that dies without writing exit.json leaves swift to the daemon when the daemon is a subreaper
@@ -64,6 +67,9 @@ Report = Callable[[int, list[NewEvent]], Awaitable[None]]
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 10.0
 """Backoff between attempts to record what a run did while the log refuses writes."""
+
+_DISMISS_S = 5.0
+"""How long a spare supervisor told there is no run for it may take to exit."""
 
 _UNSET_FOR_RUNS = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
 """systemd's hand-offs to the daemon, which a run must not answer or inherit."""
@@ -171,6 +177,8 @@ class Runner:
         self.reaper = reaper
         self._runs: dict[int, Watch] = {}
         self._trouble: dict[int, str] = {}
+        self._spare: asyncio.subprocess.Process | None = None
+        self._spare_task: asyncio.Task[None] | None = None
         self.hang_factor = 20.0
         self.hang_min_s = 1800.0
         """`[runs] hang_factor` and `hang_min_s`: see `_hung`."""
@@ -249,6 +257,13 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w.task
             self._close(w)
+        if self._spare_task is not None:
+            self._spare_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._spare_task
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await self._dismiss(spare)
 
     # -- one run -----------------------------------------------------------------------------
 
@@ -303,35 +318,75 @@ class Runner:
             secrets = await asyncio.to_thread(resolve_secrets, started.secrets, os.environ)
         except SecretError as e:
             return str(e)
-        log_fd = os.open(w.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        message = json.dumps({"run_dir": str(w.run_dir), "env": env | started.env | secrets}).encode()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.python,
-                "-I",
-                "-S",
-                supervise.__file__,
-                str(w.run_dir),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                env=env | started.env | secrets,
-                start_new_session=True,
-                cwd=w.run_dir,
-            )
+            await self._hand(message)
         except OSError as e:
             return f"cannot start the run's supervisor ({self.python}): {e}"
-        finally:
-            os.close(log_fd)
-        await proc.wait()
+        self._prestart()
         info = read_json(w.run_dir / SUPERVISOR_FILE)
         if info is None:
             return (
                 None
                 if (w.run_dir / EXIT_FILE).exists()
-                else "the run's supervisor failed to start; see the log"
+                else "the run's supervisor failed to start; see the job's log and the daemon's"
             )
         w.pid = int(info["pid"])
         return self._open_pidfd(w)
+
+    async def _hand(self, message: bytes) -> None:
+        """Give the run (`supervise._receive`'s message) to the supervisor started ahead for it, or
+        to a new one when there is none or it died before it took the run; return once its
+        detaching parent has exited. OSError: no supervisor could be started."""
+        spare, self._spare = self._spare, None
+        if spare is not None and await _taken(spare, message):
+            return
+        await _taken(await self._start_supervisor(), message)
+
+    async def _start_supervisor(self) -> asyncio.subprocess.Process:
+        """A supervisor that waits on stdin for its run (`supervise.PRESTARTED`), in a session of its
+        own and nowhere in particular until it has one. Its stderr is the daemon's until then: what
+        kept it from starting is said there."""
+        return await asyncio.create_subprocess_exec(
+            self.python,
+            "-I",
+            "-S",
+            supervise.__file__,
+            supervise.PRESTARTED,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if k not in _UNSET_FOR_RUNS},
+            start_new_session=True,
+            cwd="/",
+        )
+
+    def _prestart(self) -> None:
+        """Start the next run's supervisor now, while no slot waits for it."""
+        if self._spare is None and (self._spare_task is None or self._spare_task.done()):
+            self._spare_task = asyncio.create_task(self._keep_spare(), name="spare-supervisor")
+
+    async def _keep_spare(self) -> None:
+        try:
+            spare = await self._start_supervisor()
+        except OSError as e:  # the next launch tries again, and says why in the run's end
+            log.debug("cannot start a spare supervisor: %s", e)
+            return
+        if self._spare is None:
+            self._spare = spare
+        else:
+            await self._dismiss(spare)
+
+    @staticmethod
+    async def _dismiss(spare: asyncio.subprocess.Process) -> None:
+        """EOF instead of a run: the spare exits at once (killed if it does not)."""
+        assert spare.stdin is not None
+        spare.stdin.close()
+        try:
+            await asyncio.wait_for(spare.wait(), _DISMISS_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                spare.kill()
+            await spare.wait()
 
     @staticmethod
     def _prepare(w: Watch, started: JobStarted, header: str, grace_s: float, reaper: bool) -> int:
@@ -421,16 +476,13 @@ class Runner:
             await self._poll(w, final=True)
             return
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(w.pidfd, _resolve, exited)
+        exited = _exit_of(loop, w.pidfd)
         try:
             done = False
             while not done:
                 await asyncio.wait([exited], timeout=self.poll_s)
                 # Decided once per round: an exit seen during a poll still gets its own final poll.
                 done = exited.done()
-                if done:  # a pidfd stays readable: stop watching before the last poll
-                    loop.remove_reader(w.pidfd)
                 await self._poll(w, final=done)
                 if not done and (why := self._hung(w, time.monotonic())) is not None:
                     await self._stop_hung(w, why)
@@ -540,10 +592,8 @@ class Runner:
         if w.pidfd is None:
             return
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(w.pidfd, _resolve, exited)
         try:
-            await exited
+            await _exit_of(loop, w.pidfd)
         finally:
             loop.remove_reader(w.pidfd)
 
@@ -568,6 +618,29 @@ class Runner:
             self._close(w)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+async def _taken(proc: asyncio.subprocess.Process, message: bytes) -> bool:
+    """Send a supervisor its run and wait for its detaching parent to exit; False if it died before it
+    took the run (`supervise.TAKEN`), which no other process can then have seen or acted on."""
+    assert proc.stdin is not None and proc.stdout is not None
+    with contextlib.suppress(ConnectionError):  # gone: its end of the pipe is closed
+        proc.stdin.write(message)
+        await proc.stdin.drain()
+    proc.stdin.close()
+    said = await proc.stdout.read()
+    await proc.wait()
+    return said == supervise.TAKEN
+
+
+def _exit_of(loop: asyncio.AbstractEventLoop, pidfd: int) -> asyncio.Future[None]:
+    """Done once the process behind `pidfd` has exited. The reader goes at the first wake: a pidfd
+    stays readable, and a reader left in place would be called on every turn of the loop (a busy
+    loop for as long as the watcher is busy elsewhere, in a slow poll)."""
+    exited = loop.create_future()
+
+    def resolve() -> None:
+        loop.remove_reader(pidfd)
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, resolve)
+    return exited

@@ -24,7 +24,11 @@ exits, whatever is left of its group (DataLoader workers) is killed before the e
 
 Standard library only and nothing from the daemon: it must start fast and outlive upgrades. The
 runner starts it as a script in isolated mode without `site` (-I -S), which skips the virtual
-environment's start-up (about 40 ms, most of a slot hand-over) and anything on PYTHONPATH.
+environment's start-up and anything on PYTHONPATH. Even so, starting an interpreter and importing
+what this module needs takes 40-50 ms, more on a busy machine: most of a slot's hand-over. So the
+runner starts the next run's supervisor ahead, with `-` for RUN_DIR (`PRESTARTED`): it waits on
+stdin for its run and takes the run's folder, environment and log as its own before it goes on as
+above. A spare that gets EOF instead (its daemon stopped or died) exits having done nothing.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from typing import Any
 __all__ = [
     "BOOT_ID_ENV",
     "EXIT_FILE",
+    "PRESTARTED",
     "RUN_FILE",
     "SUPERVISOR_FILE",
+    "TAKEN",
     "boot_id",
     "main",
     "proc_start_ticks",
@@ -70,6 +76,13 @@ EXIT_FILE = "exit.json"
 """Written here when swift has exited: {"returncode", "stopped", "started", "ended", "error"}."""
 
 BOOT_ID_ENV = "LLMTRAIND_TEST_BOOT_ID"
+PRESTARTED = "-"
+"""In place of RUN_DIR: wait for the run on stdin (`_receive`). The runner keeps one supervisor
+started ahead of its run, so that a slot's hand-over does not wait for an interpreter to start and
+import (most of it, measured: issue 16)."""
+TAKEN = b"taken"
+"""A pre-started supervisor's word on stdout that it has read its run, before it acts on it: one
+that dies before saying it can be replaced by another without the run starting twice."""
 _PR_SET_PDEATHSIG = 1
 _ARGS_ENV = "RAY_SWIFT_ARGS"
 _SWIFT_MODULE = "swift.cli."
@@ -247,13 +260,48 @@ def _detach() -> int:
     return write_end
 
 
+def _receive() -> Path | None:
+    """A pre-started supervisor's run, from the daemon through stdin: {"run_dir", "env"} and then
+    EOF. The run's environment replaces the one it was started with, and its folder, /dev/null and
+    its log become its working directory, stdin, stdout and stderr, as a supervisor started for the
+    run would have them. None (EOF alone): the daemon stopped, or died, before it had a run for it."""
+    data = sys.stdin.buffer.read()
+    if not data:
+        return None
+    os.write(1, TAKEN)
+    message = json.loads(data)
+    os.environ.clear()
+    os.environ.update(message["env"])
+    run_dir = Path(message["run_dir"])
+    os.chdir(run_dir)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return run_dir
+
+
+def _log_to(log: Path) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -I -S supervise.py RUN_DIR", file=sys.stderr)
+        print(f"usage: python -I -S supervise.py RUN_DIR|{PRESTARTED}", file=sys.stderr)
         return 2
-    run_dir = Path(args[0]).resolve()
+    if args[0] == PRESTARTED:
+        received = _receive()
+        if received is None:
+            return 0
+        run_dir = received.resolve()
+    else:
+        run_dir = Path(args[0]).resolve()
     run = _Run(run_dir, json.loads((run_dir / RUN_FILE).read_text()))
+    if args[0] == PRESTARTED:
+        _log_to(run.log)
     report = _detach()
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pending: list[int] = []
@@ -294,4 +342,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The daemon learns the run's end when this process has exited: the interpreter's tear-down
+    # (about 8 ms, more on a busy machine) would only delay the next run's start.
+    os._exit(code)

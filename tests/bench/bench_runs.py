@@ -7,7 +7,7 @@ hand. Each is measured against a baseline taken in the same run: the same fake i
 in a plain loop, the same daemon idle, the same swift argv and environment without the daemon.
 
 The fake interpreters are `[swift] python`: the daemon starts `<python> -m swift.cli.sft ...`, and
-a script with a shebang ignores the `-m` and reads only `--output_dir` (state/runs/<id>/<n>/output)
+a script with a shebang ignores the `-m` and reads only `--output_dir` (state/runs/<log id>-<id>/<n>/output)
 to learn which job it is. They stamp `time.time()` into files named after the job, so the test
 never talks to the daemon while it measures.
 """
@@ -41,7 +41,7 @@ started = time.time()
 marks = {marks!r}
 args = sys.argv[1:]
 out = args[args.index("--output_dir") + 1]
-name = os.path.basename(os.path.dirname(os.path.dirname(out)))
+name = os.path.basename(os.path.dirname(os.path.dirname(out))).rpartition("-")[2]
 with open(os.path.join(marks, name + ".start"), "w") as f:
     f.write(repr(started))
 while os.path.exists(os.path.join(marks, "hold")):
@@ -58,7 +58,7 @@ import json, os, sys, time
 marks, seconds, jsonl = {marks!r}, {seconds!r}, {jsonl!r}
 args = sys.argv[1:]
 out = args[args.index("--output_dir") + 1]
-name = os.path.basename(os.path.dirname(os.path.dirname(out)))
+name = os.path.basename(os.path.dirname(os.path.dirname(out))).rpartition("-")[2]
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(marks, name + ".start"), "w") as f:
     f.write(repr(time.time()))
@@ -183,7 +183,8 @@ def turnaround_phases(d: Daemon, marks: Path, ids: list[str]) -> dict[str, list[
     seen = []
     for job_id in ids:
         events = {e["type"]: e["ts"] for e in d.get(f"/v1/jobs/{job_id}/events")[1]["events"]}
-        ended = json.loads((d.state / "runs" / job_id / "1" / "exit.json").read_text())["ended"]
+        run_dir = Path(job(d, job_id)["run"]["run_dir"])
+        ended = json.loads((run_dir / "exit.json").read_text())["ended"]
         start, end = stamp(marks / f"{job_id}.start"), stamp(marks / f"{job_id}.exit")
         seen.append((start, end, ended, events["JobStarted"], events["RunExited"]))
     seen.sort()

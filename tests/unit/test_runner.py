@@ -619,3 +619,50 @@ async def test_a_runs_folders_and_log_are_owner_only(runs: Runs) -> None:
     for folder in (runs.root / "runs", runs.root / "runs" / "1", Path(started.run_dir), runs.root / "logs"):
         assert folder.stat().st_mode & 0o077 == 0, folder
     assert Path(started.log).stat().st_mode & 0o077 == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervisor started ahead of the next run
+
+
+async def spare_of(runner: Runner) -> asyncio.subprocess.Process:
+    """The supervisor the runner keeps started for its next run, once it is there."""
+    async with asyncio.timeout(WAIT_S):
+        while runner._spare is None:
+            await asyncio.sleep(0.01)
+    return runner._spare
+
+
+async def test_the_next_run_gets_the_supervisor_started_ahead_of_it(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, TRAINS))
+    assert (await rec.end(1)).returncode == 0
+    spare = await spare_of(runner)
+    await runner.launch(runs.started(2, SLEEPS))
+    run = await rec.started(2)
+    assert run.session == spare.pid, "the run's session is the one the spare started in"
+    assert b"FAKE_SWIFT=1" in Path(f"/proc/{run.child_pid}/environ").read_bytes().split(b"\0")
+    assert runner.cancel(2) is True
+    assert (await rec.end(2)).stopped == "cancel"
+
+
+async def test_stopping_the_daemon_dismisses_the_spare_supervisor(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, TRAINS))
+    await rec.end(1)
+    spare = await spare_of(runner)
+    await runner.stop(stop_runs=False)
+    assert spare.returncode == 0, "it was told there is no run for it, and left"
+
+
+async def test_a_spare_supervisor_that_died_is_replaced_at_the_launch(runs: Runs) -> None:
+    rec = Recorder()
+    runner = runs.runner(rec)
+    await runner.launch(runs.started(1, TRAINS))
+    await rec.end(1)
+    os.kill((await spare_of(runner)).pid, signal.SIGKILL)
+    await runner.launch(runs.started(2, TRAINS))
+    end = await rec.end(2)
+    assert end.returncode == 0 and end.error is None

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from daemon.runs import supervise
 from daemon.runs.supervise import EXIT_FILE, RUN_FILE, SUPERVISOR_FILE, boot_id, proc_start_ticks
 
 WAIT_S = 10.0
@@ -148,7 +149,8 @@ class Run:
         """Start `text` as swift with the ready file as its argument; supervisor.json once it is up."""
         rc = self.start([sys.executable, self.script(text), str(self.ready)], **spec)
         assert rc == 0, "the detaching parent reports swift running"
-        eventually(self.ready.exists, "the fake swift to start")
+        # Written, not only created: the fake writes it with write_text, which creates it first.
+        eventually(lambda: self.ready.exists() and self.ready.stat().st_size > 0, "the fake swift to start")
         return self.supervisor()
 
     def supervisor(self) -> dict[str, Any]:
@@ -368,3 +370,63 @@ def test_usage_error_without_a_run_dir() -> None:
         [sys.executable, "-m", "daemon.runs.supervise"], capture_output=True, text=True, timeout=WAIT_S
     )
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A supervisor started ahead of its run
+
+PRESTARTED_SEES = """\
+import json, os, pathlib, sys
+print("to stdout", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+seen = {"env": dict(os.environ), "cwd": os.getcwd(), "stdin": sys.stdin.read()}
+pathlib.Path(sys.argv[1]).write_text(json.dumps(seen))
+"""
+"""A swift that says where it runs: its environment, working directory and what stdin gives it."""
+
+
+def start_prestarted(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A supervisor as the runner starts it ahead of its run: waiting on stdin, nowhere in particular."""
+    with open(tmp_path / "supervisor.out", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", supervise.__file__, supervise.PRESTARTED],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            start_new_session=True,
+            cwd="/",
+            env=os.environ | {"LEFT_FROM_THE_START": "1"},
+        )
+
+
+def test_a_prestarted_supervisor_runs_the_run_it_is_handed_as_if_started_for_it(
+    run: Run, tmp_path: Path
+) -> None:
+    run.log.write_text("an earlier attempt\n")
+    spec = {"argv": [sys.executable, run.script(PRESTARTED_SEES), str(run.ready)], "log": str(run.log)}
+    (run.dir / RUN_FILE).write_text(json.dumps(spec))
+    run.parent = start_prestarted(tmp_path)
+    time.sleep(0.2)  # ahead of its run, as the runner starts it
+    env = {"PATH": os.environ["PATH"], "FROM_THE_RUN": "yes"}
+    said, _ = run.parent.communicate(
+        json.dumps({"run_dir": str(run.dir), "env": env}).encode(), timeout=WAIT_S
+    )
+    assert said == supervise.TAKEN
+    assert run.parent.returncode == 0, "the detaching parent reports swift running"
+    info = run.exit_info()
+    assert info["returncode"] == 0 and info["error"] is None
+    seen = read_json(run.ready)
+    assert seen["env"]["FROM_THE_RUN"] == "yes"
+    assert "LEFT_FROM_THE_START" not in seen["env"], "the run's environment, not the one it started with"
+    assert seen["cwd"] == str(run.dir.resolve())
+    assert seen["stdin"] == "", "swift reads /dev/null, not the daemon's pipe"
+    log = run.log.read_text()
+    assert log.startswith("an earlier attempt\n") and "to stdout" in log and "to stderr" in log
+    assert run.supervisor()["sid"] == run.parent.pid
+
+
+def test_a_prestarted_supervisor_given_no_run_exits_having_done_nothing(tmp_path: Path) -> None:
+    parent = start_prestarted(tmp_path)
+    said, _ = parent.communicate(b"", timeout=WAIT_S)
+    assert parent.returncode == 0 and said == b""
+    assert (tmp_path / "supervisor.out").read_bytes() == b""
