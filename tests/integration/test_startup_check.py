@@ -12,14 +12,12 @@ from tests.daemon_proc import Daemon
 def test_damage_the_snapshot_covers_is_found_after_serving_and_stops_writes(
     daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
-    d = daemon_factory(tmp_path / "a", snapshot_bytes=1)
-    for _ in range(3):
-        d.start()
-        assert d.stop() == 0
+    d = daemon_factory(tmp_path / "a", snapshot_bytes=1).start()
+    assert d.stop() == 0
     db = d.state / "llmtraind.sqlite3"
     conn = sqlite3.connect(db, isolation_level=None)
     (snapshot,) = conn.execute("SELECT max(seq) FROM snapshots").fetchone()
-    assert snapshot > 1
+    assert snapshot >= 1
     conn.execute("DROP TRIGGER events_no_update")
     conn.execute("UPDATE events SET type = 'FromTheFuture' WHERE seq = 1")
     conn.close()
@@ -36,5 +34,5 @@ def test_damage_the_snapshot_covers_is_found_after_serving_and_stops_writes(
     assert "llmtraind cannot run: the event log is damaged" in d.log_path.read_text()
     again = d.cli("serve", timeout=30)
     assert again.returncode == 2 and "refusing to start: the event log is damaged" in again.stderr
-    assert "FromTheFuture" in d.cli("fsck").stderr
-    assert d.cli("fsck").returncode == 1
+    fsck = d.cli("fsck")
+    assert fsck.returncode == 1 and "unknown event types ['FromTheFuture']" in fsck.stderr
