@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from daemon.core.events import Recorded
+from daemon.core.events import Event, JobsWaiting, Recorded
 from daemon.core.state import State
 from daemon.http.middleware import int_param
 from daemon.http.openapi import LIST_PAGE, MAX_PAGE
@@ -92,8 +92,7 @@ class Page:
 @dataclass(frozen=True, slots=True)
 class JobsPage(Page):
     """A page of jobs, with each job's JSON apart: `patch` encodes again only the jobs that events
-    of `OWN_JOB_ONLY` (those whose fold changes nothing but the run of the job they name, never its
-    state or project) changed since."""
+    changed since, where those events changed neither a job's state nor its project (`JobChanges`)."""
 
     fields: str
     ids: tuple[int, ...]
@@ -134,8 +133,8 @@ def _jobs_page(
 
 
 def patch(page: JobsPage, state: State, changed: set[int]) -> JobsPage:
-    """`page` with the jobs in `changed` encoded again: events of OWN_JOB_ONLY change neither a
-    job's state nor its project, so the page holds the same jobs."""
+    """`page` with the jobs in `changed` encoded again: the events `JobChanges.since` names jobs for
+    change neither a job's state nor its project, so the page holds the same jobs."""
     if changed.isdisjoint(page.ids):
         return page
     texts = tuple(
@@ -159,19 +158,29 @@ def page_response(request: web.Request, page: Page | None, cursor: str = "after"
     return web.Response(body=page.body, content_type="application/json", headers=headers)
 
 
+def _jobs_changed(event: Event) -> tuple[int, ...] | None:
+    """The jobs whose view `event` changes, when it changes nothing else and neither their state nor
+    their project (daemon.core.fold): a run's own events (OWN_JOB_ONLY), and the scheduler's waiting
+    reasons for a few jobs. None: anything may have changed."""
+    if isinstance(event, OWN_JOB_ONLY):
+        return (event.job_id,)
+    if isinstance(event, JobsWaiting) and len(event.reasons) <= CHUNK:
+        return tuple(int(key) for key in event.reasons)
+    return None
+
+
 class JobChanges:
     """Which jobs the events since a seq changed, as the store's listener sees them, for the last
     KEPT_EVENTS events: a page built before them is patched (`patch`) rather than built anew."""
 
     def __init__(self, last_seq: int) -> None:
-        self._events: deque[tuple[int, int | None]] = deque()
+        self._events: deque[tuple[int, tuple[int, ...] | None]] = deque()
         self._known_after = last_seq
         self._last = last_seq
 
     def recorded(self, batch: Sequence[Recorded]) -> None:
         for rec in batch:
-            event = rec.event
-            self._events.append((rec.seq, event.job_id if isinstance(event, OWN_JOB_ONLY) else None))
+            self._events.append((rec.seq, _jobs_changed(rec.event)))
             self._last = rec.seq
         while len(self._events) > KEPT_EVENTS:
             self._known_after = self._events.popleft()[0]
@@ -182,12 +191,12 @@ class JobChanges:
         if seq < self._known_after or now > self._last:
             return None
         changed: set[int] = set()
-        for event_seq, job_id in reversed(self._events):
+        for event_seq, jobs in reversed(self._events):
             if event_seq <= seq:
                 break
-            if job_id is None:
+            if jobs is None:
                 return None
-            changed.add(job_id)
+            changed.update(jobs)
         return changed
 
 
@@ -204,11 +213,11 @@ Build = Callable[[State], Coroutine[Any, Any, Page | None]]
 
 class PageCache:
     """Pages kept for the state (and its seq) they were built from: the last KEPT_PAGES asked for,
-    KEPT_BYTES at most. A page of jobs kept from an older seq is patched when only events of
-    OWN_JOB_ONLY came since, for at most CHUNK jobs (a running job's progress: the usual case); any
-    other page is built anew, by one build however many ask for it meanwhile. A page is kept only if
-    the state did not move while it was built: one built across a fold may show jobs from two seqs,
-    and the next asker gets a fresh one."""
+    KEPT_BYTES at most. A page of jobs kept from an older seq is patched when the events since
+    changed at most CHUNK jobs and neither their state nor project (a running job's progress: the
+    usual case; `JobChanges`); any other page is built anew, by one build however many ask for it
+    meanwhile. A page is kept only if the state did not move while it was built: one built across a
+    fold may show jobs from two seqs, and the next asker gets a fresh one."""
 
     def __init__(self, state: Callable[[], State], changes: JobChanges) -> None:
         self._state = state

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.core.events import JobProgress, JobsWaiting, NewEvent, Recorded
+from daemon.core.events import CancelRequested, JobProgress, JobsWaiting, NewEvent, Recorded
 from daemon.core.state import State
 from daemon.core.streams import job_stream
 from daemon.http.api import ReadSide, make_app
@@ -218,11 +218,22 @@ async def test_a_jobs_page_is_patched_after_progress_and_built_anew_after_other_
     changes.recorded([progress(2, 400)])  # a job on no kept page
     state.last_seq = 2
     assert await cache.get("k", build) is patched and builds == 1
-    other = Recorded(3, "scheduler", 1, 0.0, JobsWaiting(reasons={"3": "unseen"}))
-    changes.recorded([other])
+    state.jobs[4].reason = "waits"
+    changes.recorded([Recorded(3, "scheduler", 1, 0.0, JobsWaiting(reasons={"4": "waits"}))])
     state.last_seq = 3
-    assert reasons(await cache.get("k", build)) == ["", "progressed", "unseen", "", ""] and builds == 2
-    state.jobs[3].reason = ""
+    assert reasons(await cache.get("k", build)) == ["", "progressed", "", "waits", ""] and builds == 1
+    many = JobsWaiting(reasons={str(i): "waits" for i in range(4, 5 + CHUNK)})  # more than a patch
+    changes.recorded([Recorded(4, "scheduler", 2, 0.0, many)])
+    state.last_seq = 4
+    assert reasons(await cache.get("k", build)) == ["", "progressed", "unseen", "waits", ""] and builds == 2
+    other = Recorded(
+        5, "job-2", 9, 0.0, CancelRequested(drop="c", job_id=2, source="c")
+    )  # may change its state
+    changes.recorded([other])
+    state.last_seq = 5
+    await cache.get("k", build)
+    assert builds == 3
+    state.jobs[3].reason = state.jobs[4].reason = ""
     assert patched is not None and first is not None
     assert patched.body == (await build(state)).body  # a patched page reads as one built anew
 
