@@ -359,6 +359,8 @@ async def serve(cfg: Config, *, new_log: bool = False) -> int:
     """Run until SIGTERM or SIGINT; the exit code says how it ended. `new_log` accepts an event log
     that is not the state folder's (a deliberate fresh start beside an earlier history)."""
     _check_bind(cfg)
+    if cfg.store.snapshot_every is not None:
+        log.warning("[store] snapshot_every is no longer used (snapshots follow snapshot_bytes): remove it")
     loop = asyncio.get_running_loop()
     stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -149,6 +149,9 @@ class StoreConfig(_Section):
     snapshot_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     """Write a state snapshot once the events since the last one hold this much data (JSON bytes)
     and at least as much as that snapshot, so start-up replays a bounded tail."""
+    snapshot_every: int | None = None
+    """No longer used (snapshots follow snapshot_bytes); accepted so that a config written for an
+    older version still loads, and the daemon says at start that it is ignored."""
     startup_check: Literal["auto", "full", "quick"] = "auto"
     """SQLite's integrity_check reads every page (about 10 ms per MB here); "auto" runs it on logs up to
     256 MiB and quick_check (structure without index cross-checks) on larger ones. With a snapshot,

@@ -35,6 +35,14 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         load_config(f, environ={})
 
 
+def test_a_key_older_versions_took_still_loads(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[store]\nsnapshot_every = 1000\n")
+    cfg = load_config(f, environ={})
+    assert cfg.store.snapshot_every == 1000
+    assert cfg.store.snapshot_bytes == load_config(None, environ={}).store.snapshot_bytes
+
+
 def test_wrong_type_names_the_key_and_the_expectation(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('[api]\nport = "eighty"\n[gpus]\ncpu_slots = -1\n')
