@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from daemon.core.datasets import DatasetReport, DatasetValidator, validator
-from daemon.core.datasets.codec import _ENCODE, _pair_line, _parse, _parse_in_detail, _plain_chat
+from daemon.core.datasets.codec import _ENCODE, _pair_line, _parse, _parse_in_detail, _plain_row
 from daemon.core.datasets.rows import _CHECKS, _detect, _pair_row, _preference_in_detail, _preference_row
 from daemon.core.datasets.rules import _RowError
 
@@ -56,8 +56,12 @@ def messages(draw: st.DrawFn) -> str:
 def lines(draw: st.DrawFn) -> str:
     """Conversation rows near the plain shape, pairs, and anything else, with repeated keys, colons in
     strings, escapes, NaN and stray whitespace now and then."""
-    kind = draw(st.sampled_from(["chat", "chat", "pair", "any"]))
-    if kind == "chat":
+    kind = draw(st.sampled_from(["chat", "chat", "text", "pair", "any"]))
+    if kind == "text":
+        pairs = [("text", json.dumps(draw(words), ensure_ascii=draw(st.booleans())))]
+        if draw(st.integers(0, 6)) == 0:
+            pairs.append(draw(st.sampled_from([("text", '"b"'), ("doc_id", "1"), ("x", '"a:b"')])))
+    elif kind == "chat":
         pairs = [("messages", draw(messages()))]
         if draw(st.integers(0, 8)) == 0:
             pairs.append(draw(st.sampled_from([("messages", "[]"), ("rank", "4"), ("x", '"a:b"')])))
@@ -85,17 +89,19 @@ def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
 @example(text='{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}')
 @example(text='{"messages": [{"role": "user", "role": "user", "content": "a"}, {"role": "assistant"}]}')
 @example(text='{"messages": [{"role": "user", "content": "\\u003a"}, {"role": "assistant", "content": "b"}]}')
+@example(text='{"text": "a", "text": "\\u003a"}')
 @example(  # the escape's colon would make up for the repeated key's in a count of the line's colons
     text='{"messages": [{"role": "user", "role": "user", "content": "\\u003a"}, {"role": "assistant", "content": "b"}]}'
 )
-def test_parse_and_plain_chat_read_as_the_general_path(text: str) -> None:
+def test_parse_and_plain_row_read_as_the_general_path(text: str) -> None:
     assert _outcome(_parse, text) == _outcome(_parse_in_detail, text)
     raw = text.encode()
-    plain = _plain_chat(text, raw)
+    plain = _plain_row(text, raw)
     if plain is not None:
         obj = _parse_in_detail(text)  # raises on a repeated key: the quick read must not miss one
-        assert _detect(obj) == "sft_messages"
-        assert plain == _CHECKS["sft_messages"](obj)
+        fmt, row = plain
+        assert _detect(obj) == fmt
+        assert row == _CHECKS[fmt](obj)
 
 
 @settings(max_examples=300, deadline=None)
@@ -130,6 +136,6 @@ def _validate(data: bytes) -> tuple[list[bytes], DatasetReport]:
 def test_validator_gives_what_the_general_path_gives(rows: list[str]) -> None:
     data = "".join(row + "\n" for row in rows).encode()
     fast = _validate(data)
-    with mock.patch.object(validator, "_plain_chat", lambda text, raw: None):
+    with mock.patch.object(validator, "_plain_row", lambda text, raw: None):
         general = _validate(data)
     assert fast == general

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from daemon.core.datasets.formats import DatasetFormat
 from daemon.core.datasets.rows import _GET_CONTENT, _GET_ROLE, _VALID_ORDERS, _Row, _valid_order
 from daemon.core.datasets.rules import _RowError
 
@@ -72,16 +73,16 @@ def _parse(text: str) -> Any:
     return obj
 
 
-def _plain_chat(text: str, raw: bytes) -> _Row | None:
-    """The row of a line that is `{"messages": [role/content string pairs]}` in a valid order, as
-    detection and `rows._sft_row` would give it; None for any other line, which the caller then
-    reads and checks in full.
+def _plain_row(text: str, raw: bytes) -> tuple[DatasetFormat, _Row] | None:
+    """The format and row of a line that is `{"messages": [role/content string pairs]}` in a valid
+    order or `{"text": "..."}`, as detection and the row's check would give them; None for any other
+    line, which the caller then reads and checks in full.
 
-    It is the commonest row, and this reads it without `_unique_keys`, whose Python call per object
-    costs most of a short row's parse. No key can have been dropped as a repeat: a line's colons are
-    one after each key plus those inside its strings (which read back the same when no `\\u003a`
-    escape is in the line), and these keys and roles hold none, so the colons of the contents plus
-    the dicts' keys add up to the line's only if every key of the line was kept.
+    These are the commonest rows, and this reads them without `_unique_keys`, whose Python call per
+    object costs most of a short row's parse. No key can have been dropped as a repeat: a line's
+    colons are one after each key plus those inside its strings (which read back the same when no
+    `\\u003a` escape is in the line), and these keys and roles hold none, so the colons of the
+    contents plus the dicts' keys add up to the line's only if every key of the line was kept.
     """
     if b"\\u003" in raw:
         return None
@@ -93,7 +94,10 @@ def _plain_chat(text: str, raw: bytes) -> _Row | None:
         return None
     messages = obj.get("messages")
     if type(messages) is not list or not messages:
-        return None
+        document = obj.get("text")
+        if type(document) is not str or not document or raw.count(b":") != 1 + document.count(":"):
+            return None
+        return "pretrain_text", _Row(obj, "", len(document), None, True)
     try:
         order = tuple(map(_GET_ROLE, messages))
         roles = _VALID_ORDERS.get(order) or _valid_order(order)
@@ -103,7 +107,7 @@ def _plain_chat(text: str, raw: bytes) -> _Row | None:
     keys = 1 + 2 * len(messages)
     if not roles or sum(map(len, messages)) != keys - 1 or raw.count(b":") != keys + contents.count(":"):
         return None
-    return _Row(obj, roles, len(contents), None, True)
+    return "sft_messages", _Row(obj, roles, len(contents), None, True)
 
 
 def _parse_in_detail(text: str) -> Any:

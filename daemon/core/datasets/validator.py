@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from daemon.core.datasets.codec import _decode, _parse, _plain_chat, _serialise
+from daemon.core.datasets.codec import _decode, _parse, _plain_row, _serialise
 from daemon.core.datasets.formats import _CHAT_FAMILY, _FEEDS, _LOOKS, _PAIR_FAMILY, DatasetFormat
 from daemon.core.datasets.media import MEDIA_KEYS, MediaResolver, _attach, _Media, _take_media
 from daemon.core.datasets.report import DatasetReport, LineError, LoraHints
@@ -17,6 +17,8 @@ __all__ = ["DatasetValidator"]
 
 _BOM = b"\xef\xbb\xbf"
 _WIDENING = frozenset({"lora_messages", "preference"})
+_PLAIN_FORMATS = frozenset({"sft_messages", "pretrain_text"})
+"""The formats of the rows `_plain_row` reads."""
 _T = TypeVar("_T")
 
 
@@ -76,8 +78,8 @@ class DatasetValidator:
         self._rank: _Agreement[int] = _Agreement()
         self._report: DatasetReport | None = None
         self._media = media
-        self._plain_chats = True
-        """Whether to try `_plain_chat` first: the last row tried was such a row, or one came since."""
+        self._plain_rows = True
+        """Whether to try `_plain_row` first: the last row tried was such a row, or one came since."""
         self.rows_done = 0
         """Rows accepted so far."""
         self.bytes_done = 0
@@ -189,13 +191,14 @@ class DatasetValidator:
             else:
                 text = _decode(raw)
                 plain = None
-                if self._plain_chats and b"<" not in raw and b'"type"' not in raw:  # no media
-                    plain = _plain_chat(text, raw)
-                    self._plain_chats = plain is not None
+                if self._plain_rows and b"<" not in raw and b'"type"' not in raw:  # no media
+                    plain = _plain_row(text, raw)
+                    self._plain_rows = plain is not None
                 if plain is None:
                     fmt, obj, row = self._row(text, raw)
                 else:
-                    fmt, obj, row = "sft_messages", plain.out, plain
+                    fmt, row = plain
+                    obj = row.out
                     if self._format is not None and self._format != fmt:
                         self._agree(fmt, self._format)
             out.append(_serialise(row, raw))
@@ -222,8 +225,8 @@ class DatasetValidator:
         row = _CHECKS[fmt](obj)
         if media is not None:
             row = self._with_media(fmt, row, media)
-        elif row.plain and fmt == "sft_messages":
-            self._plain_chats = True  # such rows are back: try reading them the quick way again
+        elif row.plain and fmt in _PLAIN_FORMATS:
+            self._plain_rows = True  # such rows are back: try reading them the quick way again
         return fmt, obj, row
 
     def _widen(self, fmt: DatasetFormat, obj: dict[str, Any]) -> None:
