@@ -75,8 +75,7 @@ async def job_events(request: web.Request) -> web.Response:
     _, found = _job(request)
     after = int_param(request, "after", 0, 0, MAX_POSITION)
     limit = page_limit(request)
-    recorded = await request.app[READ_SIDE].store.read_stream(job_stream(found.id))
-    newer = [r for r in recorded if r.seq > after]
+    newer = await request.app[READ_SIDE].store.read_stream(job_stream(found.id), after, limit + 1)
     page = newer[:limit]
     next_cursor = page[-1].seq if len(newer) > limit else None
     return page_response(

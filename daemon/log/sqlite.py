@@ -74,7 +74,8 @@ SELECT_AFTER = (
     "SELECT seq, stream, version, type, schema, ts, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 SELECT_STREAM = (
-    "SELECT seq, stream, version, type, schema, ts, data FROM events WHERE stream = ? ORDER BY version"
+    "SELECT seq, stream, version, type, schema, ts, data FROM events "
+    "WHERE stream = ? AND seq > ? ORDER BY version LIMIT ?"
 )
 SELECT_KEYS = (
     "SELECT seq, stream, version, type, schema, ts, data FROM events "

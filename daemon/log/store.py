@@ -443,9 +443,11 @@ class EventStore:
             rows = await cur.fetchall()
         return [row_to_recorded(tuple(r)) for r in rows]
 
-    async def read_stream(self, stream: str) -> list[Recorded]:
+    async def read_stream(self, stream: str, after: int = 0, limit: int = -1) -> list[Recorded]:
+        """The stream's events after seq `after`, at most `limit` (-1: all): a page of a long one
+        reads and decodes only that page."""
         if self._reader is None:
             raise StoreError("the event store is closed")
-        async with self._reader.execute(SELECT_STREAM, (stream,)) as cur:
+        async with self._reader.execute(SELECT_STREAM, (stream, after, limit)) as cur:
             rows = await cur.fetchall()
         return [row_to_recorded(tuple(r)) for r in rows]
