@@ -96,6 +96,7 @@ def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
 def test_parse_and_plain_row_read_as_the_general_path(text: str) -> None:
     assert _outcome(_parse, text) == _outcome(_parse_in_detail, text)
     raw = text.encode()
+    _validate(raw)  # the full check learns the conversation's order, if valid, as a file's first row does
     plain = _plain_row(text, raw)
     if plain is not None:
         obj = _parse_in_detail(text)  # raises on a repeated key: the quick read must not miss one

@@ -7,6 +7,7 @@ unchanged whenever it can, because serialising is the most expensive step of the
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.core.datasets.formats import DatasetFormat
-from daemon.core.datasets.rows import _GET_CONTENT, _GET_ROLE, _VALID_ORDERS, _Row, _valid_order
+from daemon.core.datasets.rows import _GET_CONTENT, _GET_ROLE, _VALID_ORDERS, _Row
 from daemon.core.datasets.rules import _RowError
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -36,6 +37,8 @@ def _no_constants(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
 _Scan = Callable[[str, int], tuple[Any, int]]
 _SCAN: _Scan = _DECODER.scan_once  # type: ignore[attr-defined]  # what decode() calls, undeclared in the stubs
+_new_row = functools.partial(tuple.__new__, _Row)
+"""_Row from a tuple of all its fields, without the Python-level __new__ of a NamedTuple."""
 _SCAN_PLAIN: _Scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _STRING = json.encoder.encode_basestring
 """What `_ENCODE` writes a string as (ensure_ascii=False)."""
@@ -84,7 +87,7 @@ def _plain_row(text: str, raw: bytes) -> tuple[DatasetFormat, _Row] | None:
     `\\u003a` escape is in the line), and these keys and roles hold none, so the colons of the
     contents plus the dicts' keys add up to the line's only if every key of the line was kept.
     """
-    if b"\\u003" in raw:
+    if b"\\" in raw and b"\\u003" in raw:
         return None
     try:
         obj, end = _SCAN_PLAIN(text, 0)
@@ -93,21 +96,21 @@ def _plain_row(text: str, raw: bytes) -> tuple[DatasetFormat, _Row] | None:
     if end != len(text) or type(obj) is not dict or len(obj) != 1:
         return None
     messages = obj.get("messages")
-    if type(messages) is not list or not messages:
+    if messages is None:
         document = obj.get("text")
         if type(document) is not str or not document or raw.count(b":") != 1 + document.count(":"):
             return None
-        return "pretrain_text", _Row(obj, "", len(document), None, True)
+        return "pretrain_text", _new_row((obj, "", len(document), None, True, False, False))
     try:
-        order = tuple(map(_GET_ROLE, messages))
-        roles = _VALID_ORDERS.get(order) or _valid_order(order)
+        # An order not seen yet, or not a list of dicts, raises: the full check words or learns it.
+        roles = _VALID_ORDERS[tuple(map(_GET_ROLE, messages))]
         contents = "".join(map(_GET_CONTENT, messages))
     except (TypeError, KeyError):
         return None
     keys = 1 + 2 * len(messages)
-    if not roles or sum(map(len, messages)) != keys - 1 or raw.count(b":") != keys + contents.count(":"):
+    if sum(map(len, messages)) != keys - 1 or raw.count(b":") != keys + contents.count(":"):
         return None
-    return "sft_messages", _Row(obj, roles, len(contents), None, True)
+    return "sft_messages", _new_row((obj, roles, len(contents), None, True, False, False))
 
 
 def _parse_in_detail(text: str) -> Any:
