@@ -117,12 +117,22 @@ def test_preference_check_is_its_detailed_check(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(prompt=st.text(), chosen=st.text(), rejected=st.text(), system=st.none() | st.text())
+@given(
+    prompt=st.text(), chosen=st.text(), rejected=st.text(), system=st.none() | st.text(), ascii=st.booleans()
+)
+@example(prompt='say "hi"', chosen="a\nb", rejected="\\", system="\x00", ascii=False)
+@example(prompt="中", chosen="é", rejected="\u2028", system=None, ascii=False)
 def test_pair_line_is_what_the_encoder_writes(
-    prompt: str, chosen: str, rejected: str, system: str | None
+    prompt: str, chosen: str, rejected: str, system: str | None, ascii: bool
 ) -> None:
+    """From the line the strings were read from: with or without escapes in it."""
+    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "system": system}
+    try:
+        raw = json.dumps(row, ensure_ascii=ascii).encode()
+    except UnicodeEncodeError:  # a lone surrogate: only escaped is it a line
+        raw = json.dumps(row).encode()
     out = _pair_row(prompt, chosen, rejected, system, scored=False).out
-    assert _pair_line(out) == _ENCODE(out) + "\n"
+    assert _pair_line(out, raw) == _ENCODE(out) + "\n"
 
 
 def _validate(data: bytes) -> tuple[list[bytes], DatasetReport]:

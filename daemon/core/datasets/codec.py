@@ -7,7 +7,6 @@ unchanged whenever it can, because serialising is the most expensive step of the
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections import Counter
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.core.datasets.formats import DatasetFormat
-from daemon.core.datasets.rows import _GET_CONTENT, _GET_ROLE, _VALID_ORDERS, _Row
+from daemon.core.datasets.rows import _GET_CONTENT, _GET_ROLE, _VALID_ORDERS, _new_row, _Row
 from daemon.core.datasets.rules import _RowError
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -37,8 +36,6 @@ def _no_constants(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
 _Scan = Callable[[str, int], tuple[Any, int]]
 _SCAN: _Scan = _DECODER.scan_once  # type: ignore[attr-defined]  # what decode() calls, undeclared in the stubs
-_new_row = functools.partial(tuple.__new__, _Row)
-"""_Row from a tuple of all its fields, without the Python-level __new__ of a NamedTuple."""
 _SCAN_PLAIN: _Scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _STRING = json.encoder.encode_basestring
 """What `_ENCODE` writes a string as (ensure_ascii=False)."""
@@ -87,7 +84,7 @@ def _plain_row(text: str, raw: bytes) -> tuple[DatasetFormat, _Row] | None:
     `\\u003a` escape is in the line), and these keys and roles hold none, so the colons of the
     contents plus the dicts' keys add up to the line's only if every key of the line was kept.
     """
-    if b"\\" in raw and b"\\u003" in raw:
+    if (b"\\" in raw and b"\\u003" in raw) or b"<" in raw or b'"type"' in raw:  # or it may carry media
         return None
     try:
         obj, end = _SCAN_PLAIN(text, 0)
@@ -150,24 +147,33 @@ def _same_as_read(row: _Row, raw: bytes) -> bool:
     return row.plain and b"\r" not in raw and not (b"\\" in raw and _SURROGATE_ESCAPE.search(raw))
 
 
-def _pair_line(out: dict[str, Any]) -> str:
+def _pair_line(out: dict[str, Any], raw: bytes) -> str:
     """A pair row's line, byte for byte what `_ENCODE` writes for it, without the encoder's
-    per-call set-up, which costs more than the short strings of a typical pair."""
+    per-call set-up, which costs more than the short strings of a typical pair.
+
+    Its strings all come from `raw`. A line without a backslash has no escape, so none of its
+    strings holds a quote, a backslash or a control character (those must be escaped in JSON), and
+    the encoder writes each of them as it is between quotes."""
     messages = out["messages"]
-    system = (
-        f'{{"role": "system", "content": {_STRING(messages[0]["content"])}}}, ' if len(messages) == 3 else ""
-    )
     user, chosen, rejected = messages[-2]["content"], messages[-1]["content"], out["rejected_response"]
+    system = messages[0]["content"] if len(messages) == 3 else None
+    if b"\\" in raw:
+        user, chosen, rejected = _STRING(user), _STRING(chosen), _STRING(rejected)
+        system = None if system is None else _STRING(system)
+    else:
+        user, chosen, rejected = f'"{user}"', f'"{chosen}"', f'"{rejected}"'
+        system = None if system is None else f'"{system}"'
+    head = "" if system is None else f'{{"role": "system", "content": {system}}}, '
     return (
-        f'{{"messages": [{system}{{"role": "user", "content": {_STRING(user)}}}, '
-        f'{{"role": "assistant", "content": {_STRING(chosen)}}}], "rejected_response": {_STRING(rejected)}}}\n'
+        f'{{"messages": [{head}{{"role": "user", "content": {user}}}, '
+        f'{{"role": "assistant", "content": {chosen}}}], "rejected_response": {rejected}}}\n'
     )
 
 
 def _serialise(row: _Row, raw: bytes) -> bytes:
     try:
         if row.paired:
-            return _pair_line(row.out).encode("utf-8")
+            return _pair_line(row.out, raw).encode("utf-8")
         if _same_as_read(row, raw):
             return raw + b"\n"
         return (_ENCODE(row.out) + "\n").encode("utf-8")

@@ -7,6 +7,7 @@ here, beside its detection in `_detect` and its entry in `_CHECKS`.
 from __future__ import annotations
 
 import difflib
+import functools
 import operator
 import re
 from collections.abc import Callable
@@ -62,6 +63,11 @@ class _Row(NamedTuple):
     paired: bool = False
     """`out` is `_pair_row`'s: `{"messages": [system?, user, assistant], "rejected_response": ...}`,
     strings only, so its line is written from a template (see `codec._pair_line`)."""
+
+
+_new_row = functools.partial(tuple.__new__, _Row)
+"""_Row from a tuple of all its fields, without the Python-level __new__ of a NamedTuple: the rows
+checked most often are built this way."""
 
 
 def _message(message: object, field: str) -> tuple[str, str]:
@@ -227,7 +233,7 @@ def _pair_row(prompt: str, chosen: str, rejected: str, system: str | None, *, sc
         chars += len(system)
         roles = "sua"
     out = {"messages": messages, "rejected_response": rejected}
-    return _Row(out, roles, chars, (len(prompt), len(chosen), len(rejected)), False, scored, True)
+    return _new_row((out, roles, chars, (len(prompt), len(chosen), len(rejected)), False, scored, True))
 
 
 def _preference_row(row: dict[str, Any]) -> _Row:

@@ -16,7 +16,6 @@ from daemon.core.datasets.stats import _MediaTally, _Tally
 __all__ = ["DatasetValidator"]
 
 _BOM = b"\xef\xbb\xbf"
-_WIDENING = frozenset({"lora_messages", "preference"})
 _PLAIN_FORMATS = frozenset({"sft_messages", "pretrain_text"})
 """The formats of the rows `_plain_row` reads."""
 _T = TypeVar("_T")
@@ -178,8 +177,7 @@ class DatasetValidator:
             return
         if n == 1 and raw.startswith(_BOM):
             raw = raw[3:]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
         if not raw or raw.isspace():
             return
         try:
@@ -191,7 +189,7 @@ class DatasetValidator:
             else:
                 text = _decode(raw)
                 plain = None
-                if self._plain_rows and b"<" not in raw and b'"type"' not in raw:  # no media
+                if self._plain_rows:
                     plain = _plain_row(text, raw)
                     self._plain_rows = plain is not None
                 if plain is None:
@@ -199,8 +197,8 @@ class DatasetValidator:
                 else:
                     fmt, row = plain
                     obj = row.out
-                    if self._format is not None and self._format != fmt:
-                        self._agree(fmt, self._format)
+                    if fmt != self._format:
+                        self._agree(fmt)
             out.append(_serialise(row, raw))
         except _RowError as e:
             message = f"line {n}, {e.where}: {e.problem}" if e.where else f"line {n}: {e.problem}"
@@ -208,8 +206,10 @@ class DatasetValidator:
             return
         if self._format is None:
             self._format, self._format_line = fmt, n
-        if fmt in _WIDENING:
-            self._widen(fmt, obj)
+        if fmt == "lora_messages":
+            self._lora(obj)
+        elif fmt == "preference":
+            self._format = fmt  # one row given as a pair makes a file of pairs and scored rows preference
         self._tally.add(row)
         self.rows_done += 1
 
@@ -220,8 +220,8 @@ class DatasetValidator:
         if type(obj) is not dict or not obj.keys().isdisjoint(MEDIA_KEYS) or b"<" in raw or b'"type"' in raw:
             media = _take_media(obj, raw)
         fmt = _detect(obj)
-        if fmt != self._format and self._format is not None:
-            self._agree(fmt, self._format)
+        if fmt != self._format:
+            self._agree(fmt)
         row = _CHECKS[fmt](obj)
         if media is not None:
             row = self._with_media(fmt, row, media)
@@ -229,14 +229,12 @@ class DatasetValidator:
             self._plain_rows = True  # such rows are back: try reading them the quick way again
         return fmt, obj, row
 
-    def _widen(self, fmt: DatasetFormat, obj: dict[str, Any]) -> None:
-        """One LoRA row makes a file of conversations lora_messages; one row given as a pair makes a
-        file of pairs and scored rows preference."""
-        self._format = fmt
-        if fmt == "lora_messages":
-            modules = obj.get("target_modules")
-            self._modules.add(None if modules is None else tuple(modules))
-            self._rank.add(obj.get("rank"))
+    def _lora(self, obj: dict[str, Any]) -> None:
+        """One LoRA row makes a file of conversations lora_messages; the hints are what all agree on."""
+        self._format = "lora_messages"
+        modules = obj.get("target_modules")
+        self._modules.add(None if modules is None else tuple(modules))
+        self._rank.add(obj.get("rank"))
 
     def _with_media(self, fmt: DatasetFormat, row: _Row, media: _Media) -> _Row:
         out, used = _attach(fmt, row.out, media, self._media)
@@ -245,9 +243,14 @@ class DatasetValidator:
             tally.add(kind, item)
         return row._replace(out=out, plain=False, paired=False)
 
-    def _agree(self, fmt: DatasetFormat, known: DatasetFormat) -> None:
-        """Refuse a row whose format the file's cannot hold."""
-        if (fmt in _CHAT_FAMILY and known in _CHAT_FAMILY) or (fmt in _PAIR_FAMILY and known in _PAIR_FAMILY):
+    def _agree(self, fmt: DatasetFormat) -> None:
+        """Refuse a row whose format the file's cannot hold (any, while the file has none yet)."""
+        known = self._format
+        if (
+            known is None
+            or (fmt in _CHAT_FAMILY and known in _CHAT_FAMILY)
+            or (fmt in _PAIR_FAMILY and known in _PAIR_FAMILY)
+        ):
             return
         raise _RowError(
             None,
