@@ -1,4 +1,4 @@
-"""The supervisor of one run: `python -I -S .../daemon/runs/supervise.py RUN_DIR`.
+"""The supervisor of one run: `python -I -S .../daemon/runs/supervise.py -`, the run on stdin.
 
 A training run takes hours; the daemon that started it may be restarted, upgraded or killed
 meanwhile. So the run belongs to this small process, not to the daemon: it is started in a
@@ -26,9 +26,9 @@ Standard library only and nothing from the daemon: it must start fast and outliv
 runner starts it as a script in isolated mode without `site` (-I -S), which skips the virtual
 environment's start-up and anything on PYTHONPATH. Even so, starting an interpreter and importing
 what this module needs takes 40-50 ms, more on a busy machine: most of a slot's hand-over. So the
-runner starts the next run's supervisor ahead, with `-` for RUN_DIR (`PRESTARTED`): it waits on
-stdin for its run and takes the run's folder, environment and log as its own before it goes on as
-above. A spare that gets EOF instead (its daemon stopped or died) exits having done nothing.
+supervisor waits on stdin for its run (`PRESTARTED`), and the runner starts the next run's ahead;
+given its run, it takes the run's folder, environment and log as its own and goes on as above. A
+spare that gets EOF instead (its daemon stopped or died) exits having done nothing.
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ EXIT_FILE = "exit.json"
 
 BOOT_ID_ENV = "LLMTRAIND_TEST_BOOT_ID"
 PRESTARTED = "-"
-"""In place of RUN_DIR: wait for the run on stdin (`_receive`). The runner keeps one supervisor
-started ahead of its run, so that a slot's hand-over does not wait for an interpreter to start and
-import (most of it, measured: issue 16)."""
+"""The one argument: the run comes on stdin (`_receive`), so that the runner can start the next
+run's supervisor ahead of its run, and a slot's hand-over waits for no interpreter's start and
+imports (most of it, measured: issue 16)."""
 TAKEN = b"taken"
-"""A pre-started supervisor's word on stdout that it has read its run, before it acts on it: one
-that dies before saying it can be replaced by another without the run starting twice."""
+"""The supervisor's word on stdout that it has read its run, before it acts on it: one that dies
+before saying it can be replaced by another without the run starting twice."""
 _PR_SET_PDEATHSIG = 1
 _ARGS_ENV = "RAY_SWIFT_ARGS"
 _SWIFT_MODULE = "swift.cli."
@@ -261,10 +261,10 @@ def _detach() -> int:
 
 
 def _receive() -> Path | None:
-    """A pre-started supervisor's run, from the daemon through stdin: {"run_dir", "env"} and then
-    EOF. The run's environment replaces the one it was started with, and its folder, /dev/null and
-    its log become its working directory, stdin, stdout and stderr, as a supervisor started for the
-    run would have them. None (EOF alone): the daemon stopped, or died, before it had a run for it."""
+    """The run, from the daemon through stdin: {"run_dir", "env"} and then EOF. The run's
+    environment replaces the one this process was started with, and its folder, /dev/null and its
+    log become the working directory, stdin, stdout and stderr. None (EOF alone): the daemon
+    stopped, or died, before it had a run for this supervisor."""
     data = sys.stdin.buffer.read()
     if not data:
         return None
@@ -272,7 +272,7 @@ def _receive() -> Path | None:
     message = json.loads(data)
     os.environ.clear()
     os.environ.update(message["env"])
-    run_dir = Path(message["run_dir"])
+    run_dir = Path(message["run_dir"]).resolve()
     os.chdir(run_dir)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -289,19 +289,14 @@ def _log_to(log: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(f"usage: python -I -S supervise.py RUN_DIR|{PRESTARTED}", file=sys.stderr)
+    if args != [PRESTARTED]:
+        print(f"usage: python -I -S supervise.py {PRESTARTED} (the run comes on stdin)", file=sys.stderr)
         return 2
-    if args[0] == PRESTARTED:
-        received = _receive()
-        if received is None:
-            return 0
-        run_dir = received.resolve()
-    else:
-        run_dir = Path(args[0]).resolve()
+    run_dir = _receive()
+    if run_dir is None:
+        return 0
     run = _Run(run_dir, json.loads((run_dir / RUN_FILE).read_text()))
-    if args[0] == PRESTARTED:
-        _log_to(run.log)
+    _log_to(run.log)
     report = _detach()
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pending: list[int] = []

@@ -1,4 +1,4 @@
-"""The per-run supervisor, run for real: `python -m daemon.runs.supervise RUN_DIR` around fake swifts.
+"""The per-run supervisor, run for real: `python -m daemon.runs.supervise -` around fake swifts.
 
 Each test starts the supervisor the way the runner does (its own session, wait for the detaching
 parent), then drives it with signals and reads what it leaves behind: supervisor.json, exit.json
@@ -137,13 +137,16 @@ class Run:
         (self.dir / RUN_FILE).write_text(json.dumps(spec))
         with open(self.dir.parent / "supervisor.out", "ab") as out:
             self.parent = subprocess.Popen(
-                [sys.executable, "-m", "daemon.runs.supervise", str(self.dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
+                [sys.executable, "-m", "daemon.runs.supervise", supervise.PRESTARTED],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 stderr=out,
                 start_new_session=True,
             )
-        return self.parent.wait(timeout=WAIT_S)
+        message = {"run_dir": str(self.dir), "env": dict(os.environ)}
+        said, _ = self.parent.communicate(json.dumps(message).encode(), timeout=WAIT_S)
+        assert said == supervise.TAKEN
+        return self.parent.returncode
 
     def start_fake(self, text: str, **spec: Any) -> dict[str, Any]:
         """Start `text` as swift with the ready file as its argument; supervisor.json once it is up."""
@@ -365,7 +368,7 @@ def test_a_secret_reaches_swift_in_its_environment_never_on_its_command_line(
     assert "the-secret-value" not in (run.dir / RUN_FILE).read_text() + run.log.read_text()
 
 
-def test_usage_error_without_a_run_dir() -> None:
+def test_usage_error_without_the_one_argument() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "daemon.runs.supervise"], capture_output=True, text=True, timeout=WAIT_S
     )
@@ -373,7 +376,7 @@ def test_usage_error_without_a_run_dir() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# A supervisor started ahead of its run
+# Started ahead of its run
 
 PRESTARTED_SEES = """\
 import json, os, pathlib, sys
