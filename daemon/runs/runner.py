@@ -218,6 +218,7 @@ class Runner:
         w.gpu_uuids = run.gpu_uuids
         self._runs[w.job_id] = w
         w.task = asyncio.create_task(self._adopt_and_watch(w, run, boot_id), name=f"run-{w.job_id}")
+        self._prestart()  # for the run that takes its slot when it ends
 
     def cancel(self, job_id: int, why: str = "cancel") -> bool:
         """Ask the run's supervisor to stop swift (SIGTERM, grace, SIGKILL); False if not ours."""

@@ -666,3 +666,22 @@ async def test_a_spare_supervisor_that_died_is_replaced_at_the_launch(runs: Runs
     await runner.launch(runs.started(2, TRAINS))
     end = await rec.end(2)
     assert end.returncode == 0 and end.error is None
+
+
+async def test_a_runner_that_adopts_a_run_starts_a_supervisor_for_the_run_after_it(runs: Runs) -> None:
+    first = Recorder()
+    runner = runs.runner(first)
+    started = runs.started(1, WAITS)
+    await runner.launch(started)
+    run = await first.started(1)
+    await runner.stop(stop_runs=False)
+
+    second = Recorder()
+    successor = runs.runner(second)
+    await successor.adopt(adoptable(started, run), boot_id())
+    spare = await spare_of(successor)
+    (Path(started.output_dir) / "release").touch()
+    await second.end(1)
+    await successor.launch(runs.started(2, TRAINS))
+    assert (await second.started(2)).session == spare.pid
+    assert (await second.end(2)).returncode == 0
