@@ -78,7 +78,9 @@ def test_image_bundle_lora_merge_deploy_answer_cancel(
     d.drop("serve.yaml", 'task_type: deploy\nmodel: "@merge"\nmodel_type: qwen2_vl\ntemplate: qwen2_vl\n')
 
     dataset = d.wait_for(
-        "the bundle accepted", lambda: (r := d.get("/v1/datasets/shapes"))[0] == 200 and r[1], 60
+        "the bundle accepted",
+        lambda: (r := d.get("/v1/datasets/shapes"))[0] == 200 and r[1].get("state") == "ready" and r[1],
+        60,
     )
     assert dataset["stats"]["media"]["images"] == 8 and dataset["stats"]["media"]["files"] == 4
 
