@@ -130,19 +130,32 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
 def _write_until_written(path: Path, data: dict[str, Any], log: Path) -> None:
     """exit.json is how every daemon, this one or the next, learns the run's end: while it cannot be
     written (the disk is full), the supervisor stays, so the run keeps its slot and nobody records
-    an end it did not see; once it can, the end is written as it happened."""
+    an end it did not see; once it can, the end is written as it happened. A run folder deleted
+    under the run is made again: waiting would hold the slot for ever, as nobody will bring it back."""
     delay = 0.5
-    said = False
+    said = remade = False
     while True:
         try:
             write_atomically(path, data)
             return
         except OSError as e:
+            if isinstance(e, FileNotFoundError) and not remade and _made_again(path.parent):
+                remade = True
+                _say(log, f"llmtraind: {path.parent} was gone; made it again to record the run's end\n")
+                continue
             if not said:
                 said = True
                 _say(log, f"llmtraind: cannot write {path} ({e}); trying until it can be written\n")
         time.sleep(delay)
         delay = min(2 * delay, 30.0)
+
+
+def _made_again(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 def _say(log: Path, line: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,17 @@ def test_sigterm_cancels(run: Run) -> None:
     end = run.exit_info()
     assert (end["returncode"], end["stopped"]) == (-signal.SIGTERM, "cancel")
     eventually(lambda: not alive(info["pid"]), "the supervisor to exit")
+
+
+def test_a_run_folder_deleted_under_the_run_is_made_again_to_record_its_end(run: Run) -> None:
+    """Waiting for a folder nobody will bring back would hold the run's slot for ever."""
+    info = run.start_fake(SLEEPER)
+    shutil.rmtree(run.dir)
+    os.kill(info["pid"], signal.SIGTERM)
+    end = run.exit_info()
+    assert (end["returncode"], end["stopped"]) == (-signal.SIGTERM, "cancel")
+    eventually(lambda: not alive(info["pid"]), "the supervisor to exit")
+    assert f"{run.dir} was gone; made it again to record the run's end" in run.log.read_text()
 
 
 def test_sigusr1_is_a_shutdown(run: Run) -> None:
