@@ -115,6 +115,7 @@ class Inbox:
             self._claims.put_nowait(claim)
         if redo:
             log.info("redoing %d claimed file(s) left by the previous run", len(redo))
+        self._finder.open_watch()
         self._tasks = [
             asyncio.create_task(self._scan_loop(), name="inbox-scan"),
             asyncio.create_task(self._finder.watch(), name="inbox-watch"),

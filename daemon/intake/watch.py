@@ -132,10 +132,21 @@ class Finder:
         self._stopping = False
         self._unsettled: dict[str, tuple[tuple[int, int], float]] = {}
         self._busy = False
+        self._opened: _Inotify | None = None
+
+    def open_watch(self) -> None:
+        """Set up the watch before the first listing, so that a file dropped between the two is not
+        left to the next rescan; the daemon says it serves only after this. A watch that cannot be
+        set up here is tried again, and said, by `watch`."""
+        with contextlib.suppress(OSError):
+            self._opened = _Inotify(self.inbox.root)
 
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def rescan_in(self) -> float:
         """Seconds until the next scan when no watch event comes first."""
@@ -147,8 +158,9 @@ class Finder:
         loop = asyncio.get_running_loop()
         failing = ""
         while not self._stopping:
+            notify, self._opened = self._opened, None
             try:
-                notify = _Inotify(self.inbox.root)
+                notify = notify or _Inotify(self.inbox.root)
             except OSError as e:
                 if str(e) != failing:
                     log.warning("cannot watch the inbox (%s); rescans continue, trying again", e)

@@ -202,8 +202,8 @@ def test_a_name_that_is_not_utf8_is_rejected_and_the_watcher_lives_on(
     daemon_factory: type[Daemon], tmp_path: Path
 ) -> None:
     # Rescans are rare here, so both files are only picked up quickly if the watch sees them.
+    # The watch is set up before the daemon says it serves: no wait is needed before the drop.
     d = daemon_factory(tmp_path / "d", extra_config="[intake]\nrescan_s = 120\n").start()
-    time.sleep(0.5)  # the watcher task sets up its watch after start-up; nothing outside shows when
     bad = os.fsencode(d.inbox) + b"/\xff\xfe.yaml"
     with open(bad, "wb") as f:
         f.write(b"cancel: x\n")
