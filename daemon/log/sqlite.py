@@ -183,9 +183,11 @@ def check_log(conn: sqlite3.Connection, *, full: bool = True) -> None:
     if bad:
         detail = ", ".join(f"{s} has {n} events with versions {a}..{b}" for s, n, a, b in bad)
         raise LogDamaged(f"stream versions are not 1..n: {detail}")
-    unknown = [
-        r[0] for r in conn.execute("SELECT DISTINCT type FROM events").fetchall() if r[0] not in EVENT_TYPES
-    ]
+    _refuse_unknown_types(conn.execute("SELECT DISTINCT type FROM events").fetchall())
+
+
+def _refuse_unknown_types(types: list[tuple[str]]) -> None:
+    unknown = [t for (t,) in types if t not in EVENT_TYPES]
     if unknown:
         raise LogDamaged(f"unknown event types {unknown}: the log was written by a newer llmtraind")
 
@@ -225,9 +227,7 @@ def check_tail(conn: sqlite3.Connection, after: int) -> None:
         types = conn.execute("SELECT DISTINCT type FROM events WHERE seq > ?", (after,)).fetchall()
     except sqlite3.DatabaseError as e:
         raise LogDamaged(f"cannot read the event log: {e}") from None
-    unknown = [t for (t,) in types if t not in EVENT_TYPES]
-    if unknown:
-        raise LogDamaged(f"unknown event types {unknown}: the log was written by a newer llmtraind")
+    _refuse_unknown_types(types)
 
 
 def missing_triggers(conn: sqlite3.Connection) -> list[str]:
