@@ -49,7 +49,6 @@ __all__ = [
     "Queue",
     "RunPaths",
     "decide",
-    "demands",
     "leases",
     "run_paths",
 ]
@@ -155,10 +154,6 @@ def _demand(state: State, job: Job, managed: bool) -> Demand:
         blocked="; ".join(blocked) or None,
         timeout_s=_timeout(job),
     )
-
-
-def demands(state: State, managed: bool) -> list[Demand]:
-    return [_demand(state, job, managed) for job in state.jobs.values() if job.state in WAITING]
 
 
 def _jobs(state: State, ids: Iterable[int] | None) -> Iterable[Job]:

@@ -1,4 +1,4 @@
-"""From the folded state to the scheduler's questions (`dispatch.demands`, `leases`, `shared_gpus`),
+"""From the folded state to the scheduler's questions (the `Queue`'s demands, `leases`, `shared_gpus`),
 field by field, and the threads a CPU run is given; test_dispatch follows whole decisions."""
 
 from __future__ import annotations
@@ -9,13 +9,20 @@ from typing import Any
 import pytest
 
 from daemon.core.events import GpuShared
-from daemon.core.state import Job, Run
-from daemon.runs.dispatch import Box, demands, leases, shared_gpus
+from daemon.core.state import Job, Run, State
+from daemon.runs.dispatch import Box, Queue, leases, shared_gpus
 from daemon.runs.scheduler import Demand, GpuView, Lease
 from tests.fold_world import job, run, world
 from tests.unit.test_dispatch import GRACE_S, NOW, SFT, Daemon, gpu, lora_job
 
 NOT_YET = "which was not submitted yet (drop it, or cancel this job)"
+
+
+def demands(state: State, managed: bool) -> list[Demand]:
+    """The waiting jobs' demands as a queue built from `state` holds them, in the log's order."""
+    q = Queue()
+    q.sync(state, managed)
+    return list(q.demands.values())
 
 
 def queued(gpus: int | None = 1, **fields: Any) -> Job:
