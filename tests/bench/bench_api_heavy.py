@@ -42,7 +42,7 @@ import pytest
 from daemon.core.events import JobProgress, Recorded
 from daemon.core.state import Dataset, State
 from tests.bench.bench_api import RAW_LOAD, wait_listening
-from tests.bench.measure import Goals, percentile, wait_quiet
+from tests.bench.measure import Goals, free_port, percentile, wait_quiet
 from tests.unit.test_api_reads import job, run
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]
@@ -149,13 +149,24 @@ def heavy_state() -> State:
     return state
 
 
+def progress(state: State, step: int) -> Recorded:
+    """A JobProgress of one of the jobs folded into `state` (moving its seq on), as the daemon folds
+    a running job's progress: what the servers tell their listeners every MOVE_S."""
+    from daemon.core.fold import apply
+
+    job_id = 1 + step % JOBS
+    event = JobProgress(job_id=job_id, attempt=1, kind="train", step=step, max_steps=10**6, percent=0.0)
+    rec = Recorded(state.last_seq + 1, f"job-{job_id}", 2, time.time(), event)
+    apply(state, rec)
+    return rec
+
+
 def serve(folder: str, port: int, move: bool) -> None:
     """The server process: the daemon's API app on `heavy_state()`, GPUs probed once at start; with
     `move`, a JobProgress folded every MOVE_S and told to the app as the store's listener would.
     A loop-lag sampler runs beside it, read (and reset) at /bench/lag."""
     from aiohttp import web
 
-    from daemon.core.fold import apply
     from daemon.http.api import ReadSide, make_app
     from daemon.log.store import EventStore
 
@@ -192,23 +203,12 @@ def serve(folder: str, port: int, move: bool) -> None:
         while move:
             await asyncio.sleep(MOVE_S)
             step += 1
-            job_id = 1 + step % JOBS
-            event = JobProgress(
-                job_id=job_id, attempt=1, kind="train", step=step, max_steps=10**6, percent=0.0
-            )
-            rec = Recorded(state.last_seq + 1, f"job-{job_id}", 2, time.time(), event)
-            apply(state, rec)
+            rec = progress(state, step)
             for listener in listeners:
                 listener([rec])
         await sampler
 
     asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def latencies(port: int, path: str, seconds: float, expect: bytes = b"") -> list[float]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.bench.bench_api import RAW_LOAD, wait_listening
-from tests.bench.bench_api_heavy import JOBS, body_size, free_port, healthz_latencies, heavy_state
-from tests.bench.measure import Goals, percentile, wait_quiet
+from tests.bench.bench_api_heavy import JOBS, body_size, healthz_latencies, heavy_state, progress
+from tests.bench.measure import Goals, free_port, percentile, wait_quiet
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
 
@@ -37,8 +37,6 @@ def serve(folder: str, port: int, one_go: bool) -> None:
     `state_to_json` on the loop, as before."""
     from aiohttp import web
 
-    from daemon.core.events import JobProgress, Recorded
-    from daemon.core.fold import apply
     from daemon.core.state import state_to_json
     from daemon.http import api
     from daemon.http.api import ReadSide, make_app
@@ -61,13 +59,7 @@ def serve(folder: str, port: int, one_go: bool) -> None:
         while True:
             await asyncio.sleep(MOVE_S)
             step += 1
-            job_id = 1 + step % JOBS
-            event = JobProgress(
-                job_id=job_id, attempt=1, kind="train", step=step, max_steps=10**6, percent=0.0
-            )
-            rec = Recorded(state.last_seq + 1, f"job-{job_id}", 2, time.time(), event)
-            apply(state, rec)
-            app[api.STATE_ANSWER].recorded([rec])
+            app[api.STATE_ANSWER].recorded([progress(state, step)])
 
     asyncio.run(main())
 
